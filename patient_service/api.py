@@ -1,0 +1,85 @@
+"""REST endpoints for patients (SPEC §6.1). Each view: loaded arguments in, one service call, result out."""
+from __future__ import annotations
+
+from flask import url_for
+from flask.views import MethodView
+
+from patient_service import services
+from patient_service.schemas import PatientQuerySchema, PatientSchema
+from shared.db import atomic
+from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_version
+from shared.schemas import AsOfQuerySchema, VersionSchema
+
+blp = Blueprint("patients", __name__, url_prefix="/api/patients",
+                description="Patients looking for a therapy place. Health data: responses are never cached.")
+
+
+def _respond(patient, status=200, headers=None):
+    return patient, status, {"ETag": etag_for(patient.id, patient.version), **(headers or {})}
+
+
+@blp.route("")
+class Patients(MethodView):
+    @blp.arguments(PatientQuerySchema, location="query")
+    @blp.response(200, PatientSchema(many=True))
+    @blp.paginate(page_size=50, max_page_size=100)
+    def get(self, filters, pagination_parameters):
+        """List patients (newest id last), filtered."""
+        items, total = services.list_patients(filters, page=pagination_parameters.page,
+                                              page_size=pagination_parameters.page_size)
+        pagination_parameters.item_count = total
+        return items
+
+    @blp.arguments(PatientSchema)
+    @blp.response(201, PatientSchema)
+    @blp.alt_response(409, description="Duplicate: `existing_id` names the patient who exists")
+    @atomic
+    def post(self, data):
+        """Create a patient."""
+        patient = services.create_patient(data, source="api", actor=current_actor())
+        return _respond(patient, 201, {"Location": url_for("patients.Patient", patient_id=patient.id)})
+
+
+@blp.route("/<int:patient_id>")
+class Patient(MethodView):
+    @blp.arguments(AsOfQuerySchema, location="query")
+    @blp.response(200, PatientSchema)
+    def get(self, args, patient_id):
+        """Read a patient; with `?at=` as it was then."""
+        if "at" in args:
+            data = services.get_patient_as_of(patient_id, args["at"])
+            return as_stored(data)
+        return _respond(services.get_patient(patient_id))
+
+    @blp.arguments(PatientSchema)
+    @blp.response(200, PatientSchema)
+    @atomic
+    def put(self, data, patient_id):
+        """Replace a patient. Honours `If-Match`."""
+        return _respond(services.replace_patient(
+            patient_id, data, expected_version=expected_version(patient_id),
+            source="api", actor=current_actor()))
+
+    @blp.arguments(PatientSchema(partial=True))
+    @blp.response(200, PatientSchema)
+    @atomic
+    def patch(self, changes, patient_id):
+        """Change some fields of a patient. Honours `If-Match`."""
+        return _respond(services.patch_patient(
+            patient_id, changes, expected_version=expected_version(patient_id),
+            source="api", actor=current_actor()))
+
+    @blp.response(204)
+    @atomic
+    def delete(self, patient_id):
+        """Soft-delete a patient: later reads answer 410. Honours `If-Match`."""
+        services.delete_patient(patient_id, expected_version=expected_version(patient_id),
+                                source="api", actor=current_actor())
+
+
+@blp.route("/<int:patient_id>/history")
+class PatientHistory(MethodView):
+    @blp.response(200, VersionSchema(many=True))
+    def get(self, patient_id):
+        """Every version of a patient, newest first."""
+        return services.patient_history(patient_id)

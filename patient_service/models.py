@@ -1,0 +1,61 @@
+"""Patient service tables, all in the PostgreSQL schema `patient_service`."""
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from sqlalchemy import Boolean, Date, ForeignKey, Index, String, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.extensions import db
+from shared.versioning import VersionedRecordMixin, VersionRowMixin
+
+SCHEMA = "patient_service"
+
+
+class Patient(VersionedRecordMixin, db.Model):
+    __tablename__ = "patients"
+
+    anrede: Mapped[str | None] = mapped_column(String(10))
+    geschlecht: Mapped[str | None] = mapped_column(String(20))
+    vorname: Mapped[str] = mapped_column(String(100))
+    nachname: Mapped[str] = mapped_column(String(100))
+    geburtsdatum: Mapped[date] = mapped_column(Date)
+    email: Mapped[str] = mapped_column(String(320))
+    telefon: Mapped[str | None] = mapped_column(String(50))
+    strasse: Mapped[str | None] = mapped_column(String(200))
+    plz: Mapped[str | None] = mapped_column(String(5))
+    ort: Mapped[str | None] = mapped_column(String(200))
+    krankenkasse: Mapped[str | None] = mapped_column(String(200))
+    symptome: Mapped[list[str] | None] = mapped_column(JSONB)
+    erfahrung_mit_psychotherapie: Mapped[bool | None] = mapped_column(Boolean)
+    offen_fuer_gruppentherapie: Mapped[bool | None] = mapped_column(Boolean)
+    bevorzugtes_therapieverfahren: Mapped[list[str] | None] = mapped_column(JSONB)
+    bevorzugtes_therapeutengeschlecht: Mapped[str | None] = mapped_column(String(20))
+    zeitliche_verfuegbarkeit: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    raeumliche_verfuegbarkeit: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    verkehrsmittel: Mapped[str | None] = mapped_column(String(10))
+
+    # The duplicate rule's keys (SPEC §6.1), normalised in Python (case folding is not lower()).
+    match_email: Mapped[str] = mapped_column(String(320))
+    match_vorname: Mapped[str] = mapped_column(String(100))
+    match_nachname: Mapped[str] = mapped_column(String(100))
+
+    __table_args__ = (
+        Index("uq_patients_identity", "match_email", "match_vorname", "match_nachname",
+              unique=True, postgresql_where=text("deleted_at IS NULL")),
+        Index("ix_patients_email", "email"),
+        Index("ix_patients_name_birth", "match_nachname", "match_vorname", "geburtsdatum"),
+        Index("ix_patients_updated_at", "updated_at"),
+        {"schema": SCHEMA},
+    )
+
+
+class PatientVersion(VersionRowMixin, db.Model):
+    __tablename__ = "patient_versions"
+    __table_args__ = (
+        Index("uq_patient_versions_record_version", "record_id", "version", unique=True),
+        {"schema": SCHEMA},
+    )
+    record_id: Mapped[int] = mapped_column(ForeignKey(f"{SCHEMA}.patients.id", ondelete="CASCADE"))

@@ -1,0 +1,86 @@
+"""The patient's one shape (SPEC §6.1), used by the REST API, batch requests and the importer."""
+from __future__ import annotations
+
+from datetime import date
+
+from marshmallow import ValidationError, fields, post_load, validate, validates
+
+from shared.schemas import (POSTCODE, StrictBoolean, StrictSchema, TrimmedString, UtcDateTime,
+                            optional_string, weekly_hours)
+
+ANREDEN = ("Herr", "Frau", "Divers")
+GESCHLECHTER = ("männlich", "weiblich", "divers", "keine_angabe")
+VERFAHREN = ("Verhaltenstherapie", "Tiefenpsychologisch fundierte Psychotherapie",
+             "Analytische Psychotherapie", "Systemische Therapie")
+THERAPEUTENGESCHLECHT = ("männlich", "weiblich", "egal")
+VERKEHRSMITTEL = ("Auto", "ÖPNV")
+MAX_AGE_YEARS = 120
+
+
+def _one_of(choices):
+    return validate.OneOf(choices, error="must be one of: " + ", ".join(choices))
+
+
+class RaeumlicheVerfuegbarkeitSchema(StrictSchema):
+    max_km = fields.Integer(required=True, strict=True, validate=validate.Range(1, 200))
+
+
+class PatientSchema(StrictSchema):
+    """A patient as clients send it and as `patient_data` in a registration file."""
+
+    id = fields.Integer(dump_only=True)
+    created_at = fields.DateTime(dump_only=True)
+    updated_at = fields.DateTime(dump_only=True)
+    version = fields.Integer(dump_only=True)
+
+    anrede = fields.String(load_default=None, allow_none=True, validate=_one_of(ANREDEN))
+    geschlecht = fields.String(load_default=None, allow_none=True, validate=_one_of(GESCHLECHTER))
+    vorname = TrimmedString(required=True, validate=validate.Length(1, 100))
+    nachname = TrimmedString(required=True, validate=validate.Length(1, 100))
+    geburtsdatum = fields.Date(required=True)
+    email = TrimmedString(required=True, validate=[validate.Length(max=320), validate.Email()])
+    telefon = optional_string(validate=[validate.Length(max=50), validate.Regexp(
+        r"^[0-9 +\-/()]+$", error="may contain only digits, spaces and + - / ( )")])
+    strasse = optional_string(validate=validate.Length(max=200))
+    plz = optional_string(validate=POSTCODE)
+    ort = optional_string(validate=validate.Length(max=200))
+    krankenkasse = optional_string(validate=validate.Length(max=200))
+    symptome = fields.List(fields.String(validate=validate.Length(1, 200)), load_default=None,
+                           allow_none=True)
+    erfahrung_mit_psychotherapie = StrictBoolean(load_default=None, allow_none=True)
+    offen_fuer_gruppentherapie = StrictBoolean(load_default=None, allow_none=True)
+    bevorzugtes_therapieverfahren = fields.List(fields.String(validate=_one_of(VERFAHREN)),
+                                                load_default=None, allow_none=True)
+    bevorzugtes_therapeutengeschlecht = fields.String(load_default=None, allow_none=True,
+                                                      validate=_one_of(THERAPEUTENGESCHLECHT))
+    zeitliche_verfuegbarkeit = weekly_hours(load_default=None, allow_none=True)
+    raeumliche_verfuegbarkeit = fields.Nested(RaeumlicheVerfuegbarkeitSchema, load_default=None,
+                                              allow_none=True)
+    verkehrsmittel = fields.String(load_default=None, allow_none=True, validate=_one_of(VERKEHRSMITTEL))
+
+    @validates("geburtsdatum")
+    def _plausible_birth_date(self, value: date, **_kwargs) -> None:
+        today = date.today()
+        if value > today:
+            raise ValidationError("must not be in the future")
+        try:
+            earliest = today.replace(year=today.year - MAX_AGE_YEARS)
+        except ValueError:  # 29 February
+            earliest = today.replace(year=today.year - MAX_AGE_YEARS, day=28)
+        if value < earliest:
+            raise ValidationError(f"must be at most {MAX_AGE_YEARS} years ago")
+
+    @post_load
+    def _normalise(self, data, **_kwargs):
+        if data.get("email"):
+            data["email"] = data["email"].lower()
+        return data
+
+
+class PatientQuerySchema(StrictSchema):
+    email = fields.String()
+    nachname = fields.String()
+    vorname = fields.String()
+    geburtsdatum = fields.Date()
+    plz = fields.String(validate=POSTCODE)
+    updated_since = UtcDateTime()

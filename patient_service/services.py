@@ -1,0 +1,207 @@
+"""The patient service layer: the only code that writes patients.
+
+REST views, batch requests and the bucket importer all call these functions with data already
+loaded by `PatientSchema`, plus who is acting (`source`, `actor`). Nothing here commits: the
+caller's unit of work does (one request, one batch, one imported file).
+"""
+from __future__ import annotations
+
+import unicodedata
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from patient_service.models import Patient, PatientVersion
+from patient_service.schemas import PatientSchema
+from shared import versioning
+from shared.errors import Duplicate, Gone, NotFound, PreconditionFailed
+from shared.extensions import db
+from shared.schemas import now_utc
+
+_schema = PatientSchema()
+DATA_FIELDS = tuple(name for name, f in _schema.fields.items() if not f.dump_only)
+IDENTITY_INDEX = "uq_patients_identity"
+
+
+def fold(value: str) -> str:
+    """Trimmed, case-folded, NFC: how the duplicate rule compares names and e-mail addresses."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", value.strip()).casefold())
+
+
+def identity_of(data: dict[str, Any]) -> tuple[str, str, str]:
+    return fold(data["email"]), fold(data["vorname"]), fold(data["nachname"])
+
+
+def representation(patient: Patient) -> dict[str, Any]:
+    return _schema.dump(patient)
+
+
+def field_values(patient: Patient) -> dict[str, Any]:
+    """The client-writable fields of a stored patient, in the shape `PatientSchema.load` returns."""
+    return {name: getattr(patient, name) for name in DATA_FIELDS}
+
+
+# ---- reads -------------------------------------------------------------------------------------
+
+def get_patient(patient_id: int, *, for_update: bool = False, include_deleted: bool = False) -> Patient:
+    query = select(Patient).where(Patient.id == patient_id)
+    if for_update:
+        query = query.with_for_update()
+    patient = db.session.scalars(query).first()
+    if patient is None:
+        raise NotFound(f"patient {patient_id} does not exist")
+    if patient.deleted_at is not None and not include_deleted:
+        raise Gone(f"patient {patient_id} was deleted")
+    return patient
+
+
+def get_patient_as_of(patient_id: int, at: datetime) -> dict[str, Any]:
+    get_patient(patient_id, include_deleted=True)  # 404 for an id that never existed
+    row = versioning.as_of(PatientVersion, patient_id, at)
+    if row is None:
+        raise NotFound(f"patient {patient_id} did not exist at {at.isoformat()}")
+    if row.deleted:
+        raise Gone(f"patient {patient_id} was deleted at {at.isoformat()}")
+    return row.data
+
+
+def list_patients(filters: dict[str, Any], *, page: int, page_size: int) -> tuple[list[Patient], int]:
+    query = select(Patient).where(Patient.deleted_at.is_(None))
+    if "email" in filters:
+        query = query.where(Patient.match_email == fold(filters["email"]))
+    if "vorname" in filters:
+        query = query.where(Patient.match_vorname == fold(filters["vorname"]))
+    if "nachname" in filters:
+        query = query.where(Patient.match_nachname == fold(filters["nachname"]))
+    if "geburtsdatum" in filters:
+        query = query.where(Patient.geburtsdatum == filters["geburtsdatum"])
+    if "plz" in filters:
+        query = query.where(Patient.plz == filters["plz"])
+    if "updated_since" in filters:
+        query = query.where(Patient.updated_at >= filters["updated_since"])
+    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
+    items = db.session.scalars(query.order_by(Patient.id).limit(page_size).offset((page - 1) * page_size))
+    return list(items), total
+
+
+def patient_history(patient_id: int) -> list[PatientVersion]:
+    get_patient(patient_id, include_deleted=True)
+    return versioning.history(PatientVersion, patient_id)
+
+
+def find_by_identity(data: dict[str, Any]) -> Patient | None:
+    """The live patient the duplicate rule says `data` is, if any."""
+    email, vorname, nachname = identity_of(data)
+    return db.session.scalars(select(Patient).where(
+        Patient.match_email == email, Patient.match_vorname == vorname,
+        Patient.match_nachname == nachname, Patient.deleted_at.is_(None))).first()
+
+
+def find_near_matches(data: dict[str, Any], *, exclude_id: int | None = None) -> list[int]:
+    """Ids of live patients who share the e-mail but not the name, or name and birth date but
+    not the e-mail: possibly the same person, not by the duplicate rule (SPEC §7.1.6)."""
+    email, vorname, nachname = identity_of(data)
+    same_email = (Patient.match_email == email) & ~(
+        (Patient.match_vorname == vorname) & (Patient.match_nachname == nachname))
+    same_person_data = ((Patient.match_vorname == vorname) & (Patient.match_nachname == nachname)
+                        & (Patient.geburtsdatum == data["geburtsdatum"]) & (Patient.match_email != email))
+    query = select(Patient.id).where(Patient.deleted_at.is_(None), same_email | same_person_data)
+    if exclude_id is not None:
+        query = query.where(Patient.id != exclude_id)
+    return list(db.session.scalars(query.order_by(Patient.id)))
+
+
+# ---- writes ------------------------------------------------------------------------------------
+
+def _apply(patient: Patient, data: dict[str, Any]) -> None:
+    for name in DATA_FIELDS:
+        setattr(patient, name, data.get(name))
+    patient.match_email, patient.match_vorname, patient.match_nachname = identity_of(data)
+
+
+def _flush_guarding_identity(patient: Patient) -> None:
+    """Flush in a savepoint; the identity index turns a duplicate into `Duplicate(existing_id)`.
+
+    The database decides, so two racing creates cannot both succeed; the savepoint keeps the
+    caller's transaction usable (a batch or an import goes on with its other items).
+    """
+    try:
+        with db.session.begin_nested():
+            db.session.add(patient)
+            db.session.flush()
+    except IntegrityError as error:
+        constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+        if constraint != IDENTITY_INDEX:
+            raise
+        existing = db.session.scalars(select(Patient.id).where(
+            Patient.match_email == patient.match_email, Patient.match_vorname == patient.match_vorname,
+            Patient.match_nachname == patient.match_nachname, Patient.deleted_at.is_(None),
+            Patient.id != patient.id if patient.id else True)).first()
+        raise Duplicate("a patient with this e-mail address and name already exists",
+                        existing_id=existing) from None
+
+
+def _record(patient: Patient, *, source: str, actor: str, now: datetime) -> None:
+    versioning.add_version(PatientVersion, patient, representation(patient),
+                           source=source, actor=actor, changed_at=now)
+
+
+def create_patient(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None) -> Patient:
+    now = now or now_utc()
+    patient = Patient(version=1, created_at=now, updated_at=now)
+    _apply(patient, data)
+    _flush_guarding_identity(patient)
+    _record(patient, source=source, actor=actor, now=now)
+    return patient
+
+
+def _check_version(patient: Patient, expected_version: int | None) -> None:
+    if expected_version is not None and expected_version != patient.version:
+        raise PreconditionFailed(
+            f"patient {patient.id} is at version {patient.version}; If-Match named another version")
+
+
+def update_patient(patient: Patient, data: dict[str, Any], *, source: str, actor: str,
+                   now: datetime | None = None) -> bool:
+    """Replace `patient`'s fields with `data`. Returns False (and writes nothing) if nothing changed."""
+    if field_values(patient) == {name: data.get(name) for name in DATA_FIELDS}:
+        return False
+    now = now or now_utc()
+    _apply(patient, data)
+    patient.version += 1
+    patient.updated_at = now
+    _flush_guarding_identity(patient)
+    _record(patient, source=source, actor=actor, now=now)
+    return True
+
+
+def replace_patient(patient_id: int, data: dict[str, Any], *, expected_version: int | None = None,
+                    source: str, actor: str, now: datetime | None = None) -> Patient:
+    patient = get_patient(patient_id, for_update=True)
+    _check_version(patient, expected_version)
+    update_patient(patient, data, source=source, actor=actor, now=now)
+    return patient
+
+
+def patch_patient(patient_id: int, changes: dict[str, Any], *, expected_version: int | None = None,
+                  source: str, actor: str, now: datetime | None = None) -> Patient:
+    """Apply the fields present in `changes` (already validated with `partial=True`)."""
+    patient = get_patient(patient_id, for_update=True)
+    _check_version(patient, expected_version)
+    update_patient(patient, {**field_values(patient), **changes}, source=source, actor=actor, now=now)
+    return patient
+
+
+def delete_patient(patient_id: int, *, expected_version: int | None = None, source: str, actor: str,
+                   now: datetime | None = None) -> Patient:
+    now = now or now_utc()
+    patient = get_patient(patient_id, for_update=True)
+    _check_version(patient, expected_version)
+    patient.deleted_at = now
+    patient.updated_at = now
+    patient.version += 1
+    db.session.flush()
+    _record(patient, source=source, actor=actor, now=now)
+    return patient

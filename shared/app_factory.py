@@ -1,0 +1,129 @@
+"""What every service's `create_app()` does, in one place; each service passes what is its own."""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from flask import Flask, g, request, send_from_directory
+from flask_cors import CORS
+from flask_smorest import Api
+
+from shared.auth import init_auth
+from shared.config import Settings
+from shared.db import ENGINE_OPTIONS
+from shared.errors import register_error_handlers
+from shared.extensions import db, migrate
+from shared.http import require_json_body
+from shared.logs import configure_logging
+from shared.runtime import should_start_importer
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent / "migrations"
+SWAGGER_ASSETS_URL = "/api/docs/assets/"
+
+
+@dataclass
+class ServiceDefinition:
+    """What makes a service itself: its name, schema, blueprints and importer."""
+
+    name: str  # "patient_service": also its PostgreSQL schema and its migrations folder
+    title: str
+    default_port: int
+    blueprints: Iterable[Any]
+    start_importer: Callable[[Flask], Any] | None = None
+    no_store_prefixes: tuple[str, ...] = ()
+    description: str = ""
+    extra_setup: list[Callable[[Flask], None]] = field(default_factory=list)
+
+
+def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
+    app = Flask(service.name)
+    app.json.sort_keys = False  # fields in schema order, as documented
+    app.extensions["settings"] = settings
+    app.config.update(
+        SERVICE_NAME=service.name,
+        DB_SCHEMA=service.name,
+        SQLALCHEMY_DATABASE_URI=settings.DATABASE_URL,
+        SQLALCHEMY_ENGINE_OPTIONS={**ENGINE_OPTIONS,
+                                   "connect_args": {"application_name": service.name}},
+        MAX_CONTENT_LENGTH=settings.MAX_REQUEST_BYTES,
+        API_TITLE=service.title,
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_ASSETS_URL,
+        API_SPEC_OPTIONS={
+            "info": {"description": service.description},
+            "security": [{"bearerAuth": []}],
+            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+        },
+    )
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT, service.name)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(MIGRATIONS_ROOT / service.name),
+                     version_table_schema=service.name, include_schemas=True)
+    api = Api(app)
+    app.extensions["api"] = api
+    register_error_handlers(app)  # after Api(): ours replace flask-smorest's error format
+    app.before_request(_assign_request_id)
+    init_auth(app)
+    app.before_request(require_json_body)
+    if settings.CORS_ORIGINS:
+        CORS(app, resources={r"/api/*": {"origins": settings.CORS_ORIGINS}},
+             expose_headers=["ETag", "X-Pagination", "Location", "Idempotent-Replayed"])
+    if service.no_store_prefixes:
+        _add_no_store(app, service.no_store_prefixes)
+    _add_operational_routes(app)
+    for blueprint in service.blueprints:
+        api.register_blueprint(blueprint)
+    for setup in service.extra_setup:
+        setup(app)
+
+    start, reason = should_start_importer(settings.IMPORTS_ENABLED)
+    if start and service.start_importer is not None:
+        service.start_importer(app)
+    else:
+        log.info("background importer not started: %s", reason)
+    return app
+
+
+def _assign_request_id() -> None:
+    supplied = request.headers.get("X-Request-ID", "")
+    g.request_id = supplied[:64] if supplied.isprintable() and supplied else uuid.uuid4().hex
+
+
+def _add_no_store(app: Flask, prefixes: tuple[str, ...]) -> None:
+    @app.after_request
+    def no_store(response):
+        if request.path.startswith(prefixes):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+
+def _add_operational_routes(app: Flask) -> None:
+    import swagger_ui_bundle
+
+    assets = swagger_ui_bundle.swagger_ui_path
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "service": app.config["SERVICE_NAME"]}
+
+    @app.get(SWAGGER_ASSETS_URL + "<path:filename>")
+    def swagger_assets(filename: str):
+        return send_from_directory(assets, filename, max_age=86400)
+
+    @app.after_request
+    def echo_request_id(response):
+        if "request_id" in g:
+            response.headers.setdefault("X-Request-ID", g.request_id)
+        return response
+
+

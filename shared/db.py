@@ -1,0 +1,38 @@
+"""Units of work and engine settings. A unit of work commits in exactly one place."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any, Callable, Iterator
+
+from shared.extensions import db
+
+ENGINE_OPTIONS = {
+    "hide_parameters": True,  # row values never reach logs or exception text
+    "pool_pre_ping": True,
+    "pool_size": 5,
+    "max_overflow": 5,
+}
+
+
+@contextmanager
+def unit_of_work() -> Iterator[Any]:
+    """Commit everything done inside on success; roll it all back on any exception."""
+    session = db.session
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def atomic(view: Callable) -> Callable:
+    """Run a view's service call as one unit of work (a REST request is one transaction)."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        with unit_of_work():
+            return view(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,85 @@
+"""REST endpoints for therapists (SPEC §6.2). Each view: loaded arguments in, one service call, result out."""
+from __future__ import annotations
+
+from flask import url_for
+from flask.views import MethodView
+
+from shared.db import atomic
+from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_version
+from shared.schemas import AsOfQuerySchema, VersionSchema
+from therapist_service import services
+from therapist_service.schemas import TherapistQuerySchema, TherapistSchema
+
+blp = Blueprint("therapists", __name__, url_prefix="/api/therapists",
+                description="Therapists and their practice data, mostly from the weekly scrape.")
+
+
+def _respond(therapist, status=200, headers=None):
+    return therapist, status, {"ETag": etag_for(therapist.id, therapist.version), **(headers or {})}
+
+
+@blp.route("")
+class Therapists(MethodView):
+    @blp.arguments(TherapistQuerySchema, location="query")
+    @blp.response(200, TherapistSchema(many=True))
+    @blp.paginate(page_size=50, max_page_size=100)
+    def get(self, filters, pagination_parameters):
+        """List therapists, filtered."""
+        items, total = services.list_therapists(filters, page=pagination_parameters.page,
+                                                page_size=pagination_parameters.page_size)
+        pagination_parameters.item_count = total
+        return items
+
+    @blp.arguments(TherapistSchema)
+    @blp.response(201, TherapistSchema)
+    @blp.alt_response(409, description="`external_id` is taken: `existing_id` names the therapist")
+    @atomic
+    def post(self, data):
+        """Create a therapist."""
+        therapist = services.create_therapist(data, source="api", actor=current_actor())
+        return _respond(therapist, 201, {"Location": url_for("therapists.Therapist", therapist_id=therapist.id)})
+
+
+@blp.route("/<int:therapist_id>")
+class Therapist(MethodView):
+    @blp.arguments(AsOfQuerySchema, location="query")
+    @blp.response(200, TherapistSchema)
+    def get(self, args, therapist_id):
+        """Read a therapist; with `?at=` as it was then."""
+        if "at" in args:
+            return as_stored(services.get_therapist_as_of(therapist_id, args["at"]))
+        return _respond(services.get_therapist(therapist_id))
+
+    @blp.arguments(TherapistSchema)
+    @blp.response(200, TherapistSchema)
+    @blp.alt_response(409, description="`stale-update`: `last_modified` is not newer than the stored one")
+    @atomic
+    def put(self, data, therapist_id):
+        """Replace a therapist. Honours `If-Match`; latest `last_modified` wins."""
+        return _respond(services.replace_therapist(
+            therapist_id, data, expected_version=expected_version(therapist_id),
+            source="api", actor=current_actor()))
+
+    @blp.arguments(TherapistSchema(partial=True))
+    @blp.response(200, TherapistSchema)
+    @atomic
+    def patch(self, changes, therapist_id):
+        """Change some fields; a group sent is merged key by key. Honours `If-Match`."""
+        return _respond(services.patch_therapist(
+            therapist_id, changes, expected_version=expected_version(therapist_id),
+            source="api", actor=current_actor()))
+
+    @blp.response(204)
+    @atomic
+    def delete(self, therapist_id):
+        """Soft-delete a therapist: later reads answer 410. Honours `If-Match`."""
+        services.delete_therapist(therapist_id, expected_version=expected_version(therapist_id),
+                                  source="api", actor=current_actor())
+
+
+@blp.route("/<int:therapist_id>/history")
+class TherapistHistory(MethodView):
+    @blp.response(200, VersionSchema(many=True))
+    def get(self, therapist_id):
+        """Every version of a therapist, newest first."""
+        return services.therapist_history(therapist_id)

@@ -1,0 +1,31 @@
+"""The therapist service's app factory."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flask import Flask
+
+from shared.app_factory import ServiceDefinition, build_app
+from shared.config import load_settings
+
+SERVICE_NAME = "therapist_service"
+DEFAULT_PORT = 5002
+
+
+def start_importer(app: Flask) -> None:
+    """The one place the folder importer is started (filled in by the importer issue)."""
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    from therapist_service import api, models  # noqa: F401  (models: registers the tables)
+
+    settings = load_settings(config, default_port=DEFAULT_PORT)
+    service = ServiceDefinition(
+        name=SERVICE_NAME,
+        title="Therapist service",
+        description="Therapists and their practice data; imports the weekly scrape from a folder.",
+        default_port=DEFAULT_PORT,
+        blueprints=[api.blp],
+        start_importer=start_importer,
+    )
+    return build_app(service, settings)

@@ -1,0 +1,89 @@
+"""The therapist's one shape (SPEC §6.2 / §8.2), used by the REST API, batch requests and the importer.
+
+A scraped therapist with `id` renamed `external_id` and `status` left out loads with `TherapistSchema`.
+A missing or null group is read as an empty one, so every stored group has all its keys.
+"""
+from __future__ import annotations
+
+from marshmallow import fields, pre_load, validate
+
+from shared.schemas import (POSTCODE, StrictBoolean, StrictSchema, TrimmedString, UtcDateTime,
+                            optional_string, weekly_hours)
+
+from therapist_service.models import GROUPS
+
+INSURANCE = ("gesetzlich", "privat", "selbstzahler")
+
+
+def _string_list():
+    return fields.List(TrimmedString(validate=validate.Length(1, 200)), load_default=list)
+
+
+class BasicInfoSchema(StrictSchema):
+    salutation = optional_string(validate=validate.Length(max=50))
+    title = optional_string(validate=validate.Length(max=100))
+    first_name = TrimmedString(required=True, validate=validate.Length(1, 100))
+    last_name = TrimmedString(required=True, validate=validate.Length(1, 100))
+
+
+class LocationSchema(StrictSchema):
+    street = optional_string(validate=validate.Length(max=200))
+    house_number = optional_string(validate=validate.Length(max=20))
+    postcode = optional_string(validate=POSTCODE)
+    city = optional_string(validate=validate.Length(max=200))
+
+
+class ContactSchema(StrictSchema):
+    phone = optional_string(validate=validate.Length(max=50))
+    email = optional_string(validate=[validate.Length(max=320), validate.Email()])
+    fax = optional_string(validate=validate.Length(max=50))
+    website = optional_string(validate=validate.Length(max=500))
+
+
+class ProfessionalInfoSchema(StrictSchema):
+    license = optional_string(validate=validate.Length(max=200))
+    therapy_methods = _string_list()
+    languages = _string_list()
+    insurance = fields.List(fields.String(validate=validate.OneOf(
+        INSURANCE, error="must be one of: " + ", ".join(INSURANCE))), load_default=list)
+
+
+class AvailabilitySchema(StrictSchema):
+    telephone_hours = weekly_hours(load_default=dict)
+    accepts_new_patients = StrictBoolean(load_default=None, allow_none=True)
+    waiting_time_weeks = fields.Integer(load_default=None, allow_none=True, strict=True,
+                                        validate=validate.Range(min=0))
+
+
+class TherapistSchema(StrictSchema):
+    id = fields.Integer(dump_only=True)
+    external_id = optional_string(validate=validate.Length(1, 200))
+    last_modified = UtcDateTime(load_default=None, allow_none=True)
+    deleted_at = fields.DateTime(dump_only=True)
+    version = fields.Integer(dump_only=True)
+    created_at = fields.DateTime(dump_only=True)
+    updated_at = fields.DateTime(dump_only=True)
+
+    basic_info = fields.Nested(BasicInfoSchema, required=True)
+    location = fields.Nested(LocationSchema)
+    contact = fields.Nested(ContactSchema)
+    professional_info = fields.Nested(ProfessionalInfoSchema)
+    availability = fields.Nested(AvailabilitySchema)
+
+    @pre_load(pass_collection=False)
+    def _empty_groups(self, data, **kwargs):
+        if isinstance(data, dict) and not kwargs.get("partial"):
+            data = dict(data)
+            for group in GROUPS[1:]:
+                if data.get(group) is None:
+                    data[group] = {}
+        return data
+
+
+class TherapistQuerySchema(StrictSchema):
+    external_id = fields.String()
+    postcode = fields.String(validate=POSTCODE)
+    city = fields.String()
+    last_name = fields.String()
+    therapy_method = fields.String()
+    include_deleted = fields.Boolean(load_default=False)

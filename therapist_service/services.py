@@ -1,0 +1,238 @@
+"""The therapist service layer: the only code that writes therapists.
+
+REST views, batch requests and the folder importer call these functions with data loaded by
+`TherapistSchema`. Nothing here commits: the caller's unit of work does.
+
+Rules (SPEC §6.2, §7.2.3):
+- *Same content* ignores `last_modified` and key order, and compares lists as sets; a write
+  with the same content changes nothing and writes no version.
+- *Latest wins*: a write that changes content but carries a `last_modified` older than or
+  equal to the stored one is refused (`StaleUpdate`). A write without `last_modified` (a hand
+  edit) is applied and keeps the stored source timestamp.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Iterable
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from shared import versioning
+from shared.errors import Duplicate, Gone, NotFound, PreconditionFailed, StaleUpdate
+from shared.extensions import db
+from shared.schemas import now_utc
+from therapist_service.models import GROUPS, Therapist, TherapistVersion
+from therapist_service.schemas import TherapistSchema
+
+_schema = TherapistSchema()
+EXTERNAL_ID_INDEX = "uq_therapists_external_id"
+
+# What an upsert did with one item; the importer and batch requests count these.
+CREATED, UPDATED, UNCHANGED, DELETED, IGNORED_STALE = "created", "updated", "unchanged", "deleted", "ignored_stale"
+
+
+def representation(therapist: Therapist) -> dict[str, Any]:
+    return _schema.dump(therapist)
+
+
+def canonical(value: Any) -> Any:
+    """A form in which equal content is equal: dicts by key, lists as sorted sets."""
+    if isinstance(value, dict):
+        return {key: canonical(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = {json.dumps(canonical(item), sort_keys=True, default=str) for item in value}
+        return sorted(items)
+    return value
+
+
+def content_of(data: dict[str, Any]) -> dict[str, Any]:
+    return {"external_id": data.get("external_id"), **{g: canonical(data.get(g) or {}) for g in GROUPS}}
+
+
+def same_content(therapist: Therapist, data: dict[str, Any]) -> bool:
+    return content_of({"external_id": therapist.external_id,
+                       **{g: getattr(therapist, g) for g in GROUPS}}) == content_of(data)
+
+
+def is_stale(therapist: Therapist, incoming: datetime | None, *, strictly_older: bool = False) -> bool:
+    if incoming is None or therapist.last_modified is None:
+        return False
+    return incoming < therapist.last_modified if strictly_older else incoming <= therapist.last_modified
+
+
+# ---- reads -------------------------------------------------------------------------------------
+
+def get_therapist(therapist_id: int, *, for_update: bool = False, include_deleted: bool = False) -> Therapist:
+    query = select(Therapist).where(Therapist.id == therapist_id)
+    if for_update:
+        query = query.with_for_update()
+    therapist = db.session.scalars(query).first()
+    if therapist is None:
+        raise NotFound(f"therapist {therapist_id} does not exist")
+    if therapist.deleted_at is not None and not include_deleted:
+        raise Gone(f"therapist {therapist_id} was deleted")
+    return therapist
+
+
+def get_therapist_as_of(therapist_id: int, at: datetime) -> dict[str, Any]:
+    get_therapist(therapist_id, include_deleted=True)
+    row = versioning.as_of(TherapistVersion, therapist_id, at)
+    if row is None:
+        raise NotFound(f"therapist {therapist_id} did not exist at {at.isoformat()}")
+    if row.deleted:
+        raise Gone(f"therapist {therapist_id} was deleted at {at.isoformat()}")
+    return row.data
+
+
+def list_therapists(filters: dict[str, Any], *, page: int, page_size: int) -> tuple[list[Therapist], int]:
+    query = select(Therapist)
+    if not filters.get("include_deleted"):
+        query = query.where(Therapist.deleted_at.is_(None))
+    if "external_id" in filters:
+        query = query.where(Therapist.external_id == filters["external_id"])
+    if "postcode" in filters:
+        query = query.where(Therapist.location["postcode"].astext == filters["postcode"])
+    if "city" in filters:
+        query = query.where(func.lower(Therapist.location["city"].astext) == filters["city"].strip().lower())
+    if "last_name" in filters:
+        query = query.where(
+            func.lower(Therapist.basic_info["last_name"].astext) == filters["last_name"].strip().lower())
+    if "therapy_method" in filters:
+        query = query.where(Therapist.professional_info["therapy_methods"].contains([filters["therapy_method"]]))
+    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
+    items = db.session.scalars(query.order_by(Therapist.id).limit(page_size).offset((page - 1) * page_size))
+    return list(items), total
+
+
+def therapist_history(therapist_id: int) -> list[TherapistVersion]:
+    get_therapist(therapist_id, include_deleted=True)
+    return versioning.history(TherapistVersion, therapist_id)
+
+
+def find_by_external_ids(external_ids: Iterable[str]) -> dict[str, Therapist]:
+    """Stored therapists (deleted ones too) by external id, in one query, locked for this unit of work."""
+    ids = list(external_ids)
+    if not ids:
+        return {}
+    rows = db.session.scalars(select(Therapist).where(Therapist.external_id.in_(ids)).with_for_update())
+    return {t.external_id: t for t in rows}
+
+
+# ---- writes ------------------------------------------------------------------------------------
+
+def _record(therapist: Therapist, *, source: str, actor: str, now: datetime) -> None:
+    versioning.add_version(TherapistVersion, therapist, representation(therapist),
+                           source=source, actor=actor, changed_at=now)
+
+
+def _flush_guarding_external_id(therapist: Therapist) -> None:
+    try:
+        with db.session.begin_nested():
+            db.session.add(therapist)
+            db.session.flush()
+    except IntegrityError as error:
+        constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+        if constraint != EXTERNAL_ID_INDEX:
+            raise
+        existing = db.session.scalar(select(Therapist.id).where(
+            Therapist.external_id == therapist.external_id))
+        raise Duplicate("a therapist with this external_id already exists", existing_id=existing) from None
+
+
+def _apply(therapist: Therapist, data: dict[str, Any]) -> None:
+    therapist.external_id = data.get("external_id")
+    if data.get("last_modified") is not None:
+        therapist.last_modified = data["last_modified"]
+    for group in GROUPS:
+        setattr(therapist, group, dict(data.get(group) or {}))
+
+
+def create_therapist(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
+                     deleted: bool = False) -> Therapist:
+    now = now or now_utc()
+    therapist = Therapist(version=1, created_at=now, updated_at=now, deleted_at=now if deleted else None)
+    _apply(therapist, data)
+    _flush_guarding_external_id(therapist)
+    _record(therapist, source=source, actor=actor, now=now)
+    return therapist
+
+
+def update_therapist(therapist: Therapist, data: dict[str, Any], *, source: str, actor: str,
+                     now: datetime | None = None, restore: bool = False,
+                     stale_if_equal: bool = True) -> str:
+    """Apply `data` to `therapist`: `UPDATED`, `UNCHANGED`, or `StaleUpdate` raised.
+
+    `restore` also undoes a soft delete (a later `new`/`modified` scrape entry does).
+    """
+    revive = restore and therapist.deleted_at is not None
+    if same_content(therapist, data) and not revive:
+        return UNCHANGED
+    if is_stale(therapist, data.get("last_modified"), strictly_older=not stale_if_equal):
+        raise StaleUpdate(
+            f"therapist {therapist.id}: last_modified {data['last_modified'].isoformat()} is not newer "
+            f"than the stored {therapist.last_modified.isoformat()}")
+    now = now or now_utc()
+    _apply(therapist, data)
+    if revive:
+        therapist.deleted_at = None
+    therapist.version += 1
+    therapist.updated_at = now
+    _flush_guarding_external_id(therapist)
+    _record(therapist, source=source, actor=actor, now=now)
+    return UPDATED
+
+
+def soft_delete(therapist: Therapist, *, source: str, actor: str, now: datetime | None = None,
+                last_modified: datetime | None = None) -> str:
+    if therapist.deleted_at is not None:
+        return UNCHANGED
+    if is_stale(therapist, last_modified, strictly_older=True):
+        raise StaleUpdate(f"therapist {therapist.id}: the deletion is older than the stored data")
+    now = now or now_utc()
+    therapist.deleted_at = now
+    therapist.updated_at = now
+    if last_modified is not None:
+        therapist.last_modified = last_modified
+    therapist.version += 1
+    db.session.flush()
+    _record(therapist, source=source, actor=actor, now=now)
+    return DELETED
+
+
+def _check_version(therapist: Therapist, expected_version: int | None) -> None:
+    if expected_version is not None and expected_version != therapist.version:
+        raise PreconditionFailed(
+            f"therapist {therapist.id} is at version {therapist.version}; If-Match named another version")
+
+
+def replace_therapist(therapist_id: int, data: dict[str, Any], *, expected_version: int | None = None,
+                      source: str, actor: str, now: datetime | None = None) -> Therapist:
+    therapist = get_therapist(therapist_id, for_update=True)
+    _check_version(therapist, expected_version)
+    update_therapist(therapist, data, source=source, actor=actor, now=now)
+    return therapist
+
+
+def patch_therapist(therapist_id: int, changes: dict[str, Any], *, expected_version: int | None = None,
+                    source: str, actor: str, now: datetime | None = None) -> Therapist:
+    """Apply the fields present in `changes`; a group in `changes` is merged key by key."""
+    therapist = get_therapist(therapist_id, for_update=True)
+    _check_version(therapist, expected_version)
+    merged: dict[str, Any] = {"external_id": therapist.external_id, "last_modified": None}
+    for group in GROUPS:
+        merged[group] = {**getattr(therapist, group), **(changes.get(group) or {})}
+    if "external_id" in changes:
+        merged["external_id"] = changes["external_id"]
+    merged["last_modified"] = changes.get("last_modified")
+    update_therapist(therapist, merged, source=source, actor=actor, now=now)
+    return therapist
+
+
+def delete_therapist(therapist_id: int, *, expected_version: int | None = None, source: str, actor: str,
+                     now: datetime | None = None) -> Therapist:
+    therapist = get_therapist(therapist_id, for_update=True)
+    _check_version(therapist, expected_version)
+    soft_delete(therapist, source=source, actor=actor, now=now)
+    return therapist
