@@ -1,13 +1,74 @@
 """HTTP conventions both services follow (SPEC §5): blueprint with our pagination header,
-version-based ETags and `If-Match`, the JSON-body guard, and the acting token's name."""
+version-based ETags and `If-Match`, the JSON-body guard, the acting token's name, and an OpenAPI
+document that tells the truth about error bodies (problem details) and `X-Pagination`."""
 from __future__ import annotations
 
 import re
+from http import HTTPStatus
+from typing import Callable
+
 from flask import Response, g, jsonify, request
+from flask_smorest import Api as SmorestApi
 from flask_smorest import Blueprint as SmorestBlueprint
 from flask_smorest import abort
+from marshmallow import INCLUDE, Schema, fields
+from werkzeug.exceptions import BadRequest
+
+from shared.errors import PROBLEM_MIMETYPE
 
 _ETAG_RE = re.compile(r'^(?:W/)?"(?P<id>\d+)\.(?P<version>\d+)"$')
+
+
+class ProblemErrorSchema(Schema):
+    pointer = fields.String(metadata={"description": "JSON pointer to the field in the request body"})
+    parameter = fields.String(metadata={"description": "the query parameter, when not the body"})
+    detail = fields.String()
+
+
+class ProblemSchema(Schema):
+    """RFC 9457 problem details as `shared.errors` writes them. Documents responses; loads nothing."""
+
+    class Meta:
+        unknown = INCLUDE  # a problem type may add members
+
+    type = fields.String(required=True)
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String()
+    errors = fields.List(fields.Nested(ProblemErrorSchema), metadata={"description": "validation errors"})
+    existing_id = fields.Integer(allow_none=True, metadata={"description": "duplicate: the record that exists"})
+
+
+class PaginationSchema(Schema):
+    total = fields.Integer(required=True)
+    page = fields.Integer(required=True)
+    page_size = fields.Integer(required=True)
+    total_pages = fields.Integer(required=True)
+
+
+class Api(SmorestApi):
+    """flask-smorest's Api, documenting error responses as the problem details our handlers send
+    (not flask-smorest's own error shape) and `X-Pagination` as the JSON our blueprint writes."""
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def _register_responses(self):
+        problem = {PROBLEM_MIMETYPE: {"schema": self.ERROR_SCHEMA}}
+        for status in HTTPStatus:
+            response = {"description": status.phrase}
+            if status >= 400:
+                response["content"] = dict(problem)
+            self.spec.components.response(status.name, response, lazy=True)
+        self.spec.components.response(self.DEFAULT_ERROR_RESPONSE_NAME,
+                                      {"description": "Default error response", "content": problem},
+                                      lazy=True)
+
+    def _register_pagination_header(self):
+        # A JSON value, so `content` rather than `schema` (which would mean comma-separated pairs).
+        self.spec.components.header("PAGINATION", {
+            "description": "Pagination metadata (JSON)",
+            "content": {"application/json": {"schema": PaginationSchema}},
+        }, lazy=True)
 
 
 class Blueprint(SmorestBlueprint):
@@ -17,6 +78,16 @@ class Blueprint(SmorestBlueprint):
     def _make_pagination_metadata(page: int, page_size: int, item_count: int) -> dict[str, int]:
         total_pages = 0 if item_count == 0 else (item_count - 1) // page_size + 1
         return {"total": item_count, "page": page, "page_size": page_size, "total_pages": total_pages}
+
+    def problems(self, *statuses: int, descriptions: dict[int, str] | None = None) -> Callable:
+        """Document the problem-details responses a view can give besides its success."""
+        def decorator(view: Callable) -> Callable:
+            for status in statuses:
+                description = (descriptions or {}).get(status, HTTPStatus(status).phrase)
+                view = self.alt_response(status, schema=ProblemSchema, content_type=PROBLEM_MIMETYPE,
+                                         description=description)(view)
+            return view
+        return decorator
 
 
 def etag_for(record_id: int, version: int) -> str:
@@ -47,11 +118,13 @@ def require_json_body() -> None:
     """400 for a write whose body is not JSON (webargs would otherwise load `{}` and say 422)."""
     if request.method not in ("POST", "PUT", "PATCH") or not request.path.startswith("/api/"):
         return
-    if request.content_length == 0 and not request.get_data(cache=True):
-        return  # bodiless POSTs such as /api/imports/run
+    if not request.get_data(cache=True):
+        return  # no body at all: /api/imports/run needs none; a schema reports missing fields
     if not request.is_json:
         abort(400, message="the request body must be JSON (Content-Type: application/json)")
-    if request.get_json(silent=True) is None:
+    try:
+        request.get_json()  # not `silent`: its None would also stand for a body of JSON `null` (422)
+    except BadRequest:
         abort(400, message="the request body is not valid JSON")
 
 

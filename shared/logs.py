@@ -46,6 +46,8 @@ def configure_logging(level: str, fmt: str, service: str) -> None:
     handler._curavani = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    # One INFO line per job run, every second, says nothing an operator needs.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def describe_exception(error: BaseException) -> str:

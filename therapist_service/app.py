@@ -7,17 +7,20 @@ from flask import Flask
 
 from shared.app_factory import ServiceDefinition, build_app
 from shared.config import load_settings
+from shared.imports import service as imports
 
 SERVICE_NAME = "therapist_service"
 DEFAULT_PORT = 5002
 
 
 def start_importer(app: Flask) -> None:
-    """The one place the folder importer is started (filled in by the importer issue)."""
+    """The one place the folder importer is started: watchdog, rescans and the runner."""
+    app.extensions["imports"].start()
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    from therapist_service import api, models  # noqa: F401  (models: registers the tables)
+    from shared.imports import api as imports_api
+    from therapist_service import api, importer
 
     settings = load_settings(config, default_port=DEFAULT_PORT)
     service = ServiceDefinition(
@@ -25,7 +28,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         title="Therapist service",
         description="Therapists and their practice data; imports the weekly scrape from a folder.",
         default_port=DEFAULT_PORT,
-        blueprints=[api.blp],
+        blueprints=[api.blp, imports_api.blp],
         start_importer=start_importer,
+        extra_setup=[lambda app: imports.install(app, importer.SPEC)],
     )
     return build_app(service, settings)

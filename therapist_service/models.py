@@ -9,6 +9,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.extensions import db
+from shared.imports.models import AlertMixin, ImporterStateMixin, ImportRecordMixin
 from shared.versioning import VersionedRecordMixin, VersionRowMixin
 
 SCHEMA = "therapist_service"
@@ -44,3 +45,22 @@ class TherapistVersion(VersionRowMixin, db.Model):
         {"schema": SCHEMA},
     )
     record_id: Mapped[int] = mapped_column(ForeignKey(f"{SCHEMA}.therapists.id", ondelete="CASCADE"))
+
+
+class ImportRecord(ImportRecordMixin, db.Model):
+    __tablename__ = "imports"
+    __table_args__ = (
+        Index("ix_imports_source_name", "source", "name", "id"),
+        Index("ix_imports_status", "status"),
+        {"schema": SCHEMA},
+    )
+
+
+class Alert(AlertMixin, db.Model):
+    __tablename__ = "alerts"
+    __table_args__ = ({"schema": SCHEMA},)
+
+
+class ImporterState(ImporterStateMixin, db.Model):
+    __tablename__ = "importer_state"
+    __table_args__ = ({"schema": SCHEMA},)

@@ -1,0 +1,122 @@
+"""`/api/imports…` (SPEC §6.3), mounted by both services; each answers for its own imports."""
+from __future__ import annotations
+
+from flask import current_app
+from flask.views import MethodView
+from marshmallow import fields, validate
+from sqlalchemy import func, select
+
+from shared.db import atomic
+from shared.errors import NotFound
+from shared.extensions import db
+from shared.http import Blueprint
+from shared.imports.models import STATUSES
+from shared.imports.runner import retry_record
+from shared.schemas import StrictSchema
+
+blp = Blueprint("imports", __name__, url_prefix="/api/imports",
+                description="Import records: one per version of each imported file.")
+
+
+class ImportErrorSchema(StrictSchema):
+    index = fields.Integer(allow_none=True)
+    ref = fields.String(allow_none=True)
+    pointer = fields.String()
+    detail = fields.String()
+    kind = fields.String()
+
+
+class ImportCountsSchema(StrictSchema):
+    created = fields.Integer()
+    updated = fields.Integer()
+    unchanged = fields.Integer()
+    deleted = fields.Integer()
+    ignored_stale = fields.Integer()
+    failed = fields.Integer()
+
+
+class ImportRecordSchema(StrictSchema):
+    id = fields.Integer()
+    source = fields.String()
+    name = fields.String()
+    sha256 = fields.String(allow_none=True)
+    size = fields.Integer(allow_none=True)
+    generation = fields.Integer(allow_none=True)
+    status = fields.String()
+    attempts = fields.Integer()
+    next_attempt_at = fields.DateTime(allow_none=True)
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    counts = fields.Nested(ImportCountsSchema)
+    errors = fields.List(fields.Nested(ImportErrorSchema))
+    warnings = fields.List(fields.Nested(ImportErrorSchema))
+
+
+class ImportQuerySchema(StrictSchema):
+    status = fields.String(validate=validate.OneOf(STATUSES))
+
+
+class RunRequestedSchema(StrictSchema):
+    requested_at = fields.DateTime()
+    detail = fields.String()
+
+
+def _imports():
+    return current_app.extensions["imports"]
+
+
+def get_record(import_id: int):
+    record = db.session.get(_imports().models.record, import_id)
+    if record is None:
+        raise NotFound(f"import {import_id} does not exist")
+    return record
+
+
+@blp.route("")
+class Imports(MethodView):
+    @blp.arguments(ImportQuerySchema, location="query")
+    @blp.response(200, ImportRecordSchema(many=True))
+    @blp.paginate(page_size=50, max_page_size=100)
+    def get(self, filters, pagination_parameters):
+        """Imports, newest first."""
+        Record = _imports().models.record
+        query = select(Record)
+        if "status" in filters:
+            query = query.where(Record.status == filters["status"])
+        pagination_parameters.item_count = db.session.scalar(select(func.count()).select_from(query.subquery()))
+        return db.session.scalars(query.order_by(Record.id.desc()).limit(pagination_parameters.page_size)
+                                  .offset(pagination_parameters.first_item)).all()
+
+
+@blp.route("/<int:import_id>")
+class Import(MethodView):
+    @blp.response(200, ImportRecordSchema)
+    def get(self, import_id):
+        """One import with its per-item errors and warnings."""
+        return get_record(import_id)
+
+
+@blp.route("/run")
+class RunImports(MethodView):
+    @blp.response(202, RunRequestedSchema)
+    def post(self):
+        """Poll the bucket or rescan the folder now (whichever worker holds the importer lock does)."""
+        requested = _imports().request_run()
+        return {"requested_at": requested, "detail": "a pass starts within a few seconds"}
+
+
+@blp.route("/<int:import_id>/retry")
+class RetryImport(MethodView):
+    @blp.response(202, ImportRecordSchema)
+    @blp.alt_response(409, description="Only failed or quarantined imports can be retried")
+    def post(self, import_id):
+        """Clear a failure or quarantine and try the file again, with a fresh attempt count."""
+        record = _retry(import_id)
+        _imports().request_run()
+        return record
+
+
+@atomic
+def _retry(import_id: int):
+    return retry_record(_imports().models.record, import_id)

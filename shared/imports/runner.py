@@ -1,0 +1,407 @@
+"""One import pass: candidate files in, one file at a time, one transaction per file.
+
+Per file:
+1. *Claim* it in a short transaction of its own: find the latest record for this name; the same
+   version (bucket generation, or folder content hash) already imported is not imported again;
+   a failed one waits for `next_attempt_at`; a quarantined one waits for a new version or a
+   retry. The claim marks the record `processing` and counts the attempt.
+2. *Apply* it in one unit of work: the service's `FileHandler` calls the service functions, and
+   the record's outcome (counts, errors, warnings, status) commits with the data, or nothing does.
+3. *Finish* it at the source (the bucket deletes the object) only after that commit. A crash
+   between commit and finish is healed on the next pass: the record says it is done, so the
+   source is finished without importing again.
+
+Failures leave the file where it is, with specific errors on the record, a retry time with
+exponential back-off, quarantine after `max_attempts`, and an alert on the first failure and on
+quarantine — once, whatever the number of workers and passes.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable, Protocol
+
+from sqlalchemy import select
+
+from shared.db import unit_of_work
+from shared.extensions import db
+from shared.imports import alerts
+from shared.imports.models import (DONE, FAILED, PARTIAL, PENDING, PROCESSING, QUARANTINED, SUCCEEDED,
+                                   empty_counts)
+from shared.logs import describe_exception
+from shared.schemas import now_utc
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file as the source lists it. `generation` is set by bucket sources only."""
+
+    name: str
+    generation: int | None = None
+    size: int | None = None
+    updated: datetime | None = None
+
+
+@dataclass
+class Fetched:
+    payload: bytes | None  # None when the file is larger than allowed
+    sha256: str
+    size: int
+
+
+class InputError(Exception):
+    """The file itself cannot be imported. `kind` is short and safe to mail; `detail` says why."""
+
+    def __init__(self, kind: str, detail: str, *, pointer: str = "/", index: int | None = None,
+                 ref: str | None = None):
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.pointer = pointer
+        self.index = index
+        self.ref = ref
+
+    def as_error(self) -> dict[str, Any]:
+        return item_error(self.kind, self.detail, pointer=self.pointer, index=self.index, ref=self.ref)
+
+
+class SourceUnavailable(Exception):
+    """The source could not be listed or read: an outage, not a property of the file."""
+
+
+def item_error(kind: str, detail: str, *, pointer: str = "/", index: int | None = None,
+               ref: str | None = None) -> dict[str, Any]:
+    return {"index": index, "ref": ref, "pointer": pointer, "detail": detail, "kind": kind}
+
+
+@dataclass
+class Outcome:
+    """What a handler did with one file."""
+
+    counts: dict[str, int] = field(default_factory=empty_counts)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+    def count(self, action: str) -> None:
+        self.counts[action] = self.counts.get(action, 0) + 1
+
+    @property
+    def status(self) -> str:
+        if not self.errors:
+            return SUCCEEDED
+        applied = sum(v for k, v in self.counts.items() if k != "failed")
+        return PARTIAL if applied else FAILED
+
+
+class Source(Protocol):
+    kind: str  # "gcs" or "folder": the record's `source`
+    description: str  # safe to log and mail
+
+    def list(self) -> list[SourceFile]: ...
+
+    def fetch(self, file: SourceFile, max_bytes: int) -> Fetched: ...
+
+    def finish(self, file: SourceFile) -> None: ...
+
+
+class FileHandler(Protocol):
+    """A service's mapping from one file to its service functions."""
+
+    def label(self, file: SourceFile) -> str: ...
+
+    def check_name(self, file: SourceFile) -> None: ...
+
+    def apply(self, payload: bytes, file: SourceFile, *, import_id: int) -> Outcome: ...
+
+
+def sha256_of(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+@dataclass
+class PassSummary:
+    files: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    finished_again: int = 0
+    skipped: int = 0
+    source_error: str | None = None
+
+    def add(self, status: str) -> None:
+        self.files += 1
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+
+    def __str__(self) -> str:
+        if self.source_error:
+            return f"source unavailable ({self.source_error})"
+        parts = [f"{n} {status}" for status, n in sorted(self.by_status.items())]
+        return (f"{self.files} file(s) imported" + (": " + ", ".join(parts) if parts else "")
+                + f"; {self.skipped} skipped (done, waiting or quarantined)"
+                + (f"; {self.finished_again} finished at the source again" if self.finished_again else ""))
+
+
+@dataclass
+class ImportModels:
+    record: type
+    alert: type
+    state: type
+
+
+class ImportRunner:
+    def __init__(self, *, service: str, source: Source, handler: FileHandler, models: ImportModels,
+                 max_file_bytes: int, max_attempts: int, retry_base_seconds: float,
+                 retry_input_errors: bool, still_leader: Callable[[], bool] = lambda: True,
+                 on_record_finished: Callable[[Any, float], None] | None = None):
+        self.service = service
+        self.source = source
+        self.handler = handler
+        self.models = models
+        self.max_file_bytes = max_file_bytes
+        self.max_attempts = max_attempts
+        self.retry_base = timedelta(seconds=retry_base_seconds)
+        self.retry_input_errors = retry_input_errors
+        self.still_leader = still_leader
+        self.on_record_finished = on_record_finished
+
+    # ---- a pass ------------------------------------------------------------------------------
+
+    def run_pass(self, files: list[SourceFile] | None = None) -> PassSummary:
+        """Import `files`, or everything the source lists. Call inside an app context."""
+        summary = PassSummary()
+        self._touch_state(last_pass_started_at=now_utc())
+        if files is None:
+            try:
+                files = self.source.list()
+            except SourceUnavailable as error:
+                summary.source_error = str(error)
+                self._source_down(str(error))
+                return summary
+            self._source_up()
+        for file in files:
+            if not self.still_leader():
+                log.warning("importer lock lost; stopping this pass")
+                break
+            status = self.process(file)
+            if status is None:
+                summary.skipped += 1
+            elif status == "finished":
+                summary.finished_again += 1
+            else:
+                summary.add(status)
+        self._touch_state(last_pass_finished_at=now_utc())
+        return summary
+
+    # ---- one file ----------------------------------------------------------------------------
+
+    def process(self, file: SourceFile) -> str | None:
+        """Import one file; returns its new status, "finished", or None when skipped."""
+        fetched = None
+        try:
+            if file.generation is None:  # a folder file: its version is its content
+                fetched = self.source.fetch(file, self.max_file_bytes)
+            record = self._claim(file, fetched)
+        except SourceUnavailable as error:
+            log.warning("%s: cannot read %s (%s)", self.service, self.handler.label(file), error)
+            return None
+        if record is None:
+            return None
+        if record == "finished":
+            self._finish_at_source(file)
+            return "finished"
+
+        started = now_utc()
+        try:
+            self.handler.check_name(file)
+            if fetched is None:
+                fetched = self.source.fetch(file, self.max_file_bytes)
+            if fetched.payload is None:
+                raise InputError("too-large", f"the file has {fetched.size} bytes; at most "
+                                              f"{self.max_file_bytes} are accepted (IMPORT_MAX_FILE_BYTES)")
+            status = self._apply(record.id, file, fetched)
+        except InputError as error:
+            status = self._fail(record.id, [error.as_error()], input_error=True, fetched=fetched)
+        except SourceUnavailable as error:
+            status = self._fail(record.id, [item_error("source-error", str(error))], input_error=False,
+                                fetched=fetched)
+        except Exception as error:  # noqa: BLE001 — the service must outlive any file
+            db.session.rollback()
+            # The class and place only: a database error's text can hold row values.
+            log.error("%s: import #%s failed unexpectedly: %s", self.service, record.id,
+                      describe_exception(error))
+            status = self._fail(record.id, [item_error(
+                "internal-error", f"{describe_exception(error)}; the file is kept and will be retried")],
+                input_error=False, fetched=fetched)
+        if self.on_record_finished:
+            self.on_record_finished(db.session.get(self.models.record, record.id),
+                                    (now_utc() - started).total_seconds())
+        if status in DONE:
+            self._finish_at_source(file)
+        return status
+
+    def _claim(self, file: SourceFile, fetched: Fetched | None) -> Any:
+        Record = self.models.record
+        now = now_utc()
+        with unit_of_work():
+            latest = db.session.scalars(
+                select(Record).where(Record.source == self.source.kind, Record.name == file.name)
+                .order_by(Record.id.desc()).limit(1).with_for_update()).first()
+            same_version = latest is not None and (
+                latest.generation == file.generation if file.generation is not None
+                else latest.sha256 == fetched.sha256)
+            if same_version:
+                if latest.status in DONE:
+                    return "finished"
+                if latest.status == QUARANTINED:
+                    return None
+                if latest.status == FAILED and (latest.next_attempt_at is None or latest.next_attempt_at > now):
+                    return None
+                record = latest  # pending (retry asked), failed and due, or processing (its runner died)
+            else:
+                record = Record(source=self.source.kind, name=file.name, label=self.handler.label(file),
+                                generation=file.generation, size=file.size, status=PENDING, attempts=0,
+                                retry_round=0, created_at=now, counts=empty_counts(), errors=[], warnings=[])
+                db.session.add(record)
+            if fetched is not None:
+                record.sha256, record.size = fetched.sha256, fetched.size
+            record.status = PROCESSING
+            record.attempts += 1
+            record.started_at = now
+            record.finished_at = None
+            record.next_attempt_at = None
+            db.session.flush()
+        log.info("%s: import #%s started (%s, attempt %s)", self.service, record.id, record.label, record.attempts)
+        return record
+
+    def _locked_record(self, record_id: int) -> Any:
+        return db.session.scalars(select(self.models.record).where(self.models.record.id == record_id)
+                                  .with_for_update()).one()
+
+    def _apply(self, record_id: int, file: SourceFile, fetched: Fetched) -> str:
+        with unit_of_work():
+            record = self._locked_record(record_id)
+            if record.status != PROCESSING:  # someone retried or finished it meanwhile
+                return record.status
+            record.sha256, record.size = fetched.sha256, fetched.size
+            outcome = self.handler.apply(fetched.payload, file, import_id=record.id)
+            if outcome.status == PARTIAL or outcome.status == SUCCEEDED:
+                self._record_outcome(record, outcome, outcome.status)
+                if outcome.status == PARTIAL:
+                    self._alert(record)
+                self._set_state(last_success_at=record.finished_at)
+                status = outcome.status
+            else:
+                status = None
+        if status is None:  # every item failed: nothing was written; a failure like any other
+            return self._fail(record_id, outcome.errors, input_error=True, fetched=fetched, outcome=outcome)
+        log.info("%s: import #%s %s: %s", self.service, record_id, status, _counts_text(outcome.counts))
+        return status
+
+    def _record_outcome(self, record: Any, outcome: Outcome, status: str) -> None:
+        record.status = status
+        record.counts = dict(outcome.counts)
+        record.errors = list(outcome.errors)
+        record.warnings = list(outcome.warnings)
+        record.finished_at = now_utc()
+        record.next_attempt_at = None
+
+    def _fail(self, record_id: int, errors: list[dict[str, Any]], *, input_error: bool,
+              fetched: Fetched | None, outcome: Outcome | None = None) -> str:
+        db.session.rollback()
+        with unit_of_work():
+            record = self._locked_record(record_id)
+            if fetched is not None:
+                record.sha256, record.size = fetched.sha256, fetched.size
+            self._record_outcome(record, outcome or Outcome(errors=errors), FAILED)
+            if outcome is None:
+                record.counts = empty_counts()
+            retry = self.retry_input_errors or not input_error
+            if retry and record.attempts >= self.max_attempts:
+                record.status = QUARANTINED
+            elif retry:
+                delay = min(self.retry_base * (2 ** (record.attempts - 1)), MAX_BACKOFF)
+                record.next_attempt_at = record.finished_at + delay
+            if record.status == QUARANTINED or record.attempts == 1:
+                self._alert(record)
+            status = record.status
+        kinds = ", ".join(sorted({e.get("kind", "error") for e in errors}))
+        log.warning("%s: import #%s %s (attempt %s): %s", self.service, record_id, status, record.attempts, kinds)
+        return status
+
+    def _alert(self, record: Any) -> None:
+        subject, body = alerts.import_alert(self.service, record, source_description=self.source.description)
+        alerts.enqueue(self.models.alert, f"import:{record.id}:{record.retry_round}:{record.status}", subject, body)
+
+    def _finish_at_source(self, file: SourceFile) -> None:
+        try:
+            self.source.finish(file)
+        except SourceUnavailable as error:
+            log.warning("%s: %s imported but not yet finished at the source (%s); the next pass will",
+                        self.service, self.handler.label(file), error)
+
+    # ---- source health and shared state --------------------------------------------------------
+
+    def _state(self) -> Any:
+        State = self.models.state
+        state = db.session.scalars(select(State).where(State.id == 1).with_for_update()).first()
+        if state is None:
+            state = State(id=1)
+            db.session.add(state)
+        return state
+
+    def _set_state(self, **values: Any) -> Any:
+        state = self._state()
+        for key, value in values.items():
+            setattr(state, key, value)
+        return state
+
+    def _touch_state(self, **values: Any) -> None:
+        with unit_of_work():
+            self._set_state(**values)
+
+    def _source_down(self, error_kind: str) -> None:
+        with unit_of_work():
+            state = self._state()
+            if state.source_down_since is None:
+                state.source_down_since = now_utc()
+                subject, body = alerts.source_alert(self.service, down=True, since=state.source_down_since,
+                                                    source_description=self.source.description,
+                                                    error_kind=error_kind)
+                alerts.enqueue(self.models.alert, f"source:down:{state.source_down_since.isoformat()}",
+                               subject, body)
+        log.warning("%s: import source unavailable: %s", self.service, error_kind)
+
+    def _source_up(self) -> None:
+        with unit_of_work():
+            state = self._state()
+            if state.source_down_since is not None:
+                subject, body = alerts.source_alert(self.service, down=False, since=state.source_down_since,
+                                                    source_description=self.source.description)
+                alerts.enqueue(self.models.alert, f"source:up:{state.source_down_since.isoformat()}",
+                               subject, body)
+                state.source_down_since = None
+                log.info("%s: import source reachable again", self.service)
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in counts.items() if value) or "nothing to do"
+
+
+def retry_record(record_model: type, record_id: int) -> Any:
+    """Clear a failed or quarantined import so the next pass tries it afresh (count starts again)."""
+    from shared.errors import Conflict, NotFound
+
+    record = db.session.scalars(select(record_model).where(record_model.id == record_id).with_for_update()).first()
+    if record is None:
+        raise NotFound(f"import {record_id} does not exist")
+    if record.status not in (FAILED, QUARANTINED):
+        raise Conflict(f"import {record_id} is {record.status}; only failed or quarantined imports can be retried")
+    record.status = PENDING
+    record.attempts = 0
+    record.retry_round += 1
+    record.next_attempt_at = now_utc()
+    return record

@@ -1,0 +1,103 @@
+"""One service's import set-up, kept on the app as `app.extensions["imports"]`.
+
+A service describes its importer with an `ImporterSpec` (its tables, its source, its file
+handler, its timings); `install` hangs it on the app; `start` runs it in the background.
+The REST endpoints, the CLI and the background worker all go through this object.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from flask import Flask
+from sqlalchemy import select
+
+from shared.config import Settings
+from shared.db import unit_of_work
+from shared.extensions import db
+from shared.imports.alerts import AlertSender
+from shared.imports.runner import FileHandler, ImportModels, ImportRunner, PassSummary, Source
+from shared.schemas import now_utc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImporterSpec:
+    service: str
+    models: ImportModels
+    make_source: Callable[[Settings], Source | None]  # None: no source configured, importer off
+    handler: FileHandler
+    poll_seconds: Callable[[Settings], float]
+    retry_input_errors: bool  # bucket files are retried; a bad folder file waits for a new version
+    missing_source_hint: str
+
+
+class ImportsExtension:
+    def __init__(self, app: Flask, spec: ImporterSpec):
+        self.app = app
+        self.spec = spec
+        self.service = spec.service
+        self.models = spec.models
+        self.settings: Settings = app.extensions["settings"]
+        self.source = spec.make_source(self.settings)
+        self.poll_seconds = spec.poll_seconds(self.settings)
+        self.worker = None
+        self.alert_sender = AlertSender(self.settings, spec.models.alert)
+
+    @property
+    def configured(self) -> bool:
+        return self.source is not None
+
+    def runner(self, still_leader: Callable[[], bool] = lambda: True) -> ImportRunner:
+        return ImportRunner(
+            service=self.service, source=self.source, handler=self.spec.handler, models=self.models,
+            max_file_bytes=self.settings.IMPORT_MAX_FILE_BYTES,
+            max_attempts=self.settings.PATIENT_IMPORT_MAX_ATTEMPTS,
+            retry_base_seconds=self.poll_seconds, retry_input_errors=self.spec.retry_input_errors,
+            still_leader=still_leader)
+
+    def run_pass(self, files: Any = None, *, still_leader: Callable[[], bool] = lambda: True) -> PassSummary:
+        return self.runner(still_leader).run_pass(files)
+
+    def send_alerts(self) -> int:
+        return self.alert_sender.send_pending()
+
+    def state_row(self, *, for_update: bool = False) -> Any:
+        State = self.models.state
+        query = select(State).where(State.id == 1)
+        state = db.session.scalars(query.with_for_update() if for_update else query).first()
+        if state is None:
+            state = State(id=1)
+            db.session.add(state)
+            db.session.flush()
+        return state
+
+    def request_run(self) -> Any:
+        """Ask for a pass now. Whichever process holds the lock picks it up within a second."""
+        with unit_of_work():
+            state = self.state_row(for_update=True)
+            state.run_requested_at = now_utc()
+        if self.worker is not None and self.worker.is_leader:
+            self.worker.request_full_pass()
+        return state.run_requested_at
+
+    def start(self) -> None:
+        from shared.imports.worker import BackgroundImporter
+
+        if not self.configured:
+            log.warning("%s importer off: %s", self.service, self.spec.missing_source_hint)
+            return
+        self.worker = BackgroundImporter(self.app, self)
+        self.worker.start()
+        self.app.extensions["importer_stop"] = self.worker.stop
+
+
+def install(app: Flask, spec: ImporterSpec) -> ImportsExtension:
+    from shared.imports.cli import imports_cli
+
+    extension = ImportsExtension(app, spec)
+    app.extensions["imports"] = extension
+    app.cli.add_command(imports_cli)
+    return extension

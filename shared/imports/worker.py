@@ -1,0 +1,236 @@
+"""The background importer of one process: a clock (APScheduler) and one worker thread.
+
+- The scheduler's `heartbeat` job (every second) keeps or takes the importer lock, notices run
+  requests from any worker (`POST /api/imports/run` writes them to the database), hands settled
+  folder files to the worker, and restarts a dead folder observer.
+- The `poll` job (every `poll_seconds`; `coalesce`, `max_instances=1`, no misfire limit, so a
+  late run is run, not dropped) asks for a full pass: a bucket poll or a folder rescan.
+- `alerts` (every 30 s) sends alerts the SMTP server refused earlier.
+- The worker thread runs passes one after another, only while this process holds the lock.
+  Only it imports, so jobs never wait on an import and never pile up.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import socket
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from flask import Flask
+from sqlalchemy import select
+
+from shared.db import unit_of_work
+from shared.extensions import db
+from shared.imports import alerts
+from shared.imports.locking import ImporterLock
+from shared.logs import describe_exception
+from shared.schemas import now_utc
+
+log = logging.getLogger(__name__)
+
+FULL_PASS = "full-pass"
+STOP = "stop"
+HEARTBEAT_SECONDS = 1.0
+ALERT_RETRY_SECONDS = 30.0
+LEADER_NOTE_SECONDS = 5.0
+
+
+class BackgroundImporter:
+    def __init__(self, app: Flask, imports: Any):
+        self.app = app
+        self.imports = imports  # the app's ImportsExtension
+        self.lock = ImporterLock(_engine(app), imports.service)
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.scheduler: BackgroundScheduler | None = None
+        self.thread: threading.Thread | None = None
+        self.work: queue.Queue = queue.Queue()
+        self.stopping = threading.Event()
+        self.full_pass_queued = threading.Event()
+        self.last_pass_at: datetime | None = None
+        self.last_request_seen: datetime | None = None
+        self.last_leader_note: datetime | None = None
+        self.observer_restarts = 0
+        self._fork_hook_installed = False
+
+    # ---- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.stopping.clear()
+        self.thread = threading.Thread(target=self._work_loop, name=f"importer-{self.imports.service}",
+                                       daemon=True)
+        self.thread.start()
+        self.scheduler = BackgroundScheduler(
+            timezone=timezone.utc, executors={"default": ThreadPoolExecutor(3)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        now = datetime.now(timezone.utc)
+        self.scheduler.add_job(self._heartbeat, "interval", seconds=HEARTBEAT_SECONDS, id="heartbeat",
+                               next_run_time=now)
+        self.scheduler.add_job(self.request_full_pass, "interval", seconds=self.imports.poll_seconds,
+                               id="poll", next_run_time=now + timedelta(seconds=self.imports.poll_seconds))
+        self.scheduler.add_job(self._send_alerts, "interval", seconds=ALERT_RETRY_SECONDS, id="alerts")
+        self.scheduler.start()
+        if not self._fork_hook_installed:
+            # gunicorn --preload forks after create_app(): threads do not survive a fork.
+            os.register_at_fork(after_in_child=self._restart_in_child)
+            atexit.register(self.stop)
+            self._fork_hook_installed = True
+        log.info("background importer started (%s, full pass every %ss)", self.imports.source.description,
+                 self.imports.poll_seconds)
+
+    def stop(self) -> None:
+        """Stop cleanly: no new pass, the current file finishes, the lock is released."""
+        if self.stopping.is_set() and self.thread is None:
+            return
+        self.stopping.set()
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        self.scheduler = None
+        self.work.put(STOP)
+        if self.thread is not None:
+            self.thread.join(timeout=60)
+            self.thread = None
+        self._step_down()
+        self.lock.release()
+
+    def _restart_in_child(self) -> None:
+        if self.scheduler is None:
+            return
+        self.lock.forget_after_fork()
+        self.scheduler = None
+        self.thread = None
+        self.work = queue.Queue()
+        self.full_pass_queued.clear()
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.start()
+
+    # ---- what the API and the jobs ask for ------------------------------------------------------
+
+    def request_full_pass(self) -> None:
+        if not self.full_pass_queued.is_set():
+            self.full_pass_queued.set()
+            self.work.put(FULL_PASS)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.lock.held
+
+    def alive(self) -> bool:
+        return (self.thread is not None and self.thread.is_alive()
+                and self.scheduler is not None and self.scheduler.running)
+
+    def next_poll_at(self) -> datetime | None:
+        job = self.scheduler.get_job("poll") if self.scheduler else None
+        return job.next_run_time if job else None
+
+    # ---- jobs ----------------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        if self.stopping.is_set():
+            return
+        with self.app.app_context():
+            try:
+                self._keep_or_take_lead()
+                if not self.lock.held:
+                    return
+                self._note_leadership()
+                self._pick_up_run_request()
+                source = self.imports.source
+                if hasattr(source, "observer_alive"):
+                    self._watch_observer(source)
+                    ready = source.ready_files()
+                    if ready:
+                        self.work.put(ready)
+            except Exception as error:  # noqa: BLE001 — the clock must keep ticking
+                db.session.rollback()
+                log.warning("importer heartbeat: %s", describe_exception(error))
+
+    def _keep_or_take_lead(self) -> None:
+        if self.lock.held:
+            if not self.lock.verify():
+                self._step_down()
+            return
+        if self.lock.try_acquire():
+            log.info("%s is now the importer of %s", self.identity, self.imports.service)
+            if hasattr(self.imports.source, "start_watching"):
+                self.imports.source.start_watching()
+            self.request_full_pass()  # files present at start, or left by the previous holder
+
+    def _step_down(self) -> None:
+        if hasattr(self.imports.source, "stop_watching"):
+            self.imports.source.stop_watching()
+
+    def _note_leadership(self) -> None:
+        now = now_utc()
+        if self.last_leader_note and (now - self.last_leader_note).total_seconds() < LEADER_NOTE_SECONDS:
+            return
+        with unit_of_work():
+            state = self.imports.state_row(for_update=True)
+            state.lock_holder = self.identity
+            state.lock_heartbeat_at = now
+        self.last_leader_note = now
+
+    def _pick_up_run_request(self) -> None:
+        requested = db.session.scalar(select(self.imports.models.state.run_requested_at)
+                                      .where(self.imports.models.state.id == 1))
+        db.session.rollback()
+        if requested is not None and (self.last_request_seen is None or requested > self.last_request_seen):
+            self.last_request_seen = requested
+            self.request_full_pass()
+
+    def _watch_observer(self, source: Any) -> None:
+        if source.observer_alive():
+            return
+        self.observer_restarts += 1
+        log.error("the folder observer died; restarting it (restart %s)", self.observer_restarts)
+        source.stop_watching()
+        source.start_watching()
+        self.request_full_pass()  # events may have been lost while it was down
+        now = now_utc()
+        with unit_of_work():
+            subject = f"[{self.imports.service}] folder watcher restarted"
+            body = (f"Service: {self.imports.service}\nThe watchdog observer of the import folder had stopped "
+                    f"and was restarted at {now.isoformat(timespec='seconds')} by {self.identity}.\n"
+                    "A full rescan was started, so no file is missed. If this repeats, see the runbook.\n")
+            alerts.enqueue(self.imports.models.alert, f"observer:restarted:{now.isoformat()}", subject, body)
+
+    def _send_alerts(self) -> None:
+        if self.lock.held and not self.stopping.is_set():
+            with self.app.app_context():
+                self.imports.send_alerts()
+
+    # ---- the worker thread -----------------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        while True:
+            item = self.work.get()
+            if item == STOP or self.stopping.is_set():
+                return
+            if item == FULL_PASS:
+                self.full_pass_queued.clear()
+            if not self.lock.held:
+                continue
+            with self.app.app_context():
+                try:
+                    summary = self.imports.run_pass(None if item == FULL_PASS else item,
+                                                    still_leader=self._still_leader)
+                    self.last_pass_at = now_utc()
+                    if summary.files or summary.source_error:
+                        log.info("%s import pass: %s", self.imports.service, summary)
+                    self.imports.send_alerts()
+                except Exception as error:  # noqa: BLE001 — a pass may fail; the thread must not
+                    db.session.rollback()
+                    log.error("import pass failed: %s", describe_exception(error))
+
+    def _still_leader(self) -> bool:
+        return self.lock.held and not self.stopping.is_set()
+
+
+def _engine(app: Flask) -> Any:
+    with app.app_context():
+        return db.engine

@@ -1,0 +1,178 @@
+"""How a scrape file becomes therapist service calls (SPEC §7.2, §8.2).
+
+Whole-file problems — not UTF-8, not JSON, truncated, the wrong shape, an item that is not an
+object, the same id twice — fail the file and write nothing. A therapist that fails validation
+is reported with its index and id while the rest of the file is imported (`partial`).
+Each therapist goes through `TherapistSchema` and the functions of `therapist_service.services`,
+with `source="import"` and the import's id as the actor.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import PurePosixPath
+from typing import Any
+
+from marshmallow import ValidationError
+
+from shared.config import Settings
+from shared.errors import DomainError, StaleUpdate, flatten_messages
+from shared.imports.runner import ImportModels, InputError, Outcome, SourceFile, item_error
+from shared.imports.service import ImporterSpec
+from shared.imports.sources.folder import FolderSource
+from therapist_service import services
+from therapist_service.models import Alert, ImporterState, ImportRecord
+from therapist_service.schemas import TherapistSchema
+
+NAME = re.compile(r"^\d{5}\.json$")
+STATUSES = ("new", "modified", "unchanged", "deleted")
+_schema = TherapistSchema()
+
+
+def decode(payload: bytes) -> Any:
+    """Bytes → JSON value, or an `InputError` that says exactly what is wrong."""
+    try:
+        text = payload.decode("utf-8-sig")  # a byte-order mark is fine
+    except UnicodeDecodeError as error:
+        raise InputError("not-utf8", f"the file is not UTF-8: invalid byte at offset {error.start}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        if not text.strip():
+            raise InputError("not-json", "the file is empty") from None
+        if error.pos >= len(text.rstrip()):
+            raise InputError("truncated", f"the JSON ends too early (line {error.lineno}, column "
+                                          f"{error.colno}): the file looks truncated") from None
+        raise InputError("not-json", f"not valid JSON: {error.msg} at line {error.lineno}, "
+                                     f"column {error.colno}") from None
+
+
+def _check_shape(document: Any) -> tuple[dict[str, Any], list[Any]]:
+    if not isinstance(document, dict) or not isinstance(document.get("therapists"), list):
+        raise InputError("wrong-shape", 'the top level must be an object with a "therapists" list',
+                         pointer="/therapists")
+    metadata = document.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise InputError("wrong-shape", '"metadata" must be an object', pointer="/metadata")
+    items = document["therapists"]
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InputError("wrong-shape", f"therapist {index} is a {type(item).__name__}, not an object",
+                             pointer=f"/therapists/{index}", index=index)
+    ids = Counter(item["id"] for item in items if isinstance(item.get("id"), str))
+    repeated = sorted(i for i, n in ids.items() if n > 1)
+    if repeated:
+        raise InputError("duplicate-ids", f"{len(repeated)} id(s) appear more than once: "
+                                          + ", ".join(repeated[:10]) + ("…" if len(repeated) > 10 else ""),
+                         pointer="/therapists")
+    return metadata, items
+
+
+def _load(index: int, item: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """One scraped therapist → (status, loaded data). Raises `ValidationError` with pointers."""
+    problems: dict[str, Any] = {}
+    external_id = item.get("id")
+    if not isinstance(external_id, str) or not external_id.strip():
+        problems["id"] = ["required: a non-empty string"]
+    status = item.get("status")
+    if status not in STATUSES:
+        problems["status"] = ["must be one of: " + ", ".join(STATUSES)]
+    body = {key: value for key, value in item.items() if key not in ("id", "status")}
+    body["external_id"] = external_id if isinstance(external_id, str) else None
+    try:
+        data = _schema.load(body)
+    except ValidationError as error:
+        messages = dict(error.messages) if isinstance(error.messages, dict) else {"_schema": error.messages}
+        if "external_id" in messages:
+            problems.setdefault("id", messages.pop("external_id"))
+        problems.update(messages)
+    if problems:
+        raise ValidationError(problems)
+    return status, data
+
+
+class TherapistFileHandler:
+    """The therapist service's `FileHandler`."""
+
+    def label(self, file: SourceFile) -> str:
+        return file.name  # a postcode area: nothing personal
+
+    def check_name(self, file: SourceFile) -> None:
+        if not NAME.match(PurePosixPath(file.name).name):
+            raise InputError("bad-name", "a scrape file must be named <5-digit postcode>.json, e.g. 52074.json")
+
+    def apply(self, payload: bytes, file: SourceFile, *, import_id: int) -> Outcome:
+        metadata, items = _check_shape(decode(payload))
+        outcome = Outcome()
+        declared = metadata.get("total_therapists")
+        if declared is not None and declared != len(items):
+            outcome.warnings.append(item_error(
+                "count-mismatch", f"metadata.total_therapists says {declared}, the file has {len(items)}",
+                pointer="/metadata/total_therapists"))
+
+        loaded: list[tuple[int, str, dict[str, Any]]] = []
+        for index, item in enumerate(items):
+            ref = item.get("id") if isinstance(item.get("id"), str) else None
+            try:
+                status, data = _load(index, item)
+            except ValidationError as error:
+                outcome.count("failed")
+                outcome.errors.extend(item_error("validation", e["detail"], pointer=e["pointer"], index=index,
+                                                 ref=ref) for e in flatten_messages(error.messages))
+                continue
+            loaded.append((index, status, data))
+
+        existing = services.find_by_external_ids(data["external_id"] for _, _, data in loaded)
+        actor = f"import:{import_id}"
+        for index, status, data in loaded:
+            try:
+                action, warning = self._apply_one(status, data, existing.get(data["external_id"]), actor)
+            except DomainError as error:
+                outcome.count("failed")
+                outcome.errors.append(item_error(error.type, error.detail, index=index, ref=data["external_id"]))
+                continue
+            outcome.count(action)
+            if warning:
+                outcome.warnings.append(item_error("content-differs" if action == "updated" else "not-found",
+                                                   warning, index=index, ref=data["external_id"]))
+        return outcome
+
+    @staticmethod
+    def _apply_one(status: str, data: dict[str, Any], therapist: Any, actor: str) -> tuple[str, str | None]:
+        """SPEC §7.2.3 for one therapist: the action taken and a warning, if any."""
+        write = {"source": "import", "actor": actor}
+        try:
+            if status == "deleted":
+                if therapist is None:
+                    return services.UNCHANGED, "marked deleted but not known here; nothing to delete"
+                return services.soft_delete(therapist, last_modified=data.get("last_modified"), **write), None
+            if therapist is None:
+                services.create_therapist(data, **write)
+                return services.CREATED, None
+            if status == "unchanged":
+                if services.same_content(therapist, data):
+                    return services.UNCHANGED, None
+                services.update_therapist(therapist, data, stale_if_equal=False, **write)
+                return services.UPDATED, "marked unchanged, but differed from the stored record; updated"
+            return services.update_therapist(therapist, data, restore=True, **write), None
+        except StaleUpdate:
+            return services.IGNORED_STALE, None
+
+
+def _source(settings: Settings) -> FolderSource | None:
+    if not settings.THERAPIST_IMPORT_DIR:
+        return None
+    return FolderSource(settings.THERAPIST_IMPORT_DIR, settle_seconds=settings.THERAPIST_IMPORT_SETTLE_SECONDS,
+                        polling=settings.THERAPIST_IMPORT_POLLING)
+
+
+SPEC = ImporterSpec(
+    service="therapist_service",
+    models=ImportModels(record=ImportRecord, alert=Alert, state=ImporterState),
+    make_source=_source,
+    handler=TherapistFileHandler(),
+    poll_seconds=lambda settings: settings.THERAPIST_IMPORT_RESCAN_SECONDS,
+    retry_input_errors=False,
+    missing_source_hint="set THERAPIST_IMPORT_DIR to the folder the scraper writes to",
+)
