@@ -5,13 +5,15 @@ from flask import url_for
 from flask.views import MethodView
 
 from patient_service import services
-from patient_service.schemas import PatientQuerySchema, PatientSchema
+from patient_service.schemas import ConsentSchema, PatientQuerySchema, PatientSchema, RegistrationSchema
 from shared.db import atomic
 from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_version
 from shared.schemas import AsOfQuerySchema, VersionSchema
 
 blp = Blueprint("patients", __name__, url_prefix="/api/patients",
                 description="Patients looking for a therapy place. Health data: responses are never cached.")
+
+DUPLICATE = {409: "Duplicate: `existing_id` names the patient who exists"}
 
 
 def _respond(patient, status=200, headers=None):
@@ -23,6 +25,7 @@ class Patients(MethodView):
     @blp.arguments(PatientQuerySchema, location="query")
     @blp.response(200, PatientSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=100)
+    @blp.problems(401)
     def get(self, filters, pagination_parameters):
         """List patients (newest id last), filtered."""
         items, total = services.list_patients(filters, page=pagination_parameters.page,
@@ -32,7 +35,7 @@ class Patients(MethodView):
 
     @blp.arguments(PatientSchema)
     @blp.response(201, PatientSchema)
-    @blp.alt_response(409, description="Duplicate: `existing_id` names the patient who exists")
+    @blp.problems(400, 401, 409, 413, descriptions=DUPLICATE)
     @atomic
     def post(self, data):
         """Create a patient."""
@@ -44,6 +47,7 @@ class Patients(MethodView):
 class Patient(MethodView):
     @blp.arguments(AsOfQuerySchema, location="query")
     @blp.response(200, PatientSchema)
+    @blp.problems(401, 404, 410)
     def get(self, args, patient_id):
         """Read a patient; with `?at=` as it was then."""
         if "at" in args:
@@ -53,6 +57,7 @@ class Patient(MethodView):
 
     @blp.arguments(PatientSchema)
     @blp.response(200, PatientSchema)
+    @blp.problems(400, 401, 404, 409, 410, 412, 413, descriptions=DUPLICATE)
     @atomic
     def put(self, data, patient_id):
         """Replace a patient. Honours `If-Match`."""
@@ -62,6 +67,7 @@ class Patient(MethodView):
 
     @blp.arguments(PatientSchema(partial=True))
     @blp.response(200, PatientSchema)
+    @blp.problems(400, 401, 404, 409, 410, 412, 413, descriptions=DUPLICATE)
     @atomic
     def patch(self, changes, patient_id):
         """Change some fields of a patient. Honours `If-Match`."""
@@ -70,6 +76,7 @@ class Patient(MethodView):
             source="api", actor=current_actor()))
 
     @blp.response(204)
+    @blp.problems(401, 404, 410, 412)
     @atomic
     def delete(self, patient_id):
         """Soft-delete a patient: later reads answer 410. Honours `If-Match`."""
@@ -80,6 +87,23 @@ class Patient(MethodView):
 @blp.route("/<int:patient_id>/history")
 class PatientHistory(MethodView):
     @blp.response(200, VersionSchema(many=True))
+    @blp.problems(401, 404)
     def get(self, patient_id):
         """Every version of a patient, newest first."""
         return services.patient_history(patient_id)
+
+
+@blp.route("/<int:patient_id>/consents")
+class PatientConsents(MethodView):
+    @blp.response(200, ConsentSchema(many=True))
+    def get(self, patient_id):
+        """The patient's consent records, each with the registration's `consent_metadata` in full."""
+        return services.patient_consents(patient_id)
+
+
+@blp.route("/<int:patient_id>/registrations")
+class PatientRegistrations(MethodView):
+    @blp.response(200, RegistrationSchema(many=True))
+    def get(self, patient_id):
+        """The registrations (bucket files) that created or updated this patient."""
+        return services.patient_registrations(patient_id)

@@ -7,17 +7,20 @@ from flask import Flask
 
 from shared.app_factory import ServiceDefinition, build_app
 from shared.config import load_settings
+from shared.imports import service as imports
 
 SERVICE_NAME = "patient_service"
 DEFAULT_PORT = 5001
 
 
 def start_importer(app: Flask) -> None:
-    """The one place the bucket importer is started (filled in by the importer issue)."""
+    """The one place the bucket importer is started: the poll schedule and the runner."""
+    app.extensions["imports"].start()
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    from patient_service import api, models  # noqa: F401  (models: registers the tables)
+    from patient_service import api, importer
+    from shared.imports import api as imports_api
 
     settings = load_settings(config, default_port=DEFAULT_PORT)
     service = ServiceDefinition(
@@ -25,8 +28,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         title="Patient service",
         description="Patients, consents and registrations; imports registration files from a bucket.",
         default_port=DEFAULT_PORT,
-        blueprints=[api.blp],
+        blueprints=[api.blp, imports_api.blp],
         start_importer=start_importer,
         no_store_prefixes=("/api/",),
+        extra_setup=[lambda app: imports.install(app, importer.spec(settings))],
     )
     return build_app(service, settings)

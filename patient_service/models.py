@@ -1,14 +1,15 @@
 """Patient service tables, all in the PostgreSQL schema `patient_service`."""
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Date, ForeignKey, Index, String, text
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, ForeignKey, Index, String, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.extensions import db
+from shared.imports.models import declare_import_tables
 from shared.versioning import VersionedRecordMixin, VersionRowMixin
 
 SCHEMA = "patient_service"
@@ -59,3 +60,35 @@ class PatientVersion(VersionRowMixin, db.Model):
         {"schema": SCHEMA},
     )
     record_id: Mapped[int] = mapped_column(ForeignKey(f"{SCHEMA}.patients.id", ondelete="CASCADE"))
+
+
+class Registration(db.Model):
+    """One registration on the website: the file that brought it, by its token (SPEC §7.1.6)."""
+
+    __tablename__ = "registrations"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey(f"{SCHEMA}.patients.id", ondelete="CASCADE"), index=True)
+    token: Mapped[str] = mapped_column(String(100), unique=True)
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    import_id: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __table_args__ = ({"schema": SCHEMA},)
+
+
+class Consent(db.Model):
+    """Proof of consent: `consent_metadata` of a registration, stored in full (SPEC §7.1.7)."""
+
+    __tablename__ = "consents"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey(f"{SCHEMA}.patients.id", ondelete="CASCADE"), index=True)
+    registration_id: Mapped[int | None] = mapped_column(ForeignKey(f"{SCHEMA}.registrations.id", ondelete="SET NULL"))
+    consent_version: Mapped[str | None] = mapped_column(String(50))
+    given_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __table_args__ = ({"schema": SCHEMA},)
+
+
+IMPORT_MODELS = declare_import_tables(SCHEMA, __name__)
+ImportRecord, Alert, ImporterState = IMPORT_MODELS.record, IMPORT_MODELS.alert, IMPORT_MODELS.state

@@ -1,9 +1,9 @@
 """The patient's one shape (SPEC §6.1), used by the REST API, batch requests and the importer."""
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
-from marshmallow import ValidationError, fields, post_load, validate, validates
+from marshmallow import INCLUDE, ValidationError, fields, post_load, validate, validates
 
 from shared.schemas import (POSTCODE, StrictBoolean, StrictSchema, TrimmedString, UtcDateTime,
                             optional_string, weekly_hours)
@@ -15,6 +15,7 @@ VERFAHREN = ("Verhaltenstherapie", "Tiefenpsychologisch fundierte Psychotherapie
 THERAPEUTENGESCHLECHT = ("männlich", "weiblich", "egal")
 VERKEHRSMITTEL = ("Auto", "ÖPNV")
 MAX_AGE_YEARS = 120
+REGISTRATION_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 def _one_of(choices):
@@ -84,3 +85,55 @@ class PatientQuerySchema(StrictSchema):
     geburtsdatum = fields.Date()
     plz = fields.String(validate=POSTCODE)
     updated_since = UtcDateTime()
+
+
+class ConsentMetadataSchema(StrictSchema):
+    """The keys a consent needs; every other key is kept as sent (it is the proof of consent)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    ip_address = TrimmedString(required=True, validate=validate.Length(1, 100))
+    user_agent = fields.String(required=True, validate=validate.Length(1, 2000))
+    timestamp_utc = UtcDateTime(required=True)
+    consent_version = fields.String(load_default=None, allow_none=True)
+
+
+class RegistrationFileSchema(StrictSchema):
+    """A registration file from the bucket (SPEC §8.1); `patient_data` is a `PatientSchema`."""
+
+    patient_data = fields.Nested(PatientSchema, required=True)
+    consent_metadata = fields.Dict(required=True)
+    registration_timestamp = fields.String(required=True)
+    registration_token = TrimmedString(required=True, validate=[
+        validate.Length(1, 100), validate.Regexp(r"^[A-Za-z0-9-]+$", error="may contain only letters, digits and -")])
+
+    @validates("consent_metadata")
+    def _consent_has_proof(self, value, **_kwargs):
+        errors = ConsentMetadataSchema().validate(value)
+        if errors:
+            raise ValidationError(errors)
+
+    @validates("registration_timestamp")
+    def _local_timestamp(self, value, **_kwargs):
+        try:
+            datetime.strptime(value, REGISTRATION_TIMESTAMP_FORMAT)
+        except ValueError:
+            raise ValidationError("must be local time YYYY-MM-DD HH:MM:SS (Europe/Berlin)") from None
+
+
+class ConsentSchema(StrictSchema):
+    id = fields.Integer()
+    registration_id = fields.Integer(allow_none=True)
+    consent_version = fields.String(allow_none=True)
+    given_at = fields.DateTime()
+    recorded_at = fields.DateTime()
+    metadata = fields.Dict(attribute="metadata_")
+
+
+class RegistrationSchema(StrictSchema):
+    id = fields.Integer()
+    token = fields.String()
+    registered_at = fields.DateTime()
+    import_id = fields.Integer(allow_none=True)
+    created_at = fields.DateTime()

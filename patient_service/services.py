@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from patient_service.models import Patient, PatientVersion
+from patient_service.models import Consent, Patient, PatientVersion, Registration
 from patient_service.schemas import PatientSchema
 from shared import versioning
 from shared.errors import Duplicate, Gone, NotFound, PreconditionFailed
@@ -82,7 +82,10 @@ def list_patients(filters: dict[str, Any], *, page: int, page_size: int) -> tupl
     if "updated_since" in filters:
         query = query.where(Patient.updated_at >= filters["updated_since"])
     total = db.session.scalar(select(func.count()).select_from(query.subquery()))
-    items = db.session.scalars(query.order_by(Patient.id).limit(page_size).offset((page - 1) * page_size))
+    offset = (page - 1) * page_size
+    if offset >= total:
+        return [], total  # past the last page; a huge page number would overflow OFFSET
+    items = db.session.scalars(query.order_by(Patient.id).limit(page_size).offset(offset))
     return list(items), total
 
 
@@ -205,3 +208,74 @@ def delete_patient(patient_id: int, *, expected_version: int | None = None, sour
     db.session.flush()
     _record(patient, source=source, actor=actor, now=now)
     return patient
+
+
+# ---- registrations and consents (the bucket importer's unit of work) ------------------------------
+
+def record_consent(patient: Patient, registration: Registration | None, metadata: dict[str, Any],
+                   *, given_at: datetime, now: datetime | None = None) -> Consent:
+    consent = Consent(patient_id=patient.id, registration_id=registration.id if registration else None,
+                      consent_version=metadata.get("consent_version"), given_at=given_at,
+                      metadata_=metadata, recorded_at=now or now_utc())
+    db.session.add(consent)
+    return consent
+
+
+def import_registration(data: dict[str, Any], consent_metadata: dict[str, Any], *, token: str,
+                        registered_at: datetime, consent_given_at: datetime, import_id: int | None,
+                        sha256: str | None, source: str, actor: str,
+                        now: datetime | None = None) -> tuple[Patient, str, list[str]]:
+    """Apply one registration (SPEC §7.1.6): returns the patient, what happened to it
+    (`created`, `updated`, `unchanged`) and warnings.
+
+    - The same token again is the same registration: the patient is updated if the data differ.
+    - Otherwise the duplicate rule: a match is updated in place and gets this registration.
+    - Otherwise a new patient; a near match (same e-mail, other name; or same name and birth
+      date, other e-mail) is named in a warning.
+    Every registration's `consent_metadata` is kept in full as a consent record.
+    """
+    now = now or now_utc()
+    warnings: list[str] = []
+    registration = db.session.scalars(
+        select(Registration).where(Registration.token == token).with_for_update()).first()
+    if registration is not None:
+        patient = get_patient(registration.patient_id, for_update=True)
+        changed = update_patient(patient, data, source=source, actor=actor, now=now)
+        known = db.session.scalars(select(Consent.metadata_).where(
+            Consent.registration_id == registration.id)).all()
+        if consent_metadata not in known:
+            record_consent(patient, registration, consent_metadata, given_at=consent_given_at, now=now)
+        return patient, ("updated" if changed else "unchanged"), warnings
+
+    action = None
+    patient = find_by_identity(data)
+    if patient is None:
+        near = find_near_matches(data)
+        try:
+            patient = create_patient(data, source=source, actor=actor, now=now)
+            action = "created"
+            warnings += [f"possible duplicate of patient {other}: same e-mail address, or same name and "
+                         f"birth date, but not both" for other in near]
+        except Duplicate as duplicate:  # created by someone else a moment ago
+            patient = get_patient(duplicate.existing_id, for_update=True)
+    else:
+        patient = get_patient(patient.id, for_update=True)
+    if action is None:  # the same person by the duplicate rule: update in place
+        action = "updated" if update_patient(patient, data, source=source, actor=actor, now=now) else "unchanged"
+    registration = Registration(patient_id=patient.id, token=token, registered_at=registered_at,
+                                import_id=import_id, sha256=sha256, created_at=now)
+    db.session.add(registration)
+    db.session.flush()
+    record_consent(patient, registration, consent_metadata, given_at=consent_given_at, now=now)
+    return patient, action, warnings
+
+
+def patient_consents(patient_id: int) -> list[Consent]:
+    get_patient(patient_id, include_deleted=True)
+    return list(db.session.scalars(select(Consent).where(Consent.patient_id == patient_id).order_by(Consent.id)))
+
+
+def patient_registrations(patient_id: int) -> list[Registration]:
+    get_patient(patient_id, include_deleted=True)
+    return list(db.session.scalars(
+        select(Registration).where(Registration.patient_id == patient_id).order_by(Registration.id)))

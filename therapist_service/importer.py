@@ -8,7 +8,6 @@ with `source="import"` and the import's id as the actor.
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import PurePosixPath
@@ -18,34 +17,17 @@ from marshmallow import ValidationError
 
 from shared.config import Settings
 from shared.errors import DomainError, StaleUpdate, flatten_messages
-from shared.imports.runner import ImportModels, InputError, Outcome, SourceFile, item_error
+from shared.imports.parsing import decode
+from shared.imports.runner import InputError, Outcome, SourceFile, item_error
 from shared.imports.service import ImporterSpec
 from shared.imports.sources.folder import FolderSource
 from therapist_service import services
-from therapist_service.models import Alert, ImporterState, ImportRecord
+from therapist_service.models import IMPORT_MODELS
 from therapist_service.schemas import TherapistSchema
 
 NAME = re.compile(r"^\d{5}\.json$")
 STATUSES = ("new", "modified", "unchanged", "deleted")
 _schema = TherapistSchema()
-
-
-def decode(payload: bytes) -> Any:
-    """Bytes → JSON value, or an `InputError` that says exactly what is wrong."""
-    try:
-        text = payload.decode("utf-8-sig")  # a byte-order mark is fine
-    except UnicodeDecodeError as error:
-        raise InputError("not-utf8", f"the file is not UTF-8: invalid byte at offset {error.start}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        if not text.strip():
-            raise InputError("not-json", "the file is empty") from None
-        if error.pos >= len(text.rstrip()):
-            raise InputError("truncated", f"the JSON ends too early (line {error.lineno}, column "
-                                          f"{error.colno}): the file looks truncated") from None
-        raise InputError("not-json", f"not valid JSON: {error.msg} at line {error.lineno}, "
-                                     f"column {error.colno}") from None
 
 
 def _check_shape(document: Any) -> tuple[dict[str, Any], list[Any]]:
@@ -169,7 +151,7 @@ def _source(settings: Settings) -> FolderSource | None:
 
 SPEC = ImporterSpec(
     service="therapist_service",
-    models=ImportModels(record=ImportRecord, alert=Alert, state=ImporterState),
+    models=IMPORT_MODELS,
     make_source=_source,
     handler=TherapistFileHandler(),
     poll_seconds=lambda settings: settings.THERAPIST_IMPORT_RESCAN_SECONDS,

@@ -9,7 +9,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.extensions import db
-from shared.imports.models import AlertMixin, ImporterStateMixin, ImportRecordMixin
+from shared.imports.models import declare_import_tables
 from shared.versioning import VersionedRecordMixin, VersionRowMixin
 
 SCHEMA = "therapist_service"
@@ -47,20 +47,5 @@ class TherapistVersion(VersionRowMixin, db.Model):
     record_id: Mapped[int] = mapped_column(ForeignKey(f"{SCHEMA}.therapists.id", ondelete="CASCADE"))
 
 
-class ImportRecord(ImportRecordMixin, db.Model):
-    __tablename__ = "imports"
-    __table_args__ = (
-        Index("ix_imports_source_name", "source", "name", "id"),
-        Index("ix_imports_status", "status"),
-        {"schema": SCHEMA},
-    )
-
-
-class Alert(AlertMixin, db.Model):
-    __tablename__ = "alerts"
-    __table_args__ = ({"schema": SCHEMA},)
-
-
-class ImporterState(ImporterStateMixin, db.Model):
-    __tablename__ = "importer_state"
-    __table_args__ = ({"schema": SCHEMA},)
+IMPORT_MODELS = declare_import_tables(SCHEMA, __name__)
+ImportRecord, Alert, ImporterState = IMPORT_MODELS.record, IMPORT_MODELS.alert, IMPORT_MODELS.state

@@ -1,12 +1,15 @@
 """Columns of the import tables. Each service declares the concrete tables in its own schema."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, Text
+from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.extensions import db
 
 PENDING, PROCESSING, SUCCEEDED, PARTIAL, FAILED, QUARANTINED = (
     "pending", "processing", "succeeded", "partial", "failed", "quarantined")
@@ -72,3 +75,28 @@ class ImporterStateMixin:
     source_down_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     lock_holder: Mapped[str | None] = mapped_column(Text)
     lock_heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass
+class ImportModels:
+    record: type
+    alert: type
+    state: type
+
+
+def declare_import_tables(schema: str, module: str) -> ImportModels:
+    """The `imports`, `alerts` and `importer_state` tables of one service, in its own schema."""
+
+    def model(name: str, mixin: type, table: str, *indexes: Index) -> type:
+        return type(name, (mixin, db.Model), {
+            "__tablename__": table, "__module__": module,
+            "__table_args__": (*indexes, {"schema": schema}),
+        })
+
+    return ImportModels(
+        record=model("ImportRecord", ImportRecordMixin, "imports",
+                     Index("ix_imports_source_name", "source", "name", "id"),
+                     Index("ix_imports_status", "status")),
+        alert=model("Alert", AlertMixin, "alerts"),
+        state=model("ImporterState", ImporterStateMixin, "importer_state"),
+    )

@@ -29,7 +29,7 @@ from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports import alerts
 from shared.imports.models import (DONE, FAILED, PARTIAL, PENDING, PROCESSING, QUARANTINED, SUCCEEDED,
-                                   empty_counts)
+                                   ImportModels, empty_counts)
 from shared.logs import describe_exception
 from shared.schemas import now_utc
 
@@ -51,7 +51,7 @@ class SourceFile:
 @dataclass
 class Fetched:
     payload: bytes | None  # None when the file is larger than allowed
-    sha256: str
+    sha256: str | None  # None when a bucket object was too large to download
     size: int
 
 
@@ -59,20 +59,28 @@ class InputError(Exception):
     """The file itself cannot be imported. `kind` is short and safe to mail; `detail` says why."""
 
     def __init__(self, kind: str, detail: str, *, pointer: str = "/", index: int | None = None,
-                 ref: str | None = None):
+                 ref: str | None = None, errors: list[dict[str, Any]] | None = None):
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
         self.pointer = pointer
         self.index = index
         self.ref = ref
+        self.errors = errors  # several errors at once, e.g. every invalid field of a file
 
-    def as_error(self) -> dict[str, Any]:
-        return item_error(self.kind, self.detail, pointer=self.pointer, index=self.index, ref=self.ref)
+    def as_errors(self) -> list[dict[str, Any]]:
+        if self.errors:
+            return self.errors
+        return [item_error(self.kind, self.detail, pointer=self.pointer, index=self.index, ref=self.ref)]
 
 
 class SourceUnavailable(Exception):
     """The source could not be listed or read: an outage, not a property of the file."""
+
+
+class FileVanished(Exception):
+    """The file was deleted or replaced between listing and reading: nobody's error, no alert.
+    A replacement is a new version and gets a record of its own."""
 
 
 def item_error(kind: str, detail: str, *, pointer: str = "/", index: int | None = None,
@@ -145,13 +153,6 @@ class PassSummary:
                 + (f"; {self.finished_again} finished at the source again" if self.finished_again else ""))
 
 
-@dataclass
-class ImportModels:
-    record: type
-    alert: type
-    state: type
-
-
 class ImportRunner:
     def __init__(self, *, service: str, source: Source, handler: FileHandler, models: ImportModels,
                  max_file_bytes: int, max_attempts: int, retry_base_seconds: float,
@@ -205,6 +206,8 @@ class ImportRunner:
             if file.generation is None:  # a folder file: its version is its content
                 fetched = self.source.fetch(file, self.max_file_bytes)
             record = self._claim(file, fetched)
+        except FileVanished:
+            return None
         except SourceUnavailable as error:
             log.warning("%s: cannot read %s (%s)", self.service, self.handler.label(file), error)
             return None
@@ -224,10 +227,12 @@ class ImportRunner:
                                               f"{self.max_file_bytes} are accepted (IMPORT_MAX_FILE_BYTES)")
             status = self._apply(record.id, file, fetched)
         except InputError as error:
-            status = self._fail(record.id, [error.as_error()], input_error=True, fetched=fetched)
+            status = self._fail(record.id, error.as_errors(), input_error=True, fetched=fetched)
         except SourceUnavailable as error:
             status = self._fail(record.id, [item_error("source-error", str(error))], input_error=False,
                                 fetched=fetched)
+        except FileVanished as error:
+            status = self._vanished(record.id, str(error))
         except Exception as error:  # noqa: BLE001 — the service must outlive any file
             db.session.rollback()
             # The class and place only: a database error's text can hold row values.
@@ -331,6 +336,14 @@ class ImportRunner:
         kinds = ", ".join(sorted({e.get("kind", "error") for e in errors}))
         log.warning("%s: import #%s %s (attempt %s): %s", self.service, record_id, status, record.attempts, kinds)
         return status
+
+    def _vanished(self, record_id: int, detail: str) -> str:
+        db.session.rollback()
+        with unit_of_work():
+            record = self._locked_record(record_id)
+            self._record_outcome(record, Outcome(errors=[item_error("vanished", detail)]), FAILED)
+        log.info("%s: import #%s: %s", self.service, record_id, detail)
+        return FAILED
 
     def _alert(self, record: Any) -> None:
         subject, body = alerts.import_alert(self.service, record, source_description=self.source.description)

@@ -17,7 +17,8 @@ from shared.config import Settings
 from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports.alerts import AlertSender
-from shared.imports.runner import FileHandler, ImportModels, ImportRunner, PassSummary, Source
+from shared.imports.models import ImportModels
+from shared.imports.runner import FileHandler, ImportRunner, PassSummary, Source
 from shared.schemas import now_utc
 
 log = logging.getLogger(__name__)
