@@ -1,22 +1,51 @@
 """Base schema and field types both services' schemas are built from.
 
-Unknown fields are decided here, once: they are an error (422), at every depth.
+Unknown fields are decided here, once: they are an error (422), at every depth. So are strings
+PostgreSQL cannot store (NUL characters, unpaired surrogates): a 422 naming the field, not a 500.
 """
 from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from typing import Any, Mapping
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
 
 WEEKDAYS = ("montag", "dienstag", "mittwoch", "donnerstag", "freitag", "samstag", "sonntag")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _TIME_RANGE = re.compile(r"^(?P<sh>[01]\d|2[0-3]):(?P<sm>[0-5]\d)-(?P<eh>[01]\d|2[0-4]):(?P<em>[0-5]\d)$")
+
+
+def _unstorable_strings(value: Any) -> Any:
+    """marshmallow-style messages for every string (or key) in `value` PostgreSQL would refuse."""
+    message = ["must not contain NUL characters or unpaired surrogates"]
+    if isinstance(value, str):
+        return message if _UNSTORABLE.search(value) else None
+    if isinstance(value, Mapping):  # a dict, or webargs' view of the query string
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    found: dict[Any, Any] = {}
+    for key, item in items:
+        inner = message if isinstance(key, str) and _UNSTORABLE.search(key) else _unstorable_strings(item)
+        if inner:
+            found[key] = inner
+    return found or None
 
 
 class StrictSchema(Schema):
     class Meta:
         unknown = RAISE
         ordered = True
+
+    @pre_load(pass_collection=True)
+    def _storable_strings_only(self, data, **_kwargs):
+        found = _unstorable_strings(data)
+        if found:
+            raise ValidationError(found if isinstance(found, dict) else {"_schema": found})
+        return data
 
 
 class TrimmedString(fields.String):
@@ -34,7 +63,10 @@ class UtcDateTime(fields.DateTime):
         result = super()._deserialize(value, attr, data, **kwargs)
         if result.tzinfo is None:
             result = result.replace(tzinfo=timezone.utc)
-        return result.astimezone(timezone.utc)
+        try:
+            return result.astimezone(timezone.utc)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+            raise ValidationError("is outside the range of supported date-times") from None
 
 
 def validate_time_range(value: str) -> None:

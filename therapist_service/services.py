@@ -102,7 +102,10 @@ def list_therapists(filters: dict[str, Any], *, page: int, page_size: int) -> tu
     if "therapy_method" in filters:
         query = query.where(Therapist.professional_info["therapy_methods"].contains([filters["therapy_method"]]))
     total = db.session.scalar(select(func.count()).select_from(query.subquery()))
-    items = db.session.scalars(query.order_by(Therapist.id).limit(page_size).offset((page - 1) * page_size))
+    offset = (page - 1) * page_size
+    if offset >= total:
+        return [], total  # past the last page; a huge page number would overflow OFFSET
+    items = db.session.scalars(query.order_by(Therapist.id).limit(page_size).offset(offset))
     return list(items), total
 
 
