@@ -9,14 +9,13 @@ from typing import Any, Callable, Iterable
 
 from flask import Flask, g, request, send_from_directory
 from flask_cors import CORS
-from flask_smorest import Api
 
 from shared.auth import init_auth
 from shared.config import Settings
 from shared.db import ENGINE_OPTIONS
 from shared.errors import register_error_handlers
 from shared.extensions import db, migrate
-from shared.http import require_json_body
+from shared.http import Api, require_json_body
 from shared.logs import configure_logging
 from shared.runtime import should_start_importer
 

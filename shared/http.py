@@ -7,6 +7,8 @@ import re
 from http import HTTPStatus
 from typing import Callable
 
+from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow.common import resolve_schema_cls
 from flask import Response, g, jsonify, request
 from flask_smorest import Api as SmorestApi
 from flask_smorest import Blueprint as SmorestBlueprint
@@ -46,11 +48,22 @@ class PaginationSchema(Schema):
     total_pages = fields.Integer(required=True)
 
 
+def schema_name(schema) -> str:
+    """`PatientSchema` → `Patient`; its partial form (a PATCH body) → `PatientPatch`."""
+    name = resolve_schema_cls(schema).__name__.removesuffix("Schema")
+    return f"{name}Patch" if getattr(schema, "partial", False) else name
+
+
 class Api(SmorestApi):
     """flask-smorest's Api, documenting error responses as the problem details our handlers send
     (not flask-smorest's own error shape) and `X-Pagination` as the JSON our blueprint writes."""
 
     ERROR_SCHEMA = ProblemSchema
+
+    def __init__(self, app=None, **kwargs):
+        spec_kwargs = kwargs.setdefault("spec_kwargs", {})
+        spec_kwargs.setdefault("marshmallow_plugin", MarshmallowPlugin(schema_name_resolver=schema_name))
+        super().__init__(app, **kwargs)
 
     def _register_responses(self):
         problem = {PROBLEM_MIMETYPE: {"schema": self.ERROR_SCHEMA}}

@@ -13,6 +13,9 @@ from therapist_service.schemas import TherapistQuerySchema, TherapistSchema
 blp = Blueprint("therapists", __name__, url_prefix="/api/therapists",
                 description="Therapists and their practice data, mostly from the weekly scrape.")
 
+DUPLICATE = {409: "`external_id` is taken: `existing_id` names the therapist"}
+CONFLICT = {409: "`stale-update`: `last_modified` is not newer than the stored one; or `external_id` is taken"}
+
 
 def _respond(therapist, status=200, headers=None):
     return therapist, status, {"ETag": etag_for(therapist.id, therapist.version), **(headers or {})}
@@ -23,6 +26,7 @@ class Therapists(MethodView):
     @blp.arguments(TherapistQuerySchema, location="query")
     @blp.response(200, TherapistSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=100)
+    @blp.problems(401)
     def get(self, filters, pagination_parameters):
         """List therapists, filtered."""
         items, total = services.list_therapists(filters, page=pagination_parameters.page,
@@ -32,7 +36,7 @@ class Therapists(MethodView):
 
     @blp.arguments(TherapistSchema)
     @blp.response(201, TherapistSchema)
-    @blp.alt_response(409, description="`external_id` is taken: `existing_id` names the therapist")
+    @blp.problems(400, 401, 409, 413, descriptions=DUPLICATE)
     @atomic
     def post(self, data):
         """Create a therapist."""
@@ -44,6 +48,7 @@ class Therapists(MethodView):
 class Therapist(MethodView):
     @blp.arguments(AsOfQuerySchema, location="query")
     @blp.response(200, TherapistSchema)
+    @blp.problems(401, 404, 410)
     def get(self, args, therapist_id):
         """Read a therapist; with `?at=` as it was then."""
         if "at" in args:
@@ -52,7 +57,7 @@ class Therapist(MethodView):
 
     @blp.arguments(TherapistSchema)
     @blp.response(200, TherapistSchema)
-    @blp.alt_response(409, description="`stale-update`: `last_modified` is not newer than the stored one")
+    @blp.problems(400, 401, 404, 409, 410, 412, 413, descriptions=CONFLICT)
     @atomic
     def put(self, data, therapist_id):
         """Replace a therapist. Honours `If-Match`; latest `last_modified` wins."""
@@ -62,6 +67,7 @@ class Therapist(MethodView):
 
     @blp.arguments(TherapistSchema(partial=True))
     @blp.response(200, TherapistSchema)
+    @blp.problems(400, 401, 404, 409, 410, 412, 413, descriptions=CONFLICT)
     @atomic
     def patch(self, changes, therapist_id):
         """Change some fields; a group sent is merged key by key. Honours `If-Match`."""
@@ -70,6 +76,7 @@ class Therapist(MethodView):
             source="api", actor=current_actor()))
 
     @blp.response(204)
+    @blp.problems(401, 404, 410, 412)
     @atomic
     def delete(self, therapist_id):
         """Soft-delete a therapist: later reads answer 410. Honours `If-Match`."""
@@ -80,6 +87,7 @@ class Therapist(MethodView):
 @blp.route("/<int:therapist_id>/history")
 class TherapistHistory(MethodView):
     @blp.response(200, VersionSchema(many=True))
+    @blp.problems(401, 404)
     def get(self, therapist_id):
         """Every version of a therapist, newest first."""
         return services.therapist_history(therapist_id)

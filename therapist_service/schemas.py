@@ -59,16 +59,17 @@ class TherapistSchema(StrictSchema):
     id = fields.Integer(dump_only=True)
     external_id = optional_string(validate=validate.Length(1, 200))
     last_modified = UtcDateTime(load_default=None, allow_none=True)
-    deleted_at = fields.DateTime(dump_only=True)
+    deleted_at = fields.DateTime(dump_only=True, allow_none=True)
     version = fields.Integer(dump_only=True)
     created_at = fields.DateTime(dump_only=True)
     updated_at = fields.DateTime(dump_only=True)
 
     basic_info = fields.Nested(BasicInfoSchema, required=True)
-    location = fields.Nested(LocationSchema)
-    contact = fields.Nested(ContactSchema)
-    professional_info = fields.Nested(ProfessionalInfoSchema)
-    availability = fields.Nested(AvailabilitySchema)
+    # null is accepted for the other groups (as in scrape files): read as an empty group, see below
+    location = fields.Nested(LocationSchema, allow_none=True)
+    contact = fields.Nested(ContactSchema, allow_none=True)
+    professional_info = fields.Nested(ProfessionalInfoSchema, allow_none=True)
+    availability = fields.Nested(AvailabilitySchema, allow_none=True)
 
     @pre_load(pass_collection=False)
     def _empty_groups(self, data, **kwargs):
