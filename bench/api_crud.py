@@ -1,0 +1,238 @@
+"""Load test of the patient API at a fixed offered rate (run by hand; not part of CI):
+
+    .venv/bin/python bench/api_crud.py
+
+It starts the patient service under gunicorn (2 workers × 4 threads, importers off) against an
+embedded PostgreSQL in ./var/bench-postgres, in a fresh database of its own, seeds 1000 patients
+through the API, then offers GET /api/patients/<id> at 200 requests/s for 15 s and, separately,
+POST /api/patients at 50 requests/s. The load is open-loop: every request is sent at its
+scheduled time whether or not earlier ones have answered, and its latency is counted from that
+scheduled time, so a slow server cannot hide its queue (no coordinated omission). It prints the
+rate achieved, p50/p99/max latency per phase, and whether GET p99 ≤ 20 ms at 200 requests/s (the
+target from the issue), then stops gunicorn and the database.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from shared.devdb import drop_database, ensure_database, start_embedded
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+BIN = Path(sys.executable).parent
+DATABASE_NAME = "curavani_bench"
+WORKERS, THREADS = 2, 4
+SEED_PATIENTS = 1000
+GET_RATE, POST_RATE, DURATION_SECONDS = 200, 50, 15
+CLIENT_THREADS = 32
+TARGET_P99_MS = 20.0
+
+
+@dataclass
+class Phase:
+    name: str
+    latencies_ms: list[float]  # successful requests only
+    failures: int
+    elapsed_seconds: float  # from the first scheduled send to the last answer
+
+    def percentile(self, fraction: float) -> float:
+        """Nearest-rank percentile of the successful requests' latencies."""
+        ordered = sorted(self.latencies_ms)
+        if not ordered:
+            return math.nan
+        return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+    def report(self, offered_rate: int) -> str:
+        sent = len(self.latencies_ms) + self.failures
+        return (f"{self.name:<26} offered {offered_rate}/s for {DURATION_SECONDS} s: {sent} sent, "
+                f"{self.failures} failed, achieved {sent / self.elapsed_seconds:.1f}/s   "
+                f"p50 {self.percentile(0.50):.1f} ms   p99 {self.percentile(0.99):.1f} ms   "
+                f"max {max(self.latencies_ms, default=math.nan):.1f} ms")
+
+
+# ---- the service under test --------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_patient_service(database_url: str, token: str, port: int, log_file) -> subprocess.Popen:
+    env = {**os.environ, "DATABASE_URL": database_url, "API_TOKENS": f"bench:{token}",
+           "IMPORTS_ENABLED": "false", "LOG_LEVEL": "WARNING"}
+    subprocess.run([str(BIN / "flask"), "--app", "patient_service", "db", "upgrade"],
+                   env=env, cwd=ROOT, check=True, stdout=log_file, stderr=log_file)
+    command = [str(BIN / "gunicorn"), "patient_service.app:create_app()",
+               "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS), "--threads", str(THREADS),
+               "--no-control-socket"]
+    return subprocess.Popen(command, env=env, cwd=ROOT, stdout=log_file, stderr=log_file,
+                            process_group=0)
+
+
+def wait_until_healthy(base_url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with status {process.returncode}")
+        try:
+            if requests.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the patient service did not answer /health in time")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# ---- requests ----------------------------------------------------------------------------------
+
+class Client:
+    """One keep-alive `requests.Session` per client thread."""
+
+    def __init__(self, base_url: str, token: str):
+        self.base_url = base_url
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self._local = threading.local()
+
+    def session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+            self._local.session.headers.update(self.headers)
+        return self._local.session
+
+    def get_patient(self, patient_id: int) -> int:
+        return self.session().get(f"{self.base_url}/api/patients/{patient_id}", timeout=10).status_code
+
+    def create_patient(self, number: int) -> requests.Response:
+        return self.session().post(f"{self.base_url}/api/patients", json=patient(number), timeout=10)
+
+
+def patient(number: int) -> dict:
+    """A plausible, unique patient: the duplicate rule keys on e-mail and name."""
+    return {
+        "anrede": "Frau", "geschlecht": "weiblich", "vorname": f"Erika{number}",
+        "nachname": "Musterfrau", "geburtsdatum": "1985-03-14",
+        "email": f"erika.{number}.{secrets.token_hex(4)}@example.de", "telefon": "+49 241 123456",
+        "strasse": "Pontstraße 1", "plz": "52062", "ort": "Aachen", "krankenkasse": "AOK",
+        "symptome": ["Schlafstörungen", "Niedergeschlagenheit"],
+        "erfahrung_mit_psychotherapie": False, "offen_fuer_gruppentherapie": True,
+        "bevorzugtes_therapieverfahren": ["Verhaltenstherapie"],
+        "bevorzugtes_therapeutengeschlecht": "egal",
+        "zeitliche_verfuegbarkeit": {"montag": ["09:00-12:00"], "mittwoch": ["14:00-18:00"]},
+        "raeumliche_verfuegbarkeit": {"max_km": 15}, "verkehrsmittel": "ÖPNV",
+    }
+
+
+def seed(client: Client, count: int) -> list[int]:
+    def create(number: int) -> int:
+        response = client.create_patient(number)
+        response.raise_for_status()
+        return response.json()["id"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(create, range(count)))
+
+
+# ---- open-loop load ----------------------------------------------------------------------------
+
+def run_open_loop(name: str, send, rate: int, duration: int) -> Phase:
+    """Send request `i` at `start + i / rate`, each from a pool thread; time it from then.
+
+    `send(i)` returns the HTTP status; 2xx counts as success.
+    """
+    count = rate * duration
+    latencies: list[float | None] = [None] * count
+    finished_at: list[float] = [0.0] * count
+
+    def timed(i: int, scheduled: float) -> None:
+        try:
+            ok = 200 <= send(i) < 300
+        except requests.RequestException:
+            ok = False
+        finished_at[i] = time.perf_counter()
+        latencies[i] = (finished_at[i] - scheduled) * 1000 if ok else None
+
+    start = time.perf_counter() + 0.1
+    with ThreadPoolExecutor(max_workers=CLIENT_THREADS) as pool:
+        for i in range(count):
+            scheduled = start + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(timed, i, scheduled)
+    successes = [latency for latency in latencies if latency is not None]
+    return Phase(name, successes, count - len(successes), max(finished_at) - start)
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+def main() -> int:
+    token = secrets.token_urlsafe(24)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log_path = VAR / "bench-gunicorn.log"
+    server = start_embedded(VAR / "bench-postgres")
+    gunicorn = None
+    try:
+        drop_database(server.get_uri(), DATABASE_NAME)  # every run starts from an empty database
+        database_url = ensure_database(server.get_uri(), DATABASE_NAME)
+        with open(log_path, "w") as log_file:
+            gunicorn = start_patient_service(database_url, token, port, log_file)
+            wait_until_healthy(base_url, gunicorn)
+            client = Client(base_url, token)
+
+            began = time.perf_counter()
+            ids = seed(client, SEED_PATIENTS)
+            print(f"patient service under gunicorn ({WORKERS} workers × {THREADS} threads), "
+                  f"{os.cpu_count()} CPUs, service log in {log_path}")
+            print(f"seeded {len(ids)} patients in {time.perf_counter() - began:.1f} s")
+
+            picks = random.Random(42)
+            for patient_id in ids[:200]:  # warm-up, not measured: connections, caches
+                client.get_patient(patient_id)
+            chosen = [picks.choice(ids) for _ in range(GET_RATE * DURATION_SECONDS)]
+            gets = run_open_loop("GET  /api/patients/<id>", lambda i: client.get_patient(chosen[i]),
+                                 GET_RATE, DURATION_SECONDS)
+            print(gets.report(GET_RATE))
+            posts = run_open_loop("POST /api/patients",
+                                  lambda i: client.create_patient(SEED_PATIENTS + i).status_code,
+                                  POST_RATE, DURATION_SECONDS)
+            print(posts.report(POST_RATE))
+
+            p99 = gets.percentile(0.99)
+            met = p99 <= TARGET_P99_MS and gets.failures == 0
+            print(f"target GET p99 <= {TARGET_P99_MS:.0f} ms at {GET_RATE} requests/s: "
+                  f"{'met' if met else 'NOT met'} (p99 {p99:.1f} ms, {gets.failures} failed)")
+        return 0
+    finally:
+        if gunicorn is not None:
+            stop(gunicorn)
+        drop_database(server.get_uri(), DATABASE_NAME)
+        server.cleanup()
+        print("gunicorn and the bench database stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
