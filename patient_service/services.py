@@ -124,14 +124,21 @@ def _apply(patient: Patient, data: dict[str, Any]) -> None:
     patient.match_email, patient.match_vorname, patient.match_nachname = identity_of(data)
 
 
-def _flush_guarding_identity(patient: Patient) -> None:
-    """Flush in a savepoint; the identity index turns a duplicate into `Duplicate(existing_id)`.
+def _write_guarding_identity(patient: Patient, data: dict[str, Any], **bookkeeping: Any) -> None:
+    """Apply `data` (and `bookkeeping` such as the version) to `patient` and flush, in a savepoint;
+    the identity index turns a duplicate into `Duplicate(existing_id)`.
 
     The database decides, so two racing creates cannot both succeed; the savepoint keeps the
-    caller's transaction usable (a batch or an import goes on with its other items).
+    caller's transaction usable (a batch or an import goes on with its other items). The changes
+    are made inside it because `begin_nested()` first flushes what is pending: an update to a
+    duplicate identity would otherwise fail outside the savepoint and break the whole transaction.
     """
+    email, vorname, nachname = identity_of(data)
     try:
         with db.session.begin_nested():
+            _apply(patient, data)
+            for name, value in bookkeeping.items():
+                setattr(patient, name, value)
             db.session.add(patient)
             db.session.flush()
     except IntegrityError as error:
@@ -139,8 +146,8 @@ def _flush_guarding_identity(patient: Patient) -> None:
         if constraint != IDENTITY_INDEX:
             raise
         existing = db.session.scalars(select(Patient.id).where(
-            Patient.match_email == patient.match_email, Patient.match_vorname == patient.match_vorname,
-            Patient.match_nachname == patient.match_nachname, Patient.deleted_at.is_(None),
+            Patient.match_email == email, Patient.match_vorname == vorname,
+            Patient.match_nachname == nachname, Patient.deleted_at.is_(None),
             Patient.id != patient.id if patient.id else True)).first()
         raise Duplicate("a patient with this e-mail address and name already exists",
                         existing_id=existing) from None
@@ -154,8 +161,7 @@ def _record(patient: Patient, *, source: str, actor: str, now: datetime) -> None
 def create_patient(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None) -> Patient:
     now = now or now_utc()
     patient = Patient(version=1, created_at=now, updated_at=now)
-    _apply(patient, data)
-    _flush_guarding_identity(patient)
+    _write_guarding_identity(patient, data)
     _record(patient, source=source, actor=actor, now=now)
     return patient
 
@@ -172,10 +178,7 @@ def update_patient(patient: Patient, data: dict[str, Any], *, source: str, actor
     if field_values(patient) == {name: data.get(name) for name in DATA_FIELDS}:
         return False
     now = now or now_utc()
-    _apply(patient, data)
-    patient.version += 1
-    patient.updated_at = now
-    _flush_guarding_identity(patient)
+    _write_guarding_identity(patient, data, version=patient.version + 1, updated_at=now)
     _record(patient, source=source, actor=actor, now=now)
     return True
 

@@ -130,9 +130,18 @@ def _record(therapist: Therapist, *, source: str, actor: str, now: datetime) -> 
                            source=source, actor=actor, changed_at=now)
 
 
-def _flush_guarding_external_id(therapist: Therapist) -> None:
+def _write_guarding_external_id(therapist: Therapist, data: dict[str, Any], **bookkeeping: Any) -> None:
+    """Apply `data` (and `bookkeeping` such as the version) and flush, in a savepoint; a taken
+    `external_id` becomes `Duplicate(existing_id)` and leaves the caller's transaction usable.
+
+    The changes are made inside the savepoint because `begin_nested()` first flushes what is
+    pending: a taken `external_id` would otherwise fail outside it and break the whole transaction.
+    """
     try:
         with db.session.begin_nested():
+            _apply(therapist, data)
+            for name, value in bookkeeping.items():
+                setattr(therapist, name, value)
             db.session.add(therapist)
             db.session.flush()
     except IntegrityError as error:
@@ -140,7 +149,7 @@ def _flush_guarding_external_id(therapist: Therapist) -> None:
         if constraint != EXTERNAL_ID_INDEX:
             raise
         existing = db.session.scalar(select(Therapist.id).where(
-            Therapist.external_id == therapist.external_id))
+            Therapist.external_id == data.get("external_id")))
         raise Duplicate("a therapist with this external_id already exists", existing_id=existing) from None
 
 
@@ -156,8 +165,7 @@ def create_therapist(data: dict[str, Any], *, source: str, actor: str, now: date
                      deleted: bool = False) -> Therapist:
     now = now or now_utc()
     therapist = Therapist(version=1, created_at=now, updated_at=now, deleted_at=now if deleted else None)
-    _apply(therapist, data)
-    _flush_guarding_external_id(therapist)
+    _write_guarding_external_id(therapist, data)
     _record(therapist, source=source, actor=actor, now=now)
     return therapist
 
@@ -177,12 +185,8 @@ def update_therapist(therapist: Therapist, data: dict[str, Any], *, source: str,
             f"therapist {therapist.id}: last_modified {data['last_modified'].isoformat()} is not newer "
             f"than the stored {therapist.last_modified.isoformat()}")
     now = now or now_utc()
-    _apply(therapist, data)
-    if revive:
-        therapist.deleted_at = None
-    therapist.version += 1
-    therapist.updated_at = now
-    _flush_guarding_external_id(therapist)
+    revived = {"deleted_at": None} if revive else {}
+    _write_guarding_external_id(therapist, data, version=therapist.version + 1, updated_at=now, **revived)
     _record(therapist, source=source, actor=actor, now=now)
     return UPDATED
 
