@@ -5,7 +5,10 @@ from flask import url_for
 from flask.views import MethodView
 
 from patient_service import services
-from patient_service.schemas import ConsentSchema, PatientQuerySchema, PatientSchema, RegistrationSchema
+from patient_service.models import IdempotencyKey
+from patient_service.schemas import (ConsentSchema, PatientBatchItemSchema, PatientQuerySchema, PatientSchema,
+                                     RegistrationSchema)
+from shared import batch
 from shared.db import atomic
 from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_version
 from shared.schemas import AsOfQuerySchema, VersionSchema
@@ -107,3 +110,20 @@ class PatientRegistrations(MethodView):
     def get(self, patient_id):
         """The registrations (bucket files) that created or updated this patient."""
         return services.patient_registrations(patient_id)
+
+
+BATCH = batch.BatchAdapter(item_schema=PatientBatchItemSchema(), upsert=services.upsert_patient,
+                           delete=services.delete_patient, key_model=IdempotencyKey)
+
+
+@blp.route("/batch")
+class PatientBatch(MethodView):
+    @blp.arguments(batch.BatchRequestSchema)
+    @blp.response(200, batch.BatchResponseSchema)
+    @blp.alt_response(201, schema=batch.BatchResponseSchema, description="At least one patient was created")
+    @blp.alt_response(204, description="`Prefer: return=minimal` and nothing was created")
+    def post(self, body):
+        """Create, update or delete many patients at once; see the README for modes, dry runs
+        and `Idempotency-Key`. An item with `id` updates that patient; without, the duplicate
+        rule decides between update and create."""
+        return batch.handle(BATCH, body, actor=current_actor())

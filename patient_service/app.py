@@ -5,6 +5,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
+from shared import batch
 from shared.app_factory import ServiceDefinition, build_app
 from shared.config import load_settings
 from shared.imports import service as imports
@@ -28,9 +29,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         title="Patient service",
         description="Patients, consents and registrations; imports registration files from a bucket.",
         default_port=DEFAULT_PORT,
-        blueprints=[api.blp, imports_api.blp],
+        blueprints=[api.blp, imports_api.blp, batch.batches_blp],
         start_importer=start_importer,
         no_store_prefixes=("/api/",),
-        extra_setup=[lambda app: imports.install(app, importer.spec(settings))],
+        extra_setup=[lambda app: app.extensions.update(batch=api.BATCH),
+                     lambda app: imports.install(app, importer.spec(settings))],
     )
     return build_app(service, settings)

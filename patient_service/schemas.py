@@ -137,3 +137,9 @@ class RegistrationSchema(StrictSchema):
     registered_at = fields.DateTime()
     import_id = fields.Integer(allow_none=True)
     created_at = fields.DateTime()
+
+
+class PatientBatchItemSchema(PatientSchema):
+    """A batch item: a patient, optionally with our `id` to match on."""
+
+    id = fields.Integer(strict=True, load_default=None, allow_none=True)

@@ -282,3 +282,21 @@ def patient_registrations(patient_id: int) -> list[Registration]:
     get_patient(patient_id, include_deleted=True)
     return list(db.session.scalars(
         select(Registration).where(Registration.patient_id == patient_id).order_by(Registration.id)))
+
+
+def upsert_patient(data: dict[str, Any], *, source: str, actor: str,
+                   now: datetime | None = None) -> tuple[Patient, str]:
+    """A batch item: match on our `id` if given, else by the duplicate rule; update in place
+    (keeping the id) or create. Returns the patient and `created` / `updated` / `unchanged`."""
+    data = dict(data)
+    patient_id = data.pop("id", None)
+    patient = get_patient(patient_id, for_update=True) if patient_id is not None else find_by_identity(data)
+    if patient is None:
+        try:
+            return create_patient(data, source=source, actor=actor, now=now), "created"
+        except Duplicate as duplicate:  # created by someone else a moment ago
+            patient = get_patient(duplicate.existing_id, for_update=True)
+    elif patient_id is None:
+        patient = get_patient(patient.id, for_update=True)
+    changed = update_patient(patient, data, source=source, actor=actor, now=now)
+    return patient, "updated" if changed else "unchanged"

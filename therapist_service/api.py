@@ -4,10 +4,12 @@ from __future__ import annotations
 from flask import url_for
 from flask.views import MethodView
 
+from shared import batch
 from shared.db import atomic
 from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_version
 from shared.schemas import AsOfQuerySchema, VersionSchema
 from therapist_service import services
+from therapist_service.models import IdempotencyKey
 from therapist_service.schemas import TherapistQuerySchema, TherapistSchema
 
 blp = Blueprint("therapists", __name__, url_prefix="/api/therapists",
@@ -91,3 +93,19 @@ class TherapistHistory(MethodView):
     def get(self, therapist_id):
         """Every version of a therapist, newest first."""
         return services.therapist_history(therapist_id)
+
+
+BATCH = batch.BatchAdapter(item_schema=TherapistSchema(), upsert=services.upsert_therapist,
+                           delete=services.delete_therapist, key_model=IdempotencyKey)
+
+
+@blp.route("/batch")
+class TherapistBatch(MethodView):
+    @blp.arguments(batch.BatchRequestSchema)
+    @blp.response(200, batch.BatchResponseSchema)
+    @blp.alt_response(201, schema=batch.BatchResponseSchema, description="At least one therapist was created")
+    @blp.alt_response(204, description="`Prefer: return=minimal` and nothing was created")
+    def post(self, body):
+        """Create, update or delete many therapists at once, matched on `external_id`;
+        latest `last_modified` wins. See the README for modes, dry runs and `Idempotency-Key`."""
+        return batch.handle(BATCH, body, actor=current_actor())

@@ -51,6 +51,11 @@ def _check_shape(document: Any) -> tuple[dict[str, Any], list[Any]]:
     return metadata, items
 
 
+def _pointer(index: int, within: str = "/") -> str:
+    """A pointer into the file, like the whole-file errors' pointers: `/therapists/3/basic_info`."""
+    return f"/therapists/{index}" + ("" if within == "/" else within)
+
+
 def _load(index: int, item: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """One scraped therapist → (status, loaded data). Raises `ValidationError` with pointers."""
     problems: dict[str, Any] = {}
@@ -100,8 +105,8 @@ class TherapistFileHandler:
                 status, data = _load(index, item)
             except ValidationError as error:
                 outcome.count("failed")
-                outcome.errors.extend(item_error("validation", e["detail"], pointer=e["pointer"], index=index,
-                                                 ref=ref) for e in flatten_messages(error.messages))
+                outcome.errors.extend(item_error("validation", e["detail"], pointer=_pointer(index, e["pointer"]),
+                                                 index=index, ref=ref) for e in flatten_messages(error.messages))
                 continue
             loaded.append((index, status, data))
 
@@ -112,12 +117,14 @@ class TherapistFileHandler:
                 action, warning = self._apply_one(status, data, existing.get(data["external_id"]), actor)
             except DomainError as error:
                 outcome.count("failed")
-                outcome.errors.append(item_error(error.type, error.detail, index=index, ref=data["external_id"]))
+                outcome.errors.append(item_error(error.type, error.detail, pointer=_pointer(index), index=index,
+                                                 ref=data["external_id"]))
                 continue
             outcome.count(action)
             if warning:
                 outcome.warnings.append(item_error("content-differs" if action == "updated" else "not-found",
-                                                   warning, index=index, ref=data["external_id"]))
+                                                   warning, pointer=_pointer(index), index=index,
+                                                   ref=data["external_id"]))
         return outcome
 
     @staticmethod

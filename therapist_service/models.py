@@ -9,6 +9,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.extensions import db
+from shared.batch import declare_idempotency_table
 from shared.imports.models import declare_import_tables
 from shared.versioning import VersionedRecordMixin, VersionRowMixin
 
@@ -49,3 +50,4 @@ class TherapistVersion(VersionRowMixin, db.Model):
 
 IMPORT_MODELS = declare_import_tables(SCHEMA, __name__)
 ImportRecord, Alert, ImporterState = IMPORT_MODELS.record, IMPORT_MODELS.alert, IMPORT_MODELS.state
+IdempotencyKey = declare_idempotency_table(SCHEMA, __name__)

@@ -243,3 +243,17 @@ def delete_therapist(therapist_id: int, *, expected_version: int | None = None, 
     _check_version(therapist, expected_version)
     soft_delete(therapist, source=source, actor=actor, now=now)
     return therapist
+
+
+def upsert_therapist(data: dict[str, Any], *, source: str, actor: str,
+                     now: datetime | None = None) -> tuple[Therapist | None, str]:
+    """A batch item: match on `external_id`, else create; latest `last_modified` wins.
+    Returns the therapist and `created` / `updated` / `unchanged` / `ignored_stale`."""
+    external_id = data.get("external_id")
+    therapist = find_by_external_ids([external_id]).get(external_id) if external_id else None
+    if therapist is None:
+        return create_therapist(data, source=source, actor=actor, now=now), CREATED
+    try:
+        return therapist, update_therapist(therapist, data, source=source, actor=actor, now=now, restore=True)
+    except StaleUpdate:
+        return therapist, IGNORED_STALE
