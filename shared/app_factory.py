@@ -9,12 +9,13 @@ from typing import Any, Callable, Iterable
 
 from flask import Flask, g, request, send_from_directory
 from flask_cors import CORS
+from flask_migrate import Migrate
 
 from shared.auth import init_auth
 from shared.config import Settings
 from shared.db import ENGINE_OPTIONS
 from shared.errors import register_error_handlers
-from shared.extensions import db, migrate
+from shared.extensions import db
 from shared.http import Api, require_json_body
 from shared.logs import configure_logging
 from shared.runtime import should_start_importer
@@ -66,8 +67,10 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT, service.name)
 
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(MIGRATIONS_ROOT / service.name),
-                     version_table_schema=service.name, include_schemas=True)
+    # A Migrate of its own: flask_migrate's commands read the folder from the Migrate object, so a
+    # shared one would run every app in a process with the last-created service's migrations.
+    Migrate(app, db, directory=str(MIGRATIONS_ROOT / service.name),
+            version_table_schema=service.name, include_schemas=True)
     api = Api(app)
     app.extensions["api"] = api
     register_error_handlers(app)  # after Api(): ours replace flask-smorest's error format
