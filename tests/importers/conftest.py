@@ -1,0 +1,136 @@
+"""Fixtures for the importer tests: a real folder, a real SMTP server on loopback, and therapist
+service apps whose background importer runs for real (watchdog, APScheduler, advisory lock).
+
+This folder is a package (`__init__.py`) so this conftest is imported as `importers.conftest`
+and does not replace the top-level `conftest` module that test files import `AUTH` from.
+"""
+from __future__ import annotations
+
+import email
+import socket
+import threading
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from .support import wait_until
+
+SETTLE_SECONDS = 0.3
+HEARTBEAT_SECONDS = 0.2
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Mailbox:
+    """aiosmtpd handler: keeps every message it is given."""
+
+    def __init__(self):
+        self.messages: list[EmailMessage] = []
+        self._lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(envelope.content, policy=policy.default)
+        with self._lock:
+            self.messages.append(message)
+        return "250 Message accepted for delivery"
+
+    def subjects(self) -> list[str]:
+        with self._lock:
+            return [str(m["Subject"]) for m in self.messages]
+
+
+class SmtpServer:
+    """An SMTP server on loopback that can be stopped and started again on the same port."""
+
+    def __init__(self):
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.mailbox = Mailbox()
+        self._controller: Controller | None = None
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        return self.mailbox.messages
+
+    def start(self) -> None:
+        self._controller = Controller(self.mailbox, hostname=self.host, port=self.port)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def wait_for_messages(self, count: int) -> list[EmailMessage]:
+        wait_until(lambda: len(self.messages) >= count, what=f"{count} e-mail(s)")
+        return list(self.messages)
+
+
+@pytest.fixture
+def smtp_server():
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def inbox(tmp_path) -> Path:
+    """The folder the scraper writes to."""
+    folder = tmp_path / "therapist-inbox"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def importer_settings(inbox, smtp_server, tmp_path) -> dict[str, Any]:
+    return {
+        "IMPORTS_ENABLED": True,
+        "THERAPIST_IMPORT_DIR": str(inbox),
+        "THERAPIST_IMPORT_SETTLE_SECONDS": SETTLE_SECONDS,
+        "SMTP_HOST": smtp_server.host,
+        "SMTP_PORT": smtp_server.port,
+        "SMTP_TIMEOUT": 2.0,
+        "ALERT_OUTBOX_DIR": str(tmp_path / "outbox"),
+    }
+
+
+@pytest.fixture
+def start_importer(make_app, importer_settings, monkeypatch) -> Callable[..., Any]:
+    """`start_importer(**overrides)` → a therapist app whose importer runs; `wait_for_lead=False`
+    returns at once instead of waiting until this app holds the importer lock.
+
+    The worker's clock ticks every HEARTBEAT_SECONDS instead of every second: each tick does the
+    same work (keep or take the lock, hand settled files to the worker), the tests just wait less.
+    """
+    from shared.imports import worker
+
+    monkeypatch.setattr(worker, "HEARTBEAT_SECONDS", HEARTBEAT_SECONDS)
+
+    def start(*, wait_for_lead: bool = True, **overrides: Any):
+        app = make_app("therapist", **{**importer_settings, **overrides})
+        if wait_for_lead:
+            worker = app.extensions["imports"].worker
+            wait_until(lambda: worker.is_leader and worker.imports.source.observer_alive(),
+                       what="the importer to take the lock and watch the folder")
+        return app
+
+    return start
+
+
+@pytest.fixture
+def importer_app(start_importer):
+    return start_importer()
+
+
+@pytest.fixture
+def client(importer_app):
+    return importer_app.test_client()
