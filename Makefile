@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test audit bench clean
+.PHONY: install run test audit bench clean chromium
 
 install: $(STAMP)
 
@@ -17,8 +17,24 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/python -m shared.devserver
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The dashboard's browser test (tests/test_dashboard.py) drives Debian's chromium through
+# Playwright; Playwright never downloads a browser here. Installed when missing and we are root;
+# if that fails, the test fails and says why.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "make: installing Debian's chromium for the dashboard's browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "make: WARNING: could not install chromium; the dashboard's browser test will fail" >&2; \
+	  else \
+	    echo "make: WARNING: $(CHROMIUM) is missing and we are not root; run 'apt-get install chromium'" \
+	         "as root, or the dashboard's browser test will fail" >&2; \
+	  fi; \
+	fi
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
