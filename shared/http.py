@@ -14,14 +14,19 @@ from flask_smorest import Api as SmorestApi
 from flask_smorest import Blueprint as SmorestBlueprint
 from flask_smorest import abort
 from marshmallow import INCLUDE, Schema, fields
+from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import BadRequest
 
 from shared.errors import PROBLEM_MIMETYPE
 
+MAX_SQL_OFFSET = 2**63 - 1  # OFFSET is a bigint
 _ETAG_RE = re.compile(r'^(?:W/)?"(?P<id>\d+)\.(?P<version>\d+)"$')
 
 
 class ProblemErrorSchema(Schema):
+    class Meta:
+        unknown = INCLUDE  # e.g. a batch item's `index` and `type`
+
     pointer = fields.String(metadata={"description": "JSON pointer to the field in the request body"})
     parameter = fields.String(metadata={"description": "the query parameter, when not the body"})
     detail = fields.String()
@@ -84,8 +89,20 @@ class Api(SmorestApi):
         }, lazy=True)
 
 
+class PaginationParser(FlaskParser):
+    """flask-smorest's pagination arguments, refusing a page PostgreSQL could not OFFSET to (422)."""
+
+    def parse(self, *args, **kwargs):
+        parameters = super().parse(*args, **kwargs)
+        if parameters.first_item > MAX_SQL_OFFSET:
+            abort(422, messages={"query": {"page": ["is beyond any page there can be"]}})
+        return parameters
+
+
 class Blueprint(SmorestBlueprint):
     """flask-smorest blueprint whose `X-Pagination` is exactly `{total, page, page_size, total_pages}`."""
+
+    PAGINATION_ARGUMENTS_PARSER = PaginationParser()
 
     @staticmethod
     def _make_pagination_metadata(page: int, page_size: int, item_count: int) -> dict[str, int]:
