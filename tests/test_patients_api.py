@@ -196,11 +196,17 @@ def test_list_pagination_header_is_exactly_total_page_page_size_total_pages(pati
 def test_list_past_the_last_page_is_empty_with_the_right_totals(patient_client):
     create(patient_client)
 
-    response = patient_client.get("/api/patients?page=1000000000000000000000", headers=AUTH)
+    response = patient_client.get("/api/patients?page=1000", headers=AUTH)
 
     assert response.status_code == 200
     assert response.get_json() == []
-    assert json.loads(response.headers["X-Pagination"])["total"] == 1
+    assert json.loads(response.headers["X-Pagination"]) == {"total": 1, "page": 1000, "page_size": 50, "total_pages": 1}
+
+
+def test_list_page_beyond_any_database_offset_gives_422_naming_the_parameter(patient_client):
+    body = assert_problem(patient_client.get("/api/patients?page=1000000000000000000000", headers=AUTH), 422)
+
+    assert [e["parameter"] for e in body["errors"]] == ["page"]
 
 
 def test_list_of_nothing_has_zero_pages(patient_client):
