@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 import pytest
+from sqlalchemy import text
 
 from conftest import AUTH, OTHER_TOKEN, TOKEN
 
@@ -370,7 +371,7 @@ def test_delete_of_unknown_patient_gives_404(patient_client):
     assert_problem(patient_client.delete("/api/patients/999", headers=AUTH), 404)
 
 
-def test_deleted_patient_still_has_its_history_ending_in_the_deletion(patient_client):
+def test_deleted_patient_still_has_its_history_ending_in_the_deletion(patient_client, admin_engine):
     patient = create(patient_client)
     patient_client.delete(f"/api/patients/{patient['id']}", headers=AUTH)
 
@@ -382,6 +383,10 @@ def test_deleted_patient_still_has_its_history_ending_in_the_deletion(patient_cl
     assert versions[0]["data"]["version"] == 2
     assert versions[0]["data"]["vorname"] == "Max"
     assert versions[0]["source"] == "api" and versions[0]["actor"] == "tests"
+    with admin_engine.connect() as conn:
+        stored = conn.execute(text("SELECT version, deleted FROM patient_service.patient_versions "
+                                   "WHERE record_id = :id ORDER BY version"), {"id": patient["id"]}).all()
+    assert [tuple(row) for row in stored] == [(1, False), (2, True)]
 
 
 def test_same_person_may_register_again_after_deletion(patient_client):
