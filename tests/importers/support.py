@@ -10,8 +10,11 @@ import json
 import os
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
+
+from sqlalchemy import text
 
 from conftest import AUTH, SAMPLES
 
@@ -130,3 +133,30 @@ def all_therapists(client) -> list[dict[str, Any]]:
     response = client.get("/api/therapists?include_deleted=true&page_size=100", headers=AUTH)
     assert response.status_code == 200, response.get_data(as_text=True)
     return response.get_json()
+
+
+def importer_state(admin_engine) -> dict[str, Any]:
+    with admin_engine.connect() as connection:
+        row = connection.execute(text("SELECT * FROM therapist_service.importer_state WHERE id = 1")).mappings().first()
+    return dict(row) if row else {}
+
+
+def alert_rows(admin_engine) -> list[dict[str, Any]]:
+    with admin_engine.connect() as connection:
+        return [dict(row) for row in connection.execute(text(
+            "SELECT key, subject, sent_at, send_attempts, last_error FROM therapist_service.alerts ORDER BY id"))
+            .mappings()]
+
+
+def request_rescan(client, admin_engine) -> None:
+    """`POST /api/imports/run`, then wait until a pass that started after the request has finished."""
+    response = client.post("/api/imports/run", headers=AUTH)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    requested = datetime.fromisoformat(response.get_json()["requested_at"])
+
+    def pass_done():
+        state = importer_state(admin_engine)
+        started, finished = state.get("last_pass_started_at"), state.get("last_pass_finished_at")
+        return started is not None and finished is not None and requested < started <= finished
+
+    wait_until(pass_done, what="a pass started after the run request to finish")
