@@ -18,12 +18,14 @@ from shared.errors import register_error_handlers
 from shared.extensions import db
 from shared.http import Api, require_json_body
 from shared.logs import configure_logging
+from shared.ops import init_request_metrics, register_operations
 from shared.runtime import should_start_importer
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent / "migrations"
 SWAGGER_ASSETS_URL = "/api/docs/assets/"
+CONNECT_TIMEOUT_SECONDS = 10  # libpq waits for ever by default; a request should fail instead
 
 
 @dataclass
@@ -49,7 +51,8 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
         DB_SCHEMA=service.name,
         SQLALCHEMY_DATABASE_URI=settings.DATABASE_URL,
         SQLALCHEMY_ENGINE_OPTIONS={**ENGINE_OPTIONS,
-                                   "connect_args": {"application_name": service.name}},
+                                   "connect_args": {"application_name": service.name,
+                                                    "connect_timeout": CONNECT_TIMEOUT_SECONDS}},
         MAX_CONTENT_LENGTH=settings.MAX_REQUEST_BYTES,
         API_TITLE=service.title,
         API_VERSION="1.0",
@@ -74,6 +77,7 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     api = Api(app)
     app.extensions["api"] = api
     register_error_handlers(app)  # after Api(): ours replace flask-smorest's error format
+    init_request_metrics(app)  # first: times requests that later hooks answer early
     app.before_request(_assign_request_id)
     init_auth(app)
     app.before_request(require_json_body)
@@ -83,6 +87,7 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     if service.no_store_prefixes:
         _add_no_store(app, service.no_store_prefixes)
     _add_operational_routes(app)
+    register_operations(app)  # /ready and /metrics
     for blueprint in service.blueprints:
         api.register_blueprint(blueprint)
     for setup in service.extra_setup:

@@ -1,17 +1,38 @@
 """Logging set-up: `LOG_FORMAT=text|json`, with service, request id and import id on each line.
 
 Log lines carry ids and counts, never personal data; `describe_exception` gives an exception's
-class and location without its message (database messages can hold row values).
+class and location without its message (database messages can hold row values). The import id
+of the file being imported is kept in a context variable (`import_context`), so every line
+logged while a file is imported carries it, whichever module logs it.
 """
 from __future__ import annotations
 
 import logging
 import sys
 import traceback
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import datetime, timezone
+from typing import Any, Iterator
 
-from flask import g, has_request_context
+from flask import current_app, g, has_app_context, has_request_context
+from pythonjsonlogger.json import JsonFormatter
 
-_CONFIGURED = {"done": False}
+_current_import_id: ContextVar[int | None] = ContextVar("import_id", default=None)
+
+# Libraries whose DEBUG lines would name objects and URLs (a bucket object's name holds the
+# patient's name); they log at WARNING and above whatever LOG_LEVEL says.
+QUIET_LIBRARIES = ("apscheduler", "urllib3", "google", "watchdog")
+
+
+@contextmanager
+def import_context(import_id: int) -> Iterator[None]:
+    """Lines logged inside, in this thread, carry `import_id`."""
+    token = _current_import_id.set(import_id)
+    try:
+        yield
+    finally:
+        _current_import_id.reset(token)
 
 
 class ContextFilter(logging.Filter):
@@ -20,23 +41,52 @@ class ContextFilter(logging.Filter):
         self.service = service
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.service = getattr(record, "service", self.service)
+        if not hasattr(record, "service"):
+            # The app's own name when there is one: a test process holds apps of both services.
+            record.service = current_app.config.get("SERVICE_NAME", self.service) if has_app_context() \
+                else self.service
         if not hasattr(record, "request_id"):
             record.request_id = g.get("request_id") if has_request_context() else None
         if not hasattr(record, "import_id"):
-            record.import_id = None
+            record.import_id = _current_import_id.get()
         return True
+
+
+class JsonLineFormatter(JsonFormatter):
+    """One JSON object per line: time (ISO 8601, UTC), level, logger, message, service,
+    request_id, import_id, and the traceback as `exc_info` when there is one."""
+
+    FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(request_id)s %(import_id)s"
+
+    def __init__(self, service: str | None = None):
+        super().__init__(self.FIELDS, rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                         defaults={"service": service, "request_id": None, "import_id": None})
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time: a stream captured when the app was made
+    (by pytest, say) may be closed by the time a late line, such as an atexit hook's, arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
 
 
 def configure_logging(level: str, fmt: str, service: str) -> None:
     root = logging.getLogger()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     if fmt == "json":
-        from pythonjsonlogger.json import JsonFormatter
-
-        handler.setFormatter(JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(request_id)s %(import_id)s",
-            rename_fields={"levelname": "level", "asctime": "time"}))
+        handler.setFormatter(JsonLineFormatter(service))
     else:
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname)s [%(service)s] %(name)s: %(message)s"))
@@ -46,8 +96,14 @@ def configure_logging(level: str, fmt: str, service: str) -> None:
     handler._curavani = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
-    # One INFO line per job run, every second, says nothing an operator needs.
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # apscheduler: one INFO line per job run, every second, says nothing an operator needs.
+    for library in QUIET_LIBRARIES:
+        logging.getLogger(library).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def service_handler() -> Any:
+    """The handler `configure_logging` installed (tests point its stream elsewhere)."""
+    return next((h for h in logging.getLogger().handlers if getattr(h, "_curavani", False)), None)
 
 
 def describe_exception(error: BaseException) -> str:

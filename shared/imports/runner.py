@@ -30,7 +30,7 @@ from shared.extensions import db
 from shared.imports import alerts
 from shared.imports.models import (DONE, FAILED, PARTIAL, PENDING, PROCESSING, QUARANTINED, SUCCEEDED,
                                    ImportModels, empty_counts)
-from shared.logs import describe_exception
+from shared.logs import describe_exception, import_context
 from shared.schemas import now_utc
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,12 @@ class ImportRunner:
         if record == "finished":
             self._finish_at_source(file)
             return "finished"
+        with import_context(record.id):  # every line logged from here on carries the import id
+            log.info("%s: import #%s started (%s, attempt %s)", self.service, record.id, record.label,
+                     record.attempts)
+            return self._import(file, record, fetched)
 
+    def _import(self, file: SourceFile, record: Any, fetched: Fetched | None) -> str:
         started = now_utc()
         try:
             self.handler.check_name(file)
@@ -279,7 +284,6 @@ class ImportRunner:
             record.finished_at = None
             record.next_attempt_at = None
             db.session.flush()
-        log.info("%s: import #%s started (%s, attempt %s)", self.service, record.id, record.label, record.attempts)
         return record
 
     def _locked_record(self, record_id: int) -> Any:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from flask import Flask
 from sqlalchemy import select
 
+from shared import metrics
 from shared.config import Settings
 from shared.db import unit_of_work
 from shared.extensions import db
@@ -57,13 +58,16 @@ class ImportsExtension:
             max_file_bytes=self.settings.IMPORT_MAX_FILE_BYTES,
             max_attempts=self.settings.PATIENT_IMPORT_MAX_ATTEMPTS,
             retry_base_seconds=self.poll_seconds, retry_input_errors=self.spec.retry_input_errors,
-            still_leader=still_leader)
+            still_leader=still_leader,
+            on_record_finished=lambda record, seconds: metrics.observe_import(self.service, record, seconds))
 
     def run_pass(self, files: Any = None, *, still_leader: Callable[[], bool] = lambda: True) -> PassSummary:
         return self.runner(still_leader).run_pass(files)
 
     def send_alerts(self) -> int:
-        return self.alert_sender.send_pending()
+        sent = self.alert_sender.send_pending()
+        metrics.observe_alerts_sent(self.service, sent)
+        return sent
 
     def state_row(self, *, for_update: bool = False) -> Any:
         State = self.models.state

@@ -25,6 +25,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
 from sqlalchemy import select
 
+from shared import metrics
 from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports import alerts
@@ -97,6 +98,7 @@ class BackgroundImporter:
             self.thread = None
         self._step_down()
         self.lock.release()
+        self._report()
 
     def _restart_in_child(self) -> None:
         if self.scheduler is None:
@@ -136,6 +138,7 @@ class BackgroundImporter:
         with self.app.app_context():
             try:
                 self._keep_or_take_lead()
+                self._report()
                 if not self.lock.held:
                     return
                 self._note_leadership()
@@ -160,6 +163,13 @@ class BackgroundImporter:
             if hasattr(self.imports.source, "start_watching"):
                 self.imports.source.start_watching()
             self.request_full_pass()  # files present at start, or left by the previous holder
+
+    def _report(self) -> None:
+        """This process's importer gauges (lock held, files waiting) for /metrics."""
+        waiting = None
+        if hasattr(self.imports.source, "waiting"):  # the folder source; nobody watches a bucket
+            waiting = self.imports.source.waiting() if self.lock.held else 0
+        metrics.observe_importer(self.imports.service, leader=self.lock.held, files_waiting=waiting)
 
     def _step_down(self) -> None:
         if hasattr(self.imports.source, "stop_watching"):

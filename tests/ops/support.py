@@ -1,0 +1,48 @@
+"""Helpers for the operations tests: sample files in a folder, and Prometheus text parsed."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import SAMPLES
+
+THERAPIST_SAMPLE = SAMPLES / "therapist-folder" / "52074.json"
+PATIENT_SAMPLES = sorted((SAMPLES / "patient-bucket").glob("*.json"))
+
+
+def copy_samples(samples: list[Path], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy(sample, folder / sample.name)) for sample in samples]
+
+
+def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text → {(sample name, sorted labels): value}."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    """The value of one series (0 when it does not exist yet)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def series(samples: dict, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {labels: v for (sample, labels), v in samples.items() if sample == name}
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
