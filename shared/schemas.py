@@ -5,6 +5,7 @@ PostgreSQL cannot store (NUL characters, unpaired surrogates): a 422 naming the 
 """
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -13,6 +14,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, valida
 
 WEEKDAYS = ("montag", "dienstag", "mittwoch", "donnerstag", "freitag", "samstag", "sonntag")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_UNSTORABLE_JSON = re.compile(r"\\u0000|[\ud800-\udfff]")  # the same, as json.dumps writes it
 _TIME_RANGE = re.compile(r"^(?P<sh>[01]\d|2[0-3]):(?P<sm>[0-5]\d)-(?P<eh>[01]\d|2[0-4]):(?P<em>[0-5]\d)$")
 
 
@@ -42,6 +44,9 @@ class StrictSchema(Schema):
 
     @pre_load(pass_collection=True)
     def _storable_strings_only(self, data, **_kwargs):
+        # Fast path: one C-level serialisation and search; the walk only runs to name the field.
+        if not _UNSTORABLE_JSON.search(json.dumps(data, ensure_ascii=False, default=str)):
+            return data
         found = _unstorable_strings(data)
         if found:
             raise ValidationError(found if isinstance(found, dict) else {"_schema": found})

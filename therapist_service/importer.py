@@ -8,14 +8,19 @@ with `source="import"` and the import's id as the actor.
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import re
 from collections import Counter
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Iterator
 
 from marshmallow import ValidationError
+from sqlalchemy.exc import IntegrityError
 
 from shared.config import Settings
+from shared.extensions import db
 from shared.errors import DomainError, StaleUpdate, flatten_messages
 from shared.imports.parsing import decode
 from shared.imports.runner import InputError, Outcome, SourceFile, item_error
@@ -27,6 +32,7 @@ from therapist_service.schemas import TherapistSchema
 
 NAME = re.compile(r"^\d{5}\.json$")
 STATUSES = ("new", "modified", "unchanged", "deleted")
+FLUSH_EVERY = 2000
 _schema = TherapistSchema()
 
 
@@ -98,9 +104,14 @@ class TherapistFileHandler:
                 "count-mismatch", f"metadata.total_therapists says {declared}, the file has {len(items)}",
                 pointer="/metadata/total_therapists"))
 
-        loaded: list[tuple[int, str, dict[str, Any]]] = []
+        stored = services.import_fingerprints(item["id"] for item in items if isinstance(item.get("id"), str))
+        loaded: list[tuple[int, str, dict[str, Any], str]] = []
         for index, item in enumerate(items):
             ref = item.get("id") if isinstance(item.get("id"), str) else None
+            entry_print = fingerprint(item)
+            if ref in stored and _unchanged_by_fingerprint(item.get("status"), entry_print, *stored[ref]):
+                outcome.count(services.UNCHANGED)  # the very entry imported last time: nothing to load
+                continue
             try:
                 status, data = _load(index, item)
             except ValidationError as error:
@@ -108,13 +119,31 @@ class TherapistFileHandler:
                 outcome.errors.extend(item_error("validation", e["detail"], pointer=_pointer(index, e["pointer"]),
                                                  index=index, ref=ref) for e in flatten_messages(error.messages))
                 continue
-            loaded.append((index, status, data))
+            loaded.append((index, status, data, entry_print))
 
-        existing = services.find_by_external_ids(data["external_id"] for _, _, data in loaded)
-        actor = f"import:{import_id}"
-        for index, status, data in loaded:
+        try:
+            with db.session.begin_nested():
+                return self._write(loaded, copy.deepcopy(outcome), f"import:{import_id}", bulk=True)
+        except IntegrityError:  # an external_id was created meanwhile by someone else: one by one
+            return self._write(loaded, outcome, f"import:{import_id}", bulk=False)
+
+    def _write(self, loaded: list[tuple[int, str, dict[str, Any], str]], outcome: Outcome, actor: str, *,
+               bulk: bool) -> Outcome:
+        """Write the valid therapists through the service functions.
+
+        `bulk`: new therapists get ids reserved in one query and everything is flushed every
+        `FLUSH_EVERY` therapists (and let go of, so memory stays flat); a clash on `external_id`
+        then surfaces as an `IntegrityError` for the whole attempt. Otherwise each create is
+        flushed in a savepoint of its own and a clash is that therapist's error.
+        """
+        existing = services.find_by_external_ids(data["external_id"] for _, _, data, _ in loaded)
+        creates = sum(1 for _, status, data, _ in loaded
+                      if status != "deleted" and data["external_id"] not in existing)
+        reserved = iter(services.reserve_ids(creates) if bulk else [])
+        for position, (index, status, data, entry_print) in enumerate(loaded, start=1):
+            therapist = existing.pop(data["external_id"], None)
             try:
-                action, warning = self._apply_one(status, data, existing.get(data["external_id"]), actor)
+                action, warning = self._apply_one(status, data, therapist, actor, reserved, entry_print)
             except DomainError as error:
                 outcome.count("failed")
                 outcome.errors.append(item_error(error.type, error.detail, pointer=_pointer(index), index=index,
@@ -125,10 +154,14 @@ class TherapistFileHandler:
                 outcome.warnings.append(item_error("content-differs" if action == "updated" else "not-found",
                                                    warning, pointer=_pointer(index), index=index,
                                                    ref=data["external_id"]))
+            if bulk and position % FLUSH_EVERY == 0:
+                services.flush_and_release()
+        services.flush_and_release()
         return outcome
 
     @staticmethod
-    def _apply_one(status: str, data: dict[str, Any], therapist: Any, actor: str) -> tuple[str, str | None]:
+    def _apply_one(status: str, data: dict[str, Any], therapist: Any, actor: str, reserved: Iterator[int],
+                   entry_print: str) -> tuple[str, str | None]:
         """SPEC §7.2.3 for one therapist: the action taken and a warning, if any."""
         write = {"source": "import", "actor": actor}
         try:
@@ -137,16 +170,28 @@ class TherapistFileHandler:
                     return services.UNCHANGED, "marked deleted but not known here; nothing to delete"
                 return services.soft_delete(therapist, last_modified=data.get("last_modified"), **write), None
             if therapist is None:
-                services.create_therapist(data, **write)
+                services.create_therapist(data, reserved_id=next(reserved, None), fingerprint=entry_print, **write)
                 return services.CREATED, None
             if status == "unchanged":
-                if services.same_content(therapist, data):
-                    return services.UNCHANGED, None
-                services.update_therapist(therapist, data, stale_if_equal=False, **write)
-                return services.UPDATED, "marked unchanged, but differed from the stored record; updated"
-            return services.update_therapist(therapist, data, restore=True, **write), None
+                action = services.update_therapist(therapist, data, stale_if_equal=False, fingerprint=entry_print, **write)
+                return action, ("marked unchanged, but differed from the stored record; updated"
+                                if action == services.UPDATED else None)
+            return services.update_therapist(therapist, data, restore=True, fingerprint=entry_print, **write), None
         except StaleUpdate:
             return services.IGNORED_STALE, None
+
+
+def fingerprint(item: dict[str, Any]) -> str:
+    """The entry's content as scraped, `status` and `last_modified` left out, hashed."""
+    content = {key: value for key, value in item.items() if key not in ("status", "last_modified")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def _unchanged_by_fingerprint(status: Any, entry_print: str, stored_print: str | None, deleted: bool) -> bool:
+    """The same entry as imported last time, and its status asks for nothing to happen."""
+    if entry_print != stored_print:
+        return False
+    return status in ("deleted", "unchanged") if deleted else status in ("new", "modified", "unchanged")
 
 
 def _source(settings: Settings) -> FolderSource | None:

@@ -27,6 +27,9 @@ class Therapist(VersionedRecordMixin, db.Model):
     contact: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     professional_info: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     availability: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    # A hash of the scraped entry as last imported (status and last_modified left out); any other
+    # write clears it. An entry with the same fingerprint is unchanged without loading it again.
+    import_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index("uq_therapists_external_id", "external_id", unique=True),

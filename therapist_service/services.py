@@ -16,7 +16,7 @@ import json
 from datetime import datetime
 from typing import Any, Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from shared import versioning
@@ -24,9 +24,7 @@ from shared.errors import Duplicate, Gone, NotFound, PreconditionFailed, StaleUp
 from shared.extensions import db
 from shared.schemas import now_utc
 from therapist_service.models import GROUPS, Therapist, TherapistVersion
-from therapist_service.schemas import TherapistSchema
 
-_schema = TherapistSchema()
 EXTERNAL_ID_INDEX = "uq_therapists_external_id"
 
 # What an upsert did with one item; the importer and batch requests count these.
@@ -34,7 +32,15 @@ CREATED, UPDATED, UNCHANGED, DELETED, IGNORED_STALE = "created", "updated", "unc
 
 
 def representation(therapist: Therapist) -> dict[str, Any]:
-    return _schema.dump(therapist)
+    """What `TherapistSchema` dumps, built directly: the import writes one per changed therapist.
+    (A test checks the two agree.)"""
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {"id": therapist.id, "external_id": therapist.external_id, "last_modified": iso(therapist.last_modified),
+            "deleted_at": iso(therapist.deleted_at), "version": therapist.version,
+            "created_at": iso(therapist.created_at), "updated_at": iso(therapist.updated_at),
+            **{group: getattr(therapist, group) for group in GROUPS}}
 
 
 def canonical(value: Any) -> Any:
@@ -114,6 +120,14 @@ def therapist_history(therapist_id: int) -> list[TherapistVersion]:
     return versioning.history(TherapistVersion, therapist_id)
 
 
+def import_fingerprints(external_ids: Iterable[str]) -> dict[str, tuple[str | None, bool]]:
+    """`external_id → (import fingerprint, deleted?)` for the stored therapists among `external_ids`."""
+    ids = list(external_ids)
+    rows = db.session.execute(select(Therapist.external_id, Therapist.import_fingerprint,
+                                     Therapist.deleted_at.is_not(None)).where(Therapist.external_id.in_(ids)))
+    return {external_id: (fingerprint, deleted) for external_id, fingerprint, deleted in rows}
+
+
 def find_by_external_ids(external_ids: Iterable[str]) -> dict[str, Therapist]:
     """Stored therapists (deleted ones too) by external id, in one query, locked for this unit of work."""
     ids = list(external_ids)
@@ -153,7 +167,8 @@ def _write_guarding_external_id(therapist: Therapist, data: dict[str, Any], **bo
         raise Duplicate("a therapist with this external_id already exists", existing_id=existing) from None
 
 
-def _apply(therapist: Therapist, data: dict[str, Any]) -> None:
+def _apply(therapist: Therapist, data: dict[str, Any], fingerprint: str | None = None) -> None:
+    therapist.import_fingerprint = fingerprint
     therapist.external_id = data.get("external_id")
     if data.get("last_modified") is not None:
         therapist.last_modified = data["last_modified"]
@@ -161,32 +176,69 @@ def _apply(therapist: Therapist, data: dict[str, Any]) -> None:
         setattr(therapist, group, dict(data.get(group) or {}))
 
 
+def flush_and_release() -> None:
+    """Write what is pending and let go of the written therapists and versions (a long import
+    would otherwise keep every one of them in memory until it commits)."""
+    db.session.flush()
+    for instance in list(db.session.identity_map.values()):
+        if isinstance(instance, (Therapist, TherapistVersion)):
+            db.session.expunge(instance)
+
+
+def reserve_ids(count: int) -> list[int]:
+    """`count` fresh therapist ids in one round trip, for creates that are flushed in bulk."""
+    if count <= 0:
+        return []
+    return list(db.session.scalars(
+        text("SELECT nextval('therapist_service.therapists_id_seq') FROM generate_series(1, :n)"), {"n": count}))
+
+
 def create_therapist(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
-                     deleted: bool = False) -> Therapist:
+                     deleted: bool = False, reserved_id: int | None = None,
+                     fingerprint: str | None = None) -> Therapist:
+    """Create a therapist and its first version.
+
+    With a `reserved_id` (from `reserve_ids`) nothing is flushed here: the caller flushes many at
+    once and must treat an `IntegrityError` on `external_id` itself (the importer then redoes
+    the file one therapist at a time). Without, a taken `external_id` raises `Duplicate` at once.
+    """
     now = now or now_utc()
     therapist = Therapist(version=1, created_at=now, updated_at=now, deleted_at=now if deleted else None)
-    _write_guarding_external_id(therapist, data)
+    if reserved_id is None:
+        _write_guarding_external_id(therapist, data, import_fingerprint=fingerprint)
+    else:
+        therapist.id = reserved_id
+        _apply(therapist, data, fingerprint)
+        db.session.add(therapist)
     _record(therapist, source=source, actor=actor, now=now)
     return therapist
 
 
 def update_therapist(therapist: Therapist, data: dict[str, Any], *, source: str, actor: str,
                      now: datetime | None = None, restore: bool = False,
-                     stale_if_equal: bool = True) -> str:
+                     stale_if_equal: bool = True, fingerprint: str | None = None) -> str:
     """Apply `data` to `therapist`: `UPDATED`, `UNCHANGED`, or `StaleUpdate` raised.
 
     `restore` also undoes a soft delete (a later `new`/`modified` scrape entry does).
     """
     revive = restore and therapist.deleted_at is not None
     if same_content(therapist, data) and not revive:
+        if fingerprint is not None:
+            therapist.import_fingerprint = fingerprint  # known unchanged: next time without loading
         return UNCHANGED
     if is_stale(therapist, data.get("last_modified"), strictly_older=not stale_if_equal):
         raise StaleUpdate(
             f"therapist {therapist.id}: last_modified {data['last_modified'].isoformat()} is not newer "
             f"than the stored {therapist.last_modified.isoformat()}")
     now = now or now_utc()
-    revived = {"deleted_at": None} if revive else {}
-    _write_guarding_external_id(therapist, data, version=therapist.version + 1, updated_at=now, **revived)
+    bookkeeping = {"version": therapist.version + 1, "updated_at": now, "import_fingerprint": fingerprint,
+                   **({"deleted_at": None} if revive else {})}
+    if data.get("external_id") != therapist.external_id:  # only a new external_id can collide
+        _write_guarding_external_id(therapist, data, **bookkeeping)
+    else:
+        _apply(therapist, data)
+        for name, value in bookkeeping.items():
+            setattr(therapist, name, value)
     _record(therapist, source=source, actor=actor, now=now)
     return UPDATED
 
@@ -203,7 +255,6 @@ def soft_delete(therapist: Therapist, *, source: str, actor: str, now: datetime 
     if last_modified is not None:
         therapist.last_modified = last_modified
     therapist.version += 1
-    db.session.flush()
     _record(therapist, source=source, actor=actor, now=now)
     return DELETED
 

@@ -100,3 +100,14 @@ def declare_import_tables(schema: str, module: str) -> ImportModels:
         alert=model("Alert", AlertMixin, "alerts"),
         state=model("ImporterState", ImporterStateMixin, "importer_state"),
     )
+
+
+def importer_state(model: type, *, for_update: bool = False) -> Any:
+    """The service's one importer-state row, created on first use. Workers starting together may
+    all try to create it: the insert does nothing when the row exists."""
+    from sqlalchemy import select
+    from sqlalchemy.dialects.postgresql import insert
+
+    db.session.execute(insert(model).values(id=1).on_conflict_do_nothing(index_elements=["id"]))
+    query = select(model).where(model.id == 1)
+    return db.session.scalars(query.with_for_update() if for_update else query).one()

@@ -29,7 +29,7 @@ from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports import alerts
 from shared.imports.models import (DONE, FAILED, PARTIAL, PENDING, PROCESSING, QUARANTINED, SUCCEEDED,
-                                   ImportModels, empty_counts)
+                                   ImportModels, empty_counts, importer_state)
 from shared.logs import describe_exception, import_context
 from shared.schemas import now_utc
 
@@ -363,12 +363,7 @@ class ImportRunner:
     # ---- source health and shared state --------------------------------------------------------
 
     def _state(self) -> Any:
-        State = self.models.state
-        state = db.session.scalars(select(State).where(State.id == 1).with_for_update()).first()
-        if state is None:
-            state = State(id=1)
-            db.session.add(state)
-        return state
+        return importer_state(self.models.state, for_update=True)
 
     def _set_state(self, **values: Any) -> Any:
         state = self._state()

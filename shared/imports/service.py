@@ -2,7 +2,8 @@
 
 A service describes its importer with an `ImporterSpec` (its tables, its source, its file
 handler, its timings); `install` hangs it on the app; `start` runs it in the background.
-The REST endpoints, the CLI and the background worker all go through this object.
+The REST endpoints, the CLI, the dashboard at `/imports` and the background worker all go
+through this object.
 """
 from __future__ import annotations
 
@@ -11,14 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from flask import Flask
-from sqlalchemy import select
 
 from shared import metrics
 from shared.config import Settings
 from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports.alerts import AlertSender
-from shared.imports.models import ImportModels
+from shared.imports.models import ImportModels, importer_state
 from shared.imports.runner import FileHandler, ImportRunner, PassSummary, Source
 from shared.schemas import now_utc
 
@@ -70,14 +70,7 @@ class ImportsExtension:
         return sent
 
     def state_row(self, *, for_update: bool = False) -> Any:
-        State = self.models.state
-        query = select(State).where(State.id == 1)
-        state = db.session.scalars(query.with_for_update() if for_update else query).first()
-        if state is None:
-            state = State(id=1)
-            db.session.add(state)
-            db.session.flush()
-        return state
+        return importer_state(self.models.state, for_update=for_update)
 
     def request_run(self) -> Any:
         """Ask for a pass now. Whichever process holds the lock picks it up within a second."""
@@ -100,9 +93,11 @@ class ImportsExtension:
 
 
 def install(app: Flask, spec: ImporterSpec) -> ImportsExtension:
+    from shared.dashboard import init_dashboard
     from shared.imports.cli import imports_cli
 
     extension = ImportsExtension(app, spec)
     app.extensions["imports"] = extension
     app.cli.add_command(imports_cli)
+    init_dashboard(app)  # /imports: the pages on-call reads
     return extension
