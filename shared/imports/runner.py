@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Protocol
@@ -168,6 +169,7 @@ class ImportRunner:
         self.retry_input_errors = retry_input_errors
         self.still_leader = still_leader
         self.on_record_finished = on_record_finished
+        self._finishing: ThreadPoolExecutor | None = None
 
     # ---- a pass ------------------------------------------------------------------------------
 
@@ -183,18 +185,27 @@ class ImportRunner:
                 self._source_down(str(error))
                 return summary
             self._source_up()
-        for file in files:
-            if not self.still_leader():
-                log.warning("importer lock lost; stopping this pass")
-                break
-            status = self.process(file)
-            if status is None:
-                summary.skipped += 1
-            elif status == "finished":
-                summary.finished_again += 1
-            else:
-                summary.add(status)
-        self._touch_state(last_pass_finished_at=now_utc())
+        workers = getattr(self.source, "finish_concurrency", 0)
+        self._finishing = ThreadPoolExecutor(workers, thread_name_prefix="finish") if workers else None
+        try:
+            for file in files:
+                if not self.still_leader():
+                    log.warning("importer lock lost; stopping this pass")
+                    break
+                status = self.process(file)
+                if status is None:
+                    summary.skipped += 1
+                elif status == "finished":
+                    summary.finished_again += 1
+                else:
+                    summary.add(status)
+        finally:
+            if self._finishing is not None:
+                self._finishing.shutdown(wait=True)  # the pass ends when its deletes have been done
+                self._finishing = None
+        finished = now_utc()
+        imported = {"last_success_at": finished} if any(s in DONE for s in summary.by_status) else {}
+        self._touch_state(last_pass_finished_at=finished, **imported)
         return summary
 
     # ---- one file ----------------------------------------------------------------------------
@@ -301,7 +312,6 @@ class ImportRunner:
                 self._record_outcome(record, outcome, outcome.status)
                 if outcome.status == PARTIAL:
                     self._alert(record)
-                self._set_state(last_success_at=record.finished_at)
                 status = outcome.status
             else:
                 status = None
@@ -354,6 +364,15 @@ class ImportRunner:
         alerts.enqueue(self.models.alert, f"import:{record.id}:{record.retry_round}:{record.status}", subject, body)
 
     def _finish_at_source(self, file: SourceFile) -> None:
+        """After the commit: delete from a bucket. A source with `finish_concurrency` has this
+        done in the background while the next file imports — files still import one at a time,
+        and a delete lost to a crash is done by the next pass, which finds the record done."""
+        if self._finishing is not None:
+            self._finishing.submit(self._finish_now, file)
+        else:
+            self._finish_now(file)
+
+    def _finish_now(self, file: SourceFile) -> None:
         try:
             self.source.finish(file)
         except SourceUnavailable as error:

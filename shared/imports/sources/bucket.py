@@ -40,6 +40,7 @@ def make_bucket(spec: str) -> "GcsBucket | LocalBucket":
 
 class GcsBucket:
     kind = "gcs"
+    finish_concurrency = 4  # deletes are network round trips; they overlap the next file's import
 
     def __init__(self, bucket: str, prefix: str = ""):
         from google.cloud import storage

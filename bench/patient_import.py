@@ -1,0 +1,128 @@
+"""Patient import benchmark (run by hand, not in CI):
+
+    .venv/bin/python bench/patient_import.py [--files 1000]
+
+Puts 1,000 registration files into a gcp-storage-emulator on loopback and times the real
+importer (`ImportsExtension.run_pass`: list, claim, download, backup copy, validate, import,
+commit, generation-checked delete) draining them into a real embedded PostgreSQL. In the same
+run it times the bare google-cloud-storage client listing, downloading and deleting 1,000 such
+objects. Prints both, their ratio and files per second. Target (issue 4): within 2× the bare client.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WORK = ROOT / "var" / "bench-patient-import"
+TOKEN = "bench-token-0123456789abcdef"
+BUCKET = "registrations"
+
+
+def registration(i: int) -> tuple[str, bytes]:
+    token = f"{i:08x}"
+    document = {
+        "patient_data": {"anrede": "Frau", "geschlecht": "weiblich", "vorname": f"Vorname{i}",
+                         "nachname": f"Nachname{i}", "geburtsdatum": "1987-11-30",
+                         "email": f"patient{i}@example.org", "telefon": "+49 241 123456", "plz": "52062",
+                         "ort": "Aachen", "symptome": ["Schlafstörungen"],
+                         "zeitliche_verfuegbarkeit": {"montag": ["09:00-12:00"]},
+                         "raeumliche_verfuegbarkeit": {"max_km": 25}, "verkehrsmittel": "ÖPNV"},
+        "consent_metadata": {"ip_address": "37.201.29.143", "user_agent": "Mozilla/5.0",
+                             "timestamp_utc": "2025-07-05T14:33:55Z", "consent_version": "2025-06",
+                             "datenschutz_akzeptiert": True},
+        "registration_timestamp": "2025-07-05 16:33:55",
+        "registration_token": token,
+    }
+    return f"incoming/nachname{i}_vorname{i}_20250705_{token}.json", json.dumps(document).encode()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def upload(bucket, files: list[tuple[str, bytes]]) -> None:
+    for name, payload in files:
+        bucket.blob(name).upload_from_string(payload, content_type="application/json")
+
+
+def bare_client(client, bucket) -> float:
+    started = time.perf_counter()
+    for blob in client.list_blobs(bucket, prefix="incoming/"):
+        blob.download_as_bytes()
+        bucket.delete_blob(blob.name)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=1000)
+    args = parser.parse_args()
+
+    from gcp_storage_emulator.server import create_server
+
+    port = free_port()
+    emulator = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    emulator.start()
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    try:
+        run(args.files)
+    finally:
+        emulator.stop()
+
+
+def run(count: int) -> None:
+    import logging
+
+    from flask_migrate import upgrade
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from patient_service import create_app
+    from shared.devdb import drop_database, ensure_database, start_embedded
+
+    server = start_embedded(ROOT / "var" / "bench-postgres")
+    drop_database(server.get_uri(), "bench_patient_import")
+    database_url = ensure_database(server.get_uri(), "bench_patient_import")
+    shutil.rmtree(WORK, ignore_errors=True)
+    app = create_app({"DATABASE_URL": database_url, "API_TOKENS": f"bench:{TOKEN}", "IMPORTS_ENABLED": False,
+                      "PATIENT_IMPORT_SOURCE": f"gs://{BUCKET}/incoming",
+                      "PATIENT_IMPORT_BACKUP_DIR": str(WORK / "backup"), "ALERT_OUTBOX_DIR": str(WORK / "outbox"),
+                      "LOG_LEVEL": "WARNING"})
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    with app.app_context():
+        upgrade()
+    client = storage.Client(project="bench", credentials=AnonymousCredentials())
+    bucket = client.bucket(BUCKET)
+    files = [registration(i) for i in range(count)]
+
+    upload(bucket, files)
+    bare = bare_client(client, bucket)
+
+    upload(bucket, files)
+    with app.app_context():
+        started = time.perf_counter()
+        summary = app.extensions["imports"].run_pass()
+        ours = time.perf_counter() - started
+    left = sum(1 for _ in client.list_blobs(bucket))
+
+    ratio = ours / bare
+    print(f"{count} registration files in gcp-storage-emulator on loopback")
+    print(f"bare client (list, download, delete): {bare:6.2f} s  {count / bare:6.1f} files/s")
+    print(f"importer (run_pass):                  {ours:6.2f} s  {count / ours:6.1f} files/s  [{summary}]")
+    print(f"objects left in the bucket: {left}")
+    print(f"ratio {ratio:.2f} (target ≤ 2.0) {'PASS' if ratio <= 2.0 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
