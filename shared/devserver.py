@@ -165,11 +165,13 @@ def check_ports_free(host: str) -> None:
 
 
 def start_service(service: Service, host: str, env: dict[str, str]) -> subprocess.Popen:
-    # No access log: request lines carry query strings, and these can hold patient data.
-    command = [str(BIN / "gunicorn"), f"{service.name}.app:create_app()",
+    # gunicorn.conf.py: no access log (query strings can hold patient data), no control socket
+    # (two masters would share one), metrics from every worker, a clean importer stop.
+    command = [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), f"{service.name}.app:create_app()",
                "--bind", f"{host}:{service.port}", "--workers", "1", "--threads", "4",
-               "--graceful-timeout", "10",
-               "--no-control-socket"]  # two masters would share ~/.gunicorn/gunicorn.ctl
+               "--graceful-timeout", "10"]
+    metrics_dir = VAR / "metrics" / service.name  # one per gunicorn master: it empties it at start
+    env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     # A process group of its own: Ctrl-C reaches only us, and we stop the services in order.
     return subprocess.Popen(command, env=env, cwd=ROOT, process_group=0)
 

@@ -59,8 +59,13 @@ class JsonLineFormatter(JsonFormatter):
     FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(request_id)s %(import_id)s"
 
     def __init__(self, service: str | None = None):
-        super().__init__(self.FIELDS, rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-                         defaults={"service": service, "request_id": None, "import_id": None})
+        super().__init__(self.FIELDS, rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})
+        self.service = service  # for lines no ContextFilter has seen, such as gunicorn's own
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        super().add_fields(log_data, record, message_dict)
+        if log_data.get("service") is None:
+            log_data["service"] = self.service
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")

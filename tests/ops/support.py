@@ -1,6 +1,7 @@
 """Helpers for the operations tests: sample files in a folder, and Prometheus text parsed."""
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import Any, Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import SAMPLES
+from conftest import ROOT, SAMPLES
 
 THERAPIST_SAMPLE = SAMPLES / "therapist-folder" / "52074.json"
 PATIENT_SAMPLES = sorted((SAMPLES / "patient-bucket").glob("*.json"))
@@ -46,3 +47,11 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 15.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def image_command() -> list[str]:
+    """The start command of the Docker image: the Dockerfile's CMD, in exec form."""
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    commands = [json.loads(line.removeprefix("CMD")) for line in lines if line.startswith("CMD ")]
+    assert len(commands) == 1, "the Dockerfile has one CMD, in exec form"
+    return commands[0]

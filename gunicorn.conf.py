@@ -1,0 +1,158 @@
+"""gunicorn settings for both services (SPEC §4, §7.4). Used by the Docker image, `make run` and the tests:
+
+    gunicorn -c gunicorn.conf.py "patient_service.app:create_app()"
+    SERVICE_APP="therapist_service.app:create_app()" gunicorn -c gunicorn.conf.py
+
+Read from the environment: `HOST` and `PORT` (the bind address; the port defaults to the
+service's own, 5001 or 5002), `GUNICORN_WORKERS` (2), `GUNICORN_THREADS` (4),
+`GUNICORN_TIMEOUT` (60 s), `GUNICORN_GRACEFUL_TIMEOUT` (30 s), `SERVICE_APP` (the app, when it is
+not given on the command line), `LOG_FORMAT` (json: gunicorn's own lines are JSON too) and
+`PROMETHEUS_MULTIPROC_DIR`.
+
+What the hooks do:
+- metrics: every worker counts into files in `PROMETHEUS_MULTIPROC_DIR` (a private temporary
+  folder when unset), emptied when the master starts; a dead worker's gauges are dropped;
+- `post_fork`: a worker forked from a master that loaded the app (`--preload`) drops the
+  database connections it inherited and starts its own importer; without `--preload` each worker
+  creates the app itself and there is nothing to drop;
+- `worker_exit` / `on_exit`: the importer stops cleanly (the current file finishes, the advisory
+  lock is released at once, so a standby takes over within a second instead of waiting for the
+  connection to die).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+DEFAULT_PORTS = {"patient_service": 5001, "therapist_service": 5002}
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _service() -> str | None:
+    """Which service this master runs, from SERVICE_APP or the command line."""
+    said = " ".join([os.environ.get("SERVICE_APP", ""), *sys.argv[1:]])
+    return next((name for name in DEFAULT_PORTS if name in said), None)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+# ---- serving ----------------------------------------------------------------------------------
+
+if os.environ.get("SERVICE_APP"):
+    wsgi_app = os.environ["SERVICE_APP"]
+SERVICE = _service()
+bind = [f"{os.environ.get('HOST') or '127.0.0.1'}:{os.environ.get('PORT') or DEFAULT_PORTS.get(SERVICE, 8000)}"]
+workers = _env_int("GUNICORN_WORKERS", 2)
+threads = _env_int("GUNICORN_THREADS", 4)  # gthread: requests wait on the database, not the CPU
+worker_class = "gthread" if threads > 1 else "sync"
+timeout = _env_int("GUNICORN_TIMEOUT", 60)
+graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 30)  # in-flight requests and the current import file
+keepalive = 5
+# Request lines carry query strings, and those can hold patient data (?email=…): no access log.
+# /metrics counts requests by route and status instead.
+accesslog = None
+errorlog = "-"
+control_socket_disable = True  # two masters on one host would share ~/.gunicorn/gunicorn.ctl
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"  # the worker heartbeat file; a disk-backed /tmp can stall it
+proc_name = SERVICE or "curavani"
+
+if (os.environ.get("LOG_FORMAT") or "").strip().lower() == "json":
+    # gunicorn's own lines ("Booting worker …") as JSON too; the app adds its handler to the root.
+    logconfig_dict = {
+        "root": {"level": "INFO", "handlers": []},
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
+        },
+        "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json",
+                              "stream": "ext://sys.stderr"}},
+        "formatters": {"json": {"()": "shared.logs.JsonLineFormatter", "service": SERVICE}},
+    }
+
+
+# ---- metrics from every worker ----------------------------------------------------------------
+# Set before any worker imports prometheus_client, which reads the variable once at import. This
+# file is read again on a reload (SIGHUP): the folder is prepared once per master.
+
+if os.environ.get("CURAVANI_METRICS_MASTER") != str(os.getpid()):
+    os.environ["CURAVANI_METRICS_MASTER"] = str(os.getpid())
+    if os.environ.get(METRICS_DIR):
+        _metrics_dir, _own_metrics_dir = Path(os.environ[METRICS_DIR]), False
+        _metrics_dir.mkdir(parents=True, exist_ok=True)
+        for _stale in _metrics_dir.glob("*.db"):  # a previous run's counts are not ours
+            _stale.unlink()
+    else:
+        _metrics_dir, _own_metrics_dir = Path(tempfile.mkdtemp(prefix="curavani-metrics-")), True
+        os.environ[METRICS_DIR] = str(_metrics_dir)
+        os.environ["CURAVANI_METRICS_DIR_OWNED"] = "1"
+
+
+def child_exit(server, worker) -> None:
+    """In the master, when a worker has exited (however): drop its live gauges (lock held, files waiting)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+# ---- the app in each worker -------------------------------------------------------------------
+
+def _loaded_app(server):
+    """The Flask app the master loaded (`--preload`), or None."""
+    return getattr(server.app, "callable", None)
+
+
+def when_ready(server) -> None:
+    """In the master, before the first fork. With `--preload` the master created the app and with it
+    started an importer; the master must not import (it would hold the lock while its workers
+    stand by), so it stops that one and lets go of its database connections."""
+    app = _loaded_app(server)
+    if app is None or not hasattr(app, "extensions"):
+        return
+    stop = app.extensions.get("importer_stop")
+    if stop is not None:
+        stop()
+        app.extensions["importer_start_after_fork"] = True
+    _dispose_engine(app, close=True)
+
+
+def post_fork(server, worker) -> None:
+    """In a new worker. Connections inherited from the master are the master's: forget them without
+    closing them (closing would end the master's session), and start this worker's importer."""
+    app = _loaded_app(server)
+    if app is None or not hasattr(app, "extensions"):
+        return  # not preloaded: the worker creates its app (engine, importer) after this
+    _dispose_engine(app, close=False)
+    if app.extensions.pop("importer_start_after_fork", False):
+        app.extensions["imports"].start()
+
+
+def _dispose_engine(app, *, close: bool) -> None:
+    from shared.extensions import db
+
+    with app.app_context():
+        db.engine.dispose(close=close)
+
+
+def worker_exit(server, worker) -> None:
+    """In the worker, on its way out: stop its importer so the lock is released now."""
+    app = getattr(worker, "wsgi", None)
+    stop = app.extensions.get("importer_stop") if hasattr(app, "extensions") else None
+    if stop is not None:
+        stop()
+
+
+def on_exit(server) -> None:
+    """In the master, last: the importer a preloaded master may still run, and our metrics folder."""
+    app = _loaded_app(server)
+    stop = app.extensions.get("importer_stop") if hasattr(app, "extensions") else None
+    if stop is not None:
+        stop()
+    if os.environ.get("CURAVANI_METRICS_DIR_OWNED") and os.environ.get(METRICS_DIR):
+        shutil.rmtree(os.environ[METRICS_DIR], ignore_errors=True)

@@ -1,0 +1,110 @@
+"""The therapist service for real under gunicorn, started with the Docker image's command
+(`gunicorn -c gunicorn.conf.py`, the app from SERVICE_APP): two workers, one importer, metrics
+added up across workers, JSON log lines, and a clean stop on SIGTERM that releases the lock."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import text
+
+from conftest import API_TOKENS, AUTH, ROOT
+from shared.imports.locking import lock_key
+
+from .support import THERAPIST_SAMPLE, copy_samples, image_command, samples_of, series, value, wait_until
+
+pytestmark = pytest.mark.slow
+SERVICE = {"service": "therapist_service"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def advisory_lock_holders(admin_engine) -> list[int]:
+    """Backend pids holding the therapist importer's advisory lock in the test database."""
+    with admin_engine.connect() as connection:
+        return list(connection.execute(text(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = :key "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+            {"key": lock_key("therapist_service")}).scalars())
+
+
+@pytest.fixture
+def gunicorn(migrated, database_url, tmp_path):
+    """The image's start command, run from the repository with the virtual environment's gunicorn."""
+    inbox = tmp_path / "inbox"
+    copy_samples([THERAPIST_SAMPLE], inbox)
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "API_TOKENS": API_TOKENS,
+           "SERVICE_APP": "therapist_service.app:create_app()", "HOST": "127.0.0.1", "PORT": str(port),
+           "GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "2", "GUNICORN_GRACEFUL_TIMEOUT": "10",
+           "THERAPIST_IMPORT_DIR": str(inbox), "THERAPIST_IMPORT_SETTLE_SECONDS": "0.2",
+           "ALERT_OUTBOX_DIR": str(tmp_path / "outbox"), "LOG_FORMAT": "json",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    command = image_command()
+    assert command[0] == "gunicorn"
+    command = [str(Path(sys.executable).parent / "gunicorn"), *command[1:]]
+    log = (tmp_path / "gunicorn.log").open("w+")
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    yield process, f"http://127.0.0.1:{port}", log
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    log.close()
+
+
+def test_two_workers_under_gunicorn_one_importer_metrics_of_both_and_a_clean_stop(gunicorn, admin_engine):
+    process, base, log = gunicorn
+
+    def ready():
+        try:
+            return requests.get(f"{base}/ready", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            assert process.poll() is None, "gunicorn exited"
+            return False
+
+    wait_until(ready, timeout=20, what="/ready to answer 200")
+    # The sample in the folder is imported by whichever worker holds the lock.
+    imported = wait_until(lambda: [r for r in requests.get(f"{base}/api/imports", headers=AUTH, timeout=5).json()
+                                   if r["status"] == "succeeded"], timeout=15, what="the sample's import")
+    assert [r["name"] for r in imported] == ["52074.json"]
+
+    # Both workers report; exactly one holds the lock — every scrape says so, whichever worker answers.
+    def both_workers_reported():
+        scraped = samples_of(requests.get(f"{base}/metrics", timeout=5).text)
+        held = series(scraped, "curavani_importer_lock_held")
+        return len(held) == 2 and scraped
+
+    scraped = wait_until(both_workers_reported, timeout=10, what="both workers' lock gauges")
+    for _ in range(6):  # new connections: the scrapes are spread over both workers
+        held = series(scraped, "curavani_importer_lock_held")
+        assert sorted(held.values()) == [0.0, 1.0], held
+        assert value(scraped, "curavani_imports_total", **SERVICE, status="succeeded") == 1
+        assert value(scraped, "curavani_import_items_total", **SERVICE, action="created") > 0
+        assert value(scraped, "curavani_import_last_success_timestamp_seconds", **SERVICE) > 0
+        assert value(scraped, "curavani_database_up", **SERVICE) == 1
+        scraped = samples_of(requests.get(f"{base}/metrics", timeout=5, headers={"Connection": "close"}).text)
+    [leader_labels] = [labels for labels, v in series(scraped, "curavani_importer_lock_held").items() if v == 1]
+    leader_pid = dict(leader_labels)["pid"]
+    state = requests.get(f"{base}/ready", timeout=5).json()["importer"]
+    assert state["lock_holder"].endswith(f":{leader_pid}")
+    assert len(advisory_lock_holders(admin_engine)) == 1
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
+    assert advisory_lock_holders(admin_engine) == []
+    log.seek(0)
+    lines = log.read().splitlines()
+    entries = [json.loads(line) for line in lines]  # LOG_FORMAT=json: every line, gunicorn's too
+    assert any(e["message"] == "importer lock therapist_service released" for e in entries)
+    assert any(e["logger"] == "gunicorn.error" and e["message"].startswith("Shutting down") for e in entries)
