@@ -38,3 +38,7 @@ chromium:
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+# pip-audit over what `make install` installed from the pins; see "Audit" in the README.
+audit: install
+	$(BIN)/python scripts/audit.py
