@@ -27,8 +27,10 @@ def advisory_locks_held(admin_engine) -> int:
 def leader_and_standby(first, second):
     workers = {app: app.extensions["imports"].worker for app in (first, second)}
     wait_until(lambda: any(w.is_leader for w in workers.values()), what="one worker to take the lock")
-    [leader] = [app for app, w in workers.items() if w.is_leader]
-    [standby] = [app for app, w in workers.items() if not w.is_leader]
+    leaders = [app for app, w in workers.items() if w.is_leader]
+    assert len(leaders) == 1, f"{len(leaders)} workers hold the importer lock"
+    [leader] = leaders
+    [standby] = [app for app in workers if app is not leader]
     return leader, standby
 
 
@@ -73,6 +75,17 @@ def test_standby_takes_over_when_the_leader_stops(inbox, start_importer, admin_e
     record = wait_for_import(client)
     assert record["status"] == "succeeded"
     assert len(all_therapists(client)) == 4
+
+
+def test_files_present_at_the_first_start_are_imported_by_the_start_up_rescan(inbox, start_importer):
+    target = drop(inbox, "52074.json", SAMPLE.read_bytes())
+    an_hour_ago = time.time() - 3600
+    os.utime(target, (an_hour_ago, an_hour_ago))  # long settled, and no event will ever come for it
+
+    app = start_importer()  # a fresh database: the first pass and the first heartbeat race to set up state
+    record = wait_for_import(app.test_client(), timeout=5)
+
+    assert record["status"] == "succeeded"
 
 
 def test_file_that_arrived_while_no_importer_ran_is_found_by_the_start_up_rescan(inbox, start_importer):
