@@ -104,9 +104,10 @@ def importer_settings(inbox, smtp_server, tmp_path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def start_importer(make_app, importer_settings, monkeypatch) -> Callable[..., Any]:
+def start_importer(importer_settings, make_app, monkeypatch) -> Callable[..., Any]:
     """`start_importer(**overrides)` → a therapist app whose importer runs; `wait_for_lead=False`
-    returns at once instead of waiting until this app holds the importer lock.
+    returns at once instead of waiting until this app holds the importer lock. Apps are set up
+    after the SMTP server, so at teardown their importers stop before it does.
 
     The worker's clock ticks every HEARTBEAT_SECONDS instead of every second: each tick does the
     same work (keep or take the lock, hand settled files to the worker), the tests just wait less.
@@ -118,8 +119,8 @@ def start_importer(make_app, importer_settings, monkeypatch) -> Callable[..., An
     def start(*, wait_for_lead: bool = True, **overrides: Any):
         app = make_app("therapist", **{**importer_settings, **overrides})
         if wait_for_lead:
-            worker = app.extensions["imports"].worker
-            wait_until(lambda: worker.is_leader and worker.imports.source.observer_alive(),
+            importer = app.extensions["imports"]
+            wait_until(lambda: importer.worker.is_leader and importer.source.observer_alive(),
                        what="the importer to take the lock and watch the folder")
         return app
 
