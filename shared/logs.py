@@ -106,11 +106,6 @@ def configure_logging(level: str, fmt: str, service: str) -> None:
         logging.getLogger(library).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
-def service_handler() -> Any:
-    """The handler `configure_logging` installed (tests point its stream elsewhere)."""
-    return next((h for h in logging.getLogger().handlers if getattr(h, "_curavani", False)), None)
-
-
 def describe_exception(error: BaseException) -> str:
     """`ClassName at module.py:123` — safe to log and to mail: no message text, no values."""
     frames = traceback.extract_tb(error.__traceback__)

@@ -4,7 +4,6 @@ services — holds a name, an e-mail address or a birth date from the samples, o
 name (SPEC §7.3: name the registration token instead)."""
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -12,7 +11,6 @@ import re
 import pytest
 
 from conftest import AUTH
-from shared.logs import service_handler
 
 from .support import PATIENT_SAMPLES, THERAPIST_SAMPLE, copy_samples
 
@@ -42,9 +40,9 @@ def leaks(lines: list[str], secrets: set[str]) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def json_logs(make_app, tmp_path, caplog):
+def json_logs(make_app, tmp_path, caplog, capsys):
     """Both services' apps logging JSON at DEBUG, with their inputs: the samples plus failing files.
-    Yields (patient app, therapist app, the JSON handler's stream)."""
+    Yields (patient app, therapist app, a function giving what was written to stderr since)."""
     bucket, inbox = tmp_path / "bucket", tmp_path / "inbox"
     copy_samples(PATIENT_SAMPLES, bucket)
     # Failing registrations, named like real ones: content that is not JSON, a token that is not
@@ -67,10 +65,9 @@ def json_logs(make_app, tmp_path, caplog):
     patients = make_app("patient", PATIENT_IMPORT_SOURCE=str(bucket),
                         PATIENT_IMPORT_BACKUP_DIR=str(tmp_path / "backup"), **common)
     therapists = make_app("therapist", THERAPIST_IMPORT_DIR=str(inbox), THERAPIST_IMPORT_SETTLE_SECONDS=0, **common)
-    stream = io.StringIO()
-    service_handler().setStream(stream)
+    capsys.readouterr()  # the handler writes to stderr: from here on, what the imports log
     caplog.set_level(logging.DEBUG)
-    yield patients, therapists, stream
+    yield patients, therapists, lambda: capsys.readouterr().err
 
 
 def run_everything(patients, therapists) -> None:
@@ -95,24 +92,24 @@ def run_everything(patients, therapists) -> None:
 
 
 def test_no_log_line_holds_personal_data_or_patient_file_names(json_logs, caplog):
-    patients, therapists, stream = json_logs
+    patients, therapists, stderr = json_logs
 
     run_everything(patients, therapists)
 
     captured = [record.getMessage() for record in caplog.records]
     captured += [caplog.handler.format(record) for record in caplog.records]  # with tracebacks, if any
-    json_lines = stream.getvalue().splitlines()
+    json_lines = stderr().splitlines()
     assert len(captured) > 20 and len(json_lines) > 20  # the scan saw the imports' lines
     assert any("import #" in line for line in json_lines)
     assert leaks(captured + json_lines, personal_data()) == []
 
 
 def test_json_lines_parse_and_carry_service_request_id_and_import_id(json_logs):
-    patients, therapists, stream = json_logs
+    patients, therapists, stderr = json_logs
 
     run_everything(patients, therapists)
 
-    lines = stream.getvalue().splitlines()
+    lines = stderr().splitlines()
     parsed = [json.loads(line) for line in lines]  # every line is one JSON object
     assert parsed and all(isinstance(entry, dict) and JSON_KEYS <= entry.keys() for entry in parsed)
     assert {entry["service"] for entry in parsed} >= {"patient_service", "therapist_service"}
@@ -127,12 +124,9 @@ def test_json_lines_parse_and_carry_service_request_id_and_import_id(json_logs):
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", e["time"]) for e in parsed)
 
 
-def test_lines_logged_in_a_request_carry_its_request_id(therapist_app, caplog):
-    from shared.logs import configure_logging
-
-    configure_logging("INFO", "json", "therapist_service")
-    stream = io.StringIO()
-    service_handler().setStream(stream)
+def test_lines_logged_in_a_request_carry_its_request_id(make_app, capsys):
+    therapist_app = make_app("therapist", LOG_FORMAT="json")
+    capsys.readouterr()
 
     @therapist_app.get("/log-something")
     def log_something():
@@ -142,7 +136,7 @@ def test_lines_logged_in_a_request_carry_its_request_id(therapist_app, caplog):
     response = therapist_app.test_client().get("/log-something", headers={"X-Request-ID": "req-1234"})
 
     assert response.headers["X-Request-ID"] == "req-1234"
-    [entry] = [json.loads(line) for line in stream.getvalue().splitlines() if "inside the request" in line]
+    [entry] = [json.loads(line) for line in capsys.readouterr().err.splitlines() if "inside the request" in line]
     assert entry["request_id"] == "req-1234"
     assert entry["logger"] == "tests"
     assert entry["service"] == "therapist_service"
