@@ -40,6 +40,7 @@ from shared.schemas import StrictSchema, now_utc
 
 ACTIONS = ("created", "updated", "unchanged", "ignored_stale", "deleted", "error")
 ABANDONED_AFTER = timedelta(minutes=10)
+KEY_MAX_LENGTH = 255
 RUNNING, DONE = "running", "done"
 
 
@@ -84,7 +85,7 @@ class StoredBatchSchema(StrictSchema):
 class IdempotencyKeyMixin:
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     actor: Mapped[str] = mapped_column(String(200), nullable=False)
-    key: Mapped[str] = mapped_column(String(255), nullable=False)
+    key: Mapped[str] = mapped_column(String(KEY_MAX_LENGTH), nullable=False)
     request_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     response_status: Mapped[int | None] = mapped_column(Integer)
@@ -132,6 +133,11 @@ def handle(adapter: BatchAdapter, body: dict[str, Any], *, actor: str) -> Respon
                        f"{len(items)} items sent; at most {settings.BATCH_MAX_ITEMS} per batch (BATCH_MAX_ITEMS)",
                        type="too-many-items")
     key = (request.headers.get("Idempotency-Key") or request.headers.get("X-Request-ID") or "").strip() or None
+    if key is not None and (len(key) > KEY_MAX_LENGTH or not key.isprintable()):
+        # the database could not store it: a 500 otherwise
+        detail = f"must be at most {KEY_MAX_LENGTH} printable characters"
+        return problem(422, "Invalid data", f"Idempotency-Key {detail}", type="validation-error",
+                       errors=[{"parameter": "Idempotency-Key", "detail": detail}])
     if key is None or body["dry_run"]:
         return _to_response(*_run(adapter, body, actor=actor), replayed=False)
 

@@ -344,6 +344,23 @@ def test_the_key_is_scoped_to_the_token(patient_client, admin_engine):
         theirs.get_json()
 
 
+@pytest.mark.parametrize("key", ["k" * 256, "nul\x00inside"])
+def test_idempotency_key_the_database_cannot_store_gives_422_not_500(patient_client, admin_engine, key):
+    response = send(patient_client, [patient_item(0)], headers=keyed(key))
+
+    body = assert_problem(response, 422)
+    assert body["errors"][0]["parameter"] == "Idempotency-Key"
+    assert count(admin_engine, "patient_service.patients") == 0
+
+
+def test_idempotency_key_of_255_characters_is_accepted(patient_client):
+    first = send(patient_client, [patient_item(0)], headers=keyed("k" * 255))
+    replay = send(patient_client, [patient_item(0)], headers=keyed("k" * 255))
+
+    assert (first.status_code, replay.status_code) == (201, 201)
+    assert replay.headers["Idempotent-Replayed"] == "true"
+
+
 def test_stored_outcome_is_404_for_an_unknown_key(patient_client):
     assert_problem(patient_client.get("/api/batches/never-sent", headers=AUTH), 404)
 
