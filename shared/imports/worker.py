@@ -209,6 +209,13 @@ class BackgroundImporter:
                     "A full rescan was started, so no file is missed. If this repeats, see the runbook.\n")
             alerts.enqueue(self.imports.models.alert, f"observer:restarted:{now.isoformat()}", subject, body)
 
+    def _send_alerts_soon(self) -> None:
+        """Mail new alerts now, from the scheduler's thread: a slow SMTP server must not hold up
+        the next import."""
+        job = self.scheduler.get_job("alerts") if self.scheduler else None
+        if job is not None:
+            job.modify(next_run_time=datetime.now(timezone.utc))
+
     def _send_alerts(self) -> None:
         if self.lock.held and not self.stopping.is_set():
             with self.app.app_context():
@@ -232,7 +239,7 @@ class BackgroundImporter:
                     self.last_pass_at = now_utc()
                     if summary.files or summary.source_error:
                         log.info("%s import pass: %s", self.imports.service, summary)
-                    self.imports.send_alerts()
+                    self._send_alerts_soon()
                 except Exception as error:  # noqa: BLE001 — a pass may fail; the thread must not
                     db.session.rollback()
                     log.error("import pass failed: %s", describe_exception(error))

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -79,7 +80,7 @@ class FolderSource:
         """The file if it is settled; None if it is gone; False if it is still changing."""
         try:
             stat = (self.root / relative).stat()
-        except FileNotFoundError:
+        except OSError:  # gone, or not ours to read: either way nothing to import now
             return None
         signature = (stat.st_size, stat.st_mtime_ns)
         with self._pending_lock:
@@ -87,7 +88,8 @@ class FolderSource:
             self._pending[relative] = signature
         quiet = now - stat.st_mtime_ns / 1e9 >= self.settle_seconds
         if quiet and (previous is None or previous == signature):
-            return SourceFile(name=relative, size=stat.st_size)
+            return SourceFile(name=relative, size=stat.st_size,
+                              updated=datetime.fromtimestamp(stat.st_mtime_ns / 1e9, timezone.utc))
         return False
 
     def ready_files(self) -> list[SourceFile]:
@@ -131,7 +133,7 @@ class FolderSource:
                 with self._pending_lock:
                     self._pending.pop(relative, None)
                 ready.append(result)
-        ready.sort(key=lambda f: ((self.root / f.name).stat().st_mtime_ns, f.name))
+        ready.sort(key=lambda f: (f.updated, f.name))
         return ready
 
     def fetch(self, file: SourceFile, max_bytes: int) -> Fetched:
