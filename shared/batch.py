@@ -284,7 +284,7 @@ def make_batches_blueprint():
     blp = Blueprint("batches", __name__, url_prefix="/api/batches",
                     description="Stored outcomes of batch requests sent with an Idempotency-Key.")
 
-    @blp.route("/<string:key>")
+    @blp.route("/<path:key>")  # a key may hold "/" (an X-Request-ID often does)
     class StoredBatch(MethodView):
         @blp.response(200, StoredBatchSchema)
         def get(self, key):

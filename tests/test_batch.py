@@ -361,6 +361,15 @@ def test_idempotency_key_of_255_characters_is_accepted(patient_client):
     assert replay.headers["Idempotent-Replayed"] == "true"
 
 
+def test_stored_outcome_of_a_key_with_slashes_can_be_read(patient_client):
+    sent = send(patient_client, [patient_item(0)], headers=keyed("sync/2025-07-02/1"))
+
+    stored = patient_client.get("/api/batches/sync%2F2025-07-02%2F1", headers=AUTH)
+
+    assert stored.status_code == 200
+    assert stored.get_json()["response"] == sent.get_json()
+
+
 def test_stored_outcome_is_404_for_an_unknown_key(patient_client):
     assert_problem(patient_client.get("/api/batches/never-sent", headers=AUTH), 404)
 
