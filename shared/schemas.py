@@ -45,7 +45,10 @@ class StrictSchema(Schema):
     @pre_load(pass_collection=True)
     def _storable_strings_only(self, data, **_kwargs):
         # Fast path: one C-level serialisation and search; the walk only runs to name the field.
-        if not _UNSTORABLE_JSON.search(json.dumps(data, ensure_ascii=False, default=str)):
+        # Only for plain JSON: json.dumps writes webargs' query-string view through str(), where a
+        # NUL is spelled \x00 and would slip past the search.
+        if isinstance(data, (dict, list)) and not _UNSTORABLE_JSON.search(
+                json.dumps(data, ensure_ascii=False, default=str)):
             return data
         found = _unstorable_strings(data)
         if found:
