@@ -122,6 +122,7 @@ class PatientBatch(MethodView):
     @blp.response(200, batch.BatchResponseSchema)
     @blp.alt_response(201, schema=batch.BatchResponseSchema, description="At least one patient was created")
     @blp.alt_response(204, description="`Prefer: return=minimal` and nothing was created")
+    @blp.problems(400, 401, 409, 413, descriptions=batch.PROBLEMS)
     def post(self, body):
         """Create, update or delete many patients at once; see the README for modes, dry runs
         and `Idempotency-Key`. An item with `id` updates that patient; without, the duplicate

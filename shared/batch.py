@@ -42,6 +42,8 @@ ACTIONS = ("created", "updated", "unchanged", "ignored_stale", "deleted", "error
 ABANDONED_AFTER = timedelta(minutes=10)
 KEY_MAX_LENGTH = 255
 RUNNING, DONE = "running", "done"
+PROBLEMS = {409: "A request with this `Idempotency-Key` is still running",
+            413: "More items than `BATCH_MAX_ITEMS`"}
 
 
 # ---- wire shapes ---------------------------------------------------------------------------------
@@ -287,6 +289,7 @@ def make_batches_blueprint():
     @blp.route("/<path:key>")  # a key may hold "/" (an X-Request-ID often does)
     class StoredBatch(MethodView):
         @blp.response(200, StoredBatchSchema)
+        @blp.problems(401, 404)
         def get(self, key):
             """The stored outcome of the calling token's batch with this key."""
             return stored_outcome(current_app.extensions["batch"].key_model, current_actor(), key)

@@ -597,3 +597,16 @@ def test_therapist_idempotency_key_replays_like_the_patients_one(therapist_clien
     assert count(admin_engine, "therapist_service.therapist_versions") == 1
     stored = therapist_client.get("/api/batches/t-1", headers=AUTH).get_json()
     assert stored["response"] == first.get_json()
+
+
+# ---- the OpenAPI document ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("service, path", [("patient", "/api/patients/batch"), ("therapist", "/api/therapists/batch")])
+def test_openapi_document_lists_the_batch_answers(client_of, service, path):
+    document = client_of[service].get("/api/openapi.json").get_json()
+
+    answers = document["paths"][path]["post"]["responses"]
+    assert {"200", "201", "204", "401", "409", "413", "422"} <= set(answers)
+    assert "application/problem+json" in answers["409"]["content"]
+    stored = document["paths"]["/api/batches/{key}"]["get"]["responses"]
+    assert {"200", "401", "404"} <= set(stored)

@@ -105,6 +105,7 @@ class TherapistBatch(MethodView):
     @blp.response(200, batch.BatchResponseSchema)
     @blp.alt_response(201, schema=batch.BatchResponseSchema, description="At least one therapist was created")
     @blp.alt_response(204, description="`Prefer: return=minimal` and nothing was created")
+    @blp.problems(400, 401, 409, 413, descriptions=batch.PROBLEMS)
     def post(self, body):
         """Create, update or delete many therapists at once, matched on `external_id`;
         latest `last_modified` wins. See the README for modes, dry runs and `Idempotency-Key`."""
