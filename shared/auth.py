@@ -10,7 +10,7 @@ from flask_smorest import abort
 PUBLIC_API_PATHS = ("/api/docs", "/api/openapi.json")
 
 
-def _token_name(presented: str, tokens: dict[str, str]) -> str | None:
+def token_name(presented: str, tokens: dict[str, str]) -> str | None:
     # Compare against every configured token, always, so timing does not reveal which matched.
     found = None
     for token, name in tokens.items():
@@ -27,7 +27,7 @@ def authenticate() -> None:
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         abort(401, message="send Authorization: Bearer <token>")
-    name = _token_name(presented.strip(), current_app.extensions["settings"].API_TOKENS)
+    name = token_name(presented.strip(), current_app.extensions["settings"].API_TOKENS)
     if name is None:
         abort(401, message="the bearer token is not valid")
     g.actor = name
