@@ -1,0 +1,170 @@
+"""Fixtures for the patient bucket importer tests: a real GCS emulator and a real SMTP server on
+loopback, and patient service apps whose importer reads that bucket with the real
+google-cloud-storage client.
+
+This folder is a package (`__init__.py`) so this conftest is imported as `patient_import.conftest`
+and does not replace the top-level `conftest` module that the helpers import `AUTH` from.
+"""
+from __future__ import annotations
+
+import email
+import socket
+import threading
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from .support import BUCKET, wait_until
+
+# Requests to a stopped emulator are retried by the client up to this many seconds (60 in
+# production); a short deadline keeps the outage tests quick without changing what they show.
+TEST_RETRY_DEADLINE_SECONDS = 1.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Emulator:
+    """gcp-storage-emulator on loopback, with the bucket `inbox`; can be stopped and started again
+    on the same port (in memory: its objects are lost when it stops)."""
+
+    def __init__(self):
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.url = f"http://{self.host}:{self.port}"
+        self._server = None
+
+    def start(self) -> None:
+        from gcp_storage_emulator.server import create_server
+
+        self._server = create_server(self.host, self.port, in_memory=True, default_bucket=BUCKET)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+
+class Mailbox:
+    """aiosmtpd handler: keeps every message it is given."""
+
+    def __init__(self):
+        self.messages: list[EmailMessage] = []
+        self._lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(envelope.content, policy=policy.default)
+        with self._lock:
+            self.messages.append(message)
+        return "250 Message accepted for delivery"
+
+
+class SmtpServer:
+    def __init__(self):
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.mailbox = Mailbox()
+        self._controller: Controller | None = None
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        with self.mailbox._lock:
+            return list(self.mailbox.messages)
+
+    def subjects(self) -> list[str]:
+        return [str(message["Subject"]) for message in self.messages]
+
+    def start(self) -> None:
+        self._controller = Controller(self.mailbox, hostname=self.host, port=self.port)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def wait_for(self, count: int) -> list[EmailMessage]:
+        wait_until(lambda: len(self.messages) >= count, what=f"{count} e-mail(s)")
+        return self.messages
+
+
+@pytest.fixture
+def emulator(monkeypatch):
+    from shared.imports.sources import bucket
+
+    server = Emulator()
+    server.start()
+    # Read by the google client when `create_app` builds the service's bucket: set it first.
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
+    monkeypatch.setattr(bucket, "RETRY_DEADLINE_SECONDS", TEST_RETRY_DEADLINE_SECONDS)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gcs(emulator):
+    """The test's own google-cloud-storage client on the emulator's bucket (the uploader's side)."""
+    from .support import Gcs
+
+    return Gcs()
+
+
+@pytest.fixture
+def smtp_server():
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def backup_dir(tmp_path) -> Path:
+    return tmp_path / "backup"
+
+
+@pytest.fixture
+def importer_settings(emulator, smtp_server, backup_dir, tmp_path) -> dict[str, Any]:
+    """Settings for an app whose passes the test drives itself (`IMPORTS_ENABLED` false)."""
+    return {
+        "IMPORTS_ENABLED": False,
+        "PATIENT_IMPORT_SOURCE": f"gs://{BUCKET}",
+        "PATIENT_IMPORT_BACKUP_DIR": str(backup_dir),
+        "PATIENT_IMPORT_INTERVAL_SECONDS": 60.0,
+        "PATIENT_IMPORT_MAX_ATTEMPTS": 3,
+        "SMTP_HOST": smtp_server.host,
+        "SMTP_PORT": smtp_server.port,
+        "SMTP_TIMEOUT": 2.0,
+        "ALERT_OUTBOX_DIR": str(tmp_path / "outbox"),
+    }
+
+
+@pytest.fixture
+def make_importer(make_app, importer_settings) -> Callable[..., Any]:
+    """`make_importer(**overrides)` → a patient app reading the emulator's bucket."""
+
+    def factory(**overrides: Any):
+        return make_app("patient", **{**importer_settings, **overrides})
+
+    return factory
+
+
+@pytest.fixture
+def app(make_importer):
+    return make_importer()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
