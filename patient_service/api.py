@@ -113,7 +113,8 @@ class PatientRegistrations(MethodView):
 
 
 BATCH = batch.BatchAdapter(item_schema=PatientBatchItemSchema(), upsert=services.upsert_patient,
-                           delete=services.delete_patient, key_model=IdempotencyKey)
+                           delete=services.delete_patient, key_model=IdempotencyKey,
+                           prepare=services.prepare_batch)
 
 
 @blp.route("/batch")

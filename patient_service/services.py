@@ -7,6 +7,7 @@ caller's unit of work does (one request, one batch, one imported file).
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from patient_service.models import Consent, Patient, PatientVersion, Registration
 from patient_service.schemas import PatientSchema
 from shared import versioning
+from shared.db import IdReserver
 from shared.errors import Duplicate, Gone, NotFound, PreconditionFailed
 from shared.extensions import db
 from shared.schemas import now_utc
@@ -94,12 +96,12 @@ def patient_history(patient_id: int) -> list[PatientVersion]:
     return versioning.history(PatientVersion, patient_id)
 
 
-def find_by_identity(data: dict[str, Any]) -> Patient | None:
-    """The live patient the duplicate rule says `data` is, if any."""
+def find_by_identity(data: dict[str, Any], *, for_update: bool = False) -> Patient | None:
+    """The live patient the duplicate rule says `data` is, if any (locked, with `for_update`)."""
     email, vorname, nachname = identity_of(data)
-    return db.session.scalars(select(Patient).where(
-        Patient.match_email == email, Patient.match_vorname == vorname,
-        Patient.match_nachname == nachname, Patient.deleted_at.is_(None))).first()
+    query = select(Patient).where(Patient.match_email == email, Patient.match_vorname == vorname,
+                                  Patient.match_nachname == nachname, Patient.deleted_at.is_(None))
+    return db.session.scalars(query.with_for_update() if for_update else query).first()
 
 
 def find_near_matches(data: dict[str, Any], *, exclude_id: int | None = None) -> list[int]:
@@ -158,10 +160,22 @@ def _record(patient: Patient, *, source: str, actor: str, now: datetime) -> None
                            source=source, actor=actor, changed_at=now)
 
 
-def create_patient(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None) -> Patient:
+def create_patient(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
+                   reserved_id: int | None = None) -> Patient:
+    """Create a patient and its first version.
+
+    Without `reserved_id` the insert is flushed at once in a savepoint, and a duplicate raises
+    `Duplicate`. With one (from `BatchContext`), nothing is flushed here: the caller flushes many
+    at once and handles an `IntegrityError` itself (a batch then redoes its items one by one).
+    """
     now = now or now_utc()
     patient = Patient(version=1, created_at=now, updated_at=now)
-    _write_guarding_identity(patient, data)
+    if reserved_id is None:
+        _write_guarding_identity(patient, data)
+    else:
+        patient.id = reserved_id
+        _apply(patient, data)
+        db.session.add(patient)
     _record(patient, source=source, actor=actor, now=now)
     return patient
 
@@ -178,7 +192,13 @@ def update_patient(patient: Patient, data: dict[str, Any], *, source: str, actor
     if field_values(patient) == {name: data.get(name) for name in DATA_FIELDS}:
         return False
     now = now or now_utc()
-    _write_guarding_identity(patient, data, version=patient.version + 1, updated_at=now)
+    bookkeeping = {"version": patient.version + 1, "updated_at": now}
+    if identity_of(data) != (patient.match_email, patient.match_vorname, patient.match_nachname):
+        _write_guarding_identity(patient, data, **bookkeeping)  # only a new identity can collide
+    else:
+        _apply(patient, data)
+        for name, value in bookkeeping.items():
+            setattr(patient, name, value)
     _record(patient, source=source, actor=actor, now=now)
     return True
 
@@ -284,19 +304,60 @@ def patient_registrations(patient_id: int) -> list[Registration]:
         select(Registration).where(Registration.patient_id == patient_id).order_by(Registration.id)))
 
 
-def upsert_patient(data: dict[str, Any], *, source: str, actor: str,
-                   now: datetime | None = None) -> tuple[Patient, str]:
+@dataclass
+class BatchContext:
+    """What a batch knows before it writes: its matches, looked up and locked in one query each,
+    and ids for its creates. Writes made with it are flushed by the caller, all together."""
+
+    by_id: dict[int, Patient]
+    by_identity: dict[tuple[str, str, str], Patient]
+    ids: IdReserver
+
+
+def prepare_batch(items: list[dict[str, Any]]) -> BatchContext:
+    ids = [item["id"] for item in items if item.get("id") is not None]
+    identities = list({identity_of(item) for item in items if item.get("id") is None})
+    by_id = {p.id: p for p in db.session.scalars(
+        select(Patient).where(Patient.id.in_(ids), Patient.deleted_at.is_(None)).with_for_update())} if ids else {}
+    by_identity = {}
+    if identities:
+        # By e-mail alone, the identity index's first column (a row-value IN is planned poorly);
+        # the names are matched here. Namesakes sharing an address are locked too: harmless.
+        wanted = set(identities)
+        matches = db.session.scalars(select(Patient).where(
+            Patient.match_email.in_({email for email, _, _ in identities}),
+            Patient.deleted_at.is_(None)).with_for_update())
+        by_identity = {key: p for p in matches
+                       if (key := (p.match_email, p.match_vorname, p.match_nachname)) in wanted}
+    return BatchContext(by_id, by_identity, IdReserver(f"{Patient.__table__.schema}.patients_id_seq"))
+
+
+def upsert_patient(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
+                   context: BatchContext | None = None) -> tuple[Patient, str]:
     """A batch item: match on our `id` if given, else by the duplicate rule; update in place
     (keeping the id) or create. Returns the patient and `created` / `updated` / `unchanged`."""
     data = dict(data)
     patient_id = data.pop("id", None)
-    patient = get_patient(patient_id, for_update=True) if patient_id is not None else find_by_identity(data)
+    if patient_id is not None:
+        patient = context.by_id.get(patient_id) if context else None
+        patient = patient or get_patient(patient_id, for_update=True)  # also: 404 or 410
+    elif context is not None:
+        patient = context.by_identity.get(identity_of(data))
+    else:
+        patient = find_by_identity(data, for_update=True)
+    action = None
     if patient is None:
         try:
-            return create_patient(data, source=source, actor=actor, now=now), "created"
+            patient = create_patient(data, source=source, actor=actor, now=now,
+                                     reserved_id=context.ids.next() if context else None)
+            action = "created"
         except Duplicate as duplicate:  # created by someone else a moment ago
             patient = get_patient(duplicate.existing_id, for_update=True)
-    elif patient_id is None:
-        patient = get_patient(patient.id, for_update=True)
-    changed = update_patient(patient, data, source=source, actor=actor, now=now)
-    return patient, "updated" if changed else "unchanged"
+    before = (patient.match_email, patient.match_vorname, patient.match_nachname)
+    if action is None:
+        action = "updated" if update_patient(patient, data, source=source, actor=actor, now=now) else "unchanged"
+    if context is not None:  # later items of the batch see this one
+        context.by_identity.pop(before, None)
+        context.by_identity[(patient.match_email, patient.match_vorname, patient.match_nachname)] = patient
+        context.by_id[patient.id] = patient
+    return patient, action

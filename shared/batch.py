@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
@@ -31,6 +32,7 @@ from flask import Response, current_app, request
 from marshmallow import Schema, ValidationError, fields, validate
 from sqlalchemy import BigInteger, DateTime, Integer, String, Text, delete, select
 from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import unit_of_work
@@ -115,9 +117,12 @@ class BatchAdapter:
     """A service's part of batch requests: its item schema and its service functions."""
 
     item_schema: Schema  # loads one upsert item (the resource's schema, plus its matching keys)
-    upsert: Callable[..., tuple[Any, str]]  # (data, *, source, actor) → (record, action)
+    upsert: Callable[..., tuple[Any, str]]  # (data, *, source, actor, context) → (record, action)
     delete: Callable[..., Any]  # (record_id, *, source, actor) → record
     key_model: type
+    # Optional: the loaded upsert items → a context for `upsert` (matches looked up and locked in
+    # bulk, ids reserved) with which writes are flushed together at the end of the batch.
+    prepare: Callable[[list[dict[str, Any]]], Any] | None = None
 
 
 class DeleteItemSchema(StrictSchema):
@@ -159,11 +164,10 @@ def handle(adapter: BatchAdapter, body: dict[str, Any], *, actor: str) -> Respon
 def _run(adapter: BatchAdapter, body: dict[str, Any], *, actor: str,
          store: tuple[type, int] | None = None) -> tuple[int, Any, dict[str, str]]:
     transaction = body["mode"] == "transaction"
-    results: list[dict[str, Any]] = []
     session = db.session
     try:
-        for index, raw in enumerate(body["items"]):
-            results.append(_apply_item(adapter, index, raw, actor=actor))
+        items = [_load_item(adapter, index, raw) for index, raw in enumerate(body["items"])]
+        results = _write_items(adapter, items, actor=actor, transaction=transaction)
         failed = [r for r in results if r["action"] == "error"]
         if transaction and failed:
             session.rollback()
@@ -192,22 +196,58 @@ def _run(adapter: BatchAdapter, body: dict[str, Any], *, actor: str,
         raise
 
 
-def _apply_item(adapter: BatchAdapter, index: int, raw: Any, *, actor: str) -> dict[str, Any]:
-    result: dict[str, Any] = {"index": index, "id": None, "action": "error", "errors": []}
+@dataclass
+class _Item:
+    index: int
+    deleting: bool = False
+    data: dict[str, Any] | None = None
+    errors: list[dict[str, Any]] | None = None  # set when the item did not even load
+
+
+def _load_item(adapter: BatchAdapter, index: int, raw: Any) -> _Item:
+    """Validate one item with its schema; nothing touches the database yet."""
     if not isinstance(raw, dict):
-        result["errors"] = [{"pointer": "/", "detail": "an item must be an object", "type": "validation-error"}]
+        return _Item(index, errors=[{"pointer": "/", "detail": "an item must be an object",
+                                     "type": "validation-error"}])
+    deleting = "op" in raw
+    try:
+        return _Item(index, deleting, (DeleteItemSchema() if deleting else adapter.item_schema).load(raw))
+    except ValidationError as error:
+        return _Item(index, errors=[dict(e, type="validation-error") for e in flatten_messages(error.messages)])
+
+
+def _write_items(adapter: BatchAdapter, items: list[_Item], *, actor: str, transaction: bool) -> list[dict]:
+    """First all at once: matches looked up in bulk, no savepoint per item, one flush. Only if
+    that flush meets a constraint (a record created meanwhile by someone else) is the batch done
+    again item by item, each in a savepoint of its own (batch mode) so a clash is that item's error."""
+    if adapter.prepare is not None:
+        try:
+            with db.session.begin_nested():
+                context = adapter.prepare([item.data for item in items if item.data and not item.deleting])
+                results = [_write_item(adapter, item, actor=actor, context=context, isolated=False)
+                           for item in items]
+                db.session.flush()
+                return results
+        except IntegrityError:
+            pass
+    return [_write_item(adapter, item, actor=actor, context=None, isolated=not transaction) for item in items]
+
+
+def _write_item(adapter: BatchAdapter, item: _Item, *, actor: str, context: Any, isolated: bool) -> dict[str, Any]:
+    """One item. `isolated` wraps its writes in a savepoint so that a failure undoes only this
+    item; in transaction mode any failure undoes everything, so none is needed."""
+    result: dict[str, Any] = {"index": item.index, "id": None, "action": "error", "errors": item.errors or []}
+    if item.errors:
         return result
     try:
-        with db.session.begin_nested():
-            if "op" in raw:
-                target = DeleteItemSchema().load(raw)
-                record = adapter.delete(target["id"], source="batch", actor=actor)
+        with db.session.begin_nested() if isolated else nullcontext():
+            if item.deleting:
+                record = adapter.delete(item.data["id"], source="batch", actor=actor)
                 action = "deleted"
             else:
-                record, action = adapter.upsert(adapter.item_schema.load(raw), source="batch", actor=actor)
+                extra = {"context": context} if context is not None else {}
+                record, action = adapter.upsert(item.data, source="batch", actor=actor, **extra)
             result.update(id=record.id if record is not None else None, action=action)
-    except ValidationError as error:
-        result["errors"] = [dict(e, type="validation-error") for e in flatten_messages(error.messages)]
     except DomainError as error:
         result["errors"] = [{"pointer": "/", "detail": error.detail, "type": error.type, **error.extra}]
     return result

@@ -36,3 +36,22 @@ def atomic(view: Callable) -> Callable:
             return view(*args, **kwargs)
 
     return wrapper
+
+
+class IdReserver:
+    """Ids from a sequence, fetched a block at a time: for records created in bulk and flushed
+    later, whose versions need their id before the flush."""
+
+    def __init__(self, sequence: str, block: int = 200):
+        self.sequence = sequence
+        self.block = block
+        self._ids: list[int] = []
+
+    def next(self) -> int:
+        if not self._ids:
+            from sqlalchemy import text
+
+            self._ids = list(db.session.scalars(
+                text("SELECT nextval(CAST(:sequence AS regclass)) FROM generate_series(1, :n)"),
+                {"sequence": self.sequence, "n": self.block}))[::-1]
+        return self._ids.pop()
