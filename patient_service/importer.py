@@ -83,11 +83,12 @@ class RegistrationFileHandler:
                              pointer="/registration_token")
 
         consent = dict(document["consent_metadata"])  # kept in full, exactly as sent
+        registered_at = _berlin_to_utc(registration["registration_timestamp"], token)
         outcome = Outcome()
         try:
             patient, action, warnings = services.import_registration(
                 registration["patient_data"], consent, token=token,
-                registered_at=_berlin_to_utc(registration["registration_timestamp"]),
+                registered_at=registered_at,
                 consent_given_at=_consent_time(consent), import_id=import_id,
                 sha256=hashlib.sha256(payload).hexdigest(), source="import", actor=f"import:{import_id}")
         except DomainError as error:
@@ -97,8 +98,13 @@ class RegistrationFileHandler:
         return outcome
 
 
-def _berlin_to_utc(local: str) -> datetime:
-    return datetime.strptime(local, REGISTRATION_TIMESTAMP_FORMAT).replace(tzinfo=BERLIN).astimezone(timezone.utc)
+def _berlin_to_utc(local: str, token: str) -> datetime:
+    try:
+        return datetime.strptime(local, REGISTRATION_TIMESTAMP_FORMAT).replace(tzinfo=BERLIN).astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01 00:30 in Berlin is before year 1 in UTC
+        raise InputError("validation", "1 field(s) invalid", errors=[item_error(
+            "validation", "is outside the range of supported date-times", pointer="/registration_timestamp",
+            index=0, ref=token)]) from None
 
 
 def _consent_time(consent: dict[str, Any]) -> datetime:

@@ -96,6 +96,17 @@ def test_every_bad_input_stays_in_the_bucket_with_a_specific_error_and_one_alert
     assert all("mustermann" not in name.lower() and "groesser" not in name for name in backups), backups
 
 
+def test_registration_timestamp_before_year_one_in_utc_is_a_validation_error(app, client, gcs):
+    early = registration("a000000c")
+    early["registration_timestamp"] = "0001-01-01 00:30:00"  # Berlin was ahead of UTC: year 0 in UTC
+    gcs.upload(object_name(early), early)
+
+    run_pass(app)
+
+    record = the_import(client, object_name(early))
+    assert [(e["kind"], e["pointer"]) for e in record["errors"]] == [("validation", "/registration_timestamp")]
+
+
 def test_object_name_with_parent_segments_fails_without_reading_the_object(app, client, gcs, smtp_server, backup_dir):
     """The emulator cannot store such a name, so the pass is given the listing entry real GCS would
     return; the name is refused before anything is downloaded or written."""
