@@ -151,8 +151,11 @@ def importer_settings(emulator, smtp_server, backup_dir, tmp_path) -> dict[str, 
 
 
 @pytest.fixture
-def make_importer(make_app, importer_settings) -> Callable[..., Any]:
-    """`make_importer(**overrides)` → a patient app reading the emulator's bucket."""
+def make_importer(importer_settings, make_app) -> Callable[..., Any]:
+    """`make_importer(**overrides)` → a patient app reading the emulator's bucket.
+
+    `make_app` comes after the servers, so its teardown stops running importers before the
+    emulator and the SMTP server go away."""
 
     def factory(**overrides: Any):
         return make_app("patient", **{**importer_settings, **overrides})

@@ -57,6 +57,23 @@ def test_same_registration_uploaded_again_changes_nothing(app, client, gcs):
     assert gcs.names() == []
 
 
+def test_same_token_with_changed_content_updates_the_same_patient(app, client, gcs):
+    gcs.upload(MAX, sample_bytes(MAX))
+    run_pass(app)
+    [patient] = patients(client)
+
+    corrected = registration("0b1ab67b", telefon="+49 241 654321")
+    gcs.upload(MAX, corrected)
+    run_pass(app)
+
+    assert imports_of(client, MAX)[1]["counts"]["updated"] == 1
+    [updated] = patients(client)
+    assert (updated["id"], updated["version"], updated["telefon"]) == (patient["id"], 2, "+49 241 654321")
+    assert len(get_json(client, f"/api/patients/{patient['id']}/registrations")) == 1
+    assert len(get_json(client, f"/api/patients/{patient['id']}/consents")) == 1  # the same consent
+    assert gcs.names() == []
+
+
 def test_same_person_with_new_token_updates_in_place_and_adds_registration_and_consent(app, client, gcs):
     gcs.upload(MAX, sample_bytes(MAX))
     run_pass(app)
