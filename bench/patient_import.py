@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/patient_import.py [--files 1000]
 
-Puts 1,000 registration files into a gcp-storage-emulator on loopback and times the real
+Puts 1,000 registration files into a gcp-storage-emulator on loopback (its own process) and times the real
 importer (`ImportsExtension.run_pass`: list, claim, download, backup copy, validate, import,
 commit, generation-checked delete) draining them into a real embedded PostgreSQL. In the same
 run it times the bare google-cloud-storage client listing, downloading and deleting 1,000 such
@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,6 +52,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_for_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("the storage emulator did not start")
+
+
 def upload(bucket, files: list[tuple[str, bytes]]) -> None:
     for name, payload in files:
         bucket.blob(name).upload_from_string(payload, content_type="application/json")
@@ -69,16 +80,19 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1000)
     args = parser.parse_args()
 
-    from gcp_storage_emulator.server import create_server
-
+    # The emulator runs in a process of its own, as a bucket is remote: in-process, its threads
+    # would compete with the code under test for the GIL.
     port = free_port()
-    emulator = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-    emulator.start()
+    emulator = subprocess.Popen([str(Path(sys.executable).parent / "gcp-storage-emulator"), "start",
+                                 "--host", "127.0.0.1", "--port", str(port), "--in-memory", "--quiet",
+                                 "--default-bucket", BUCKET])
     os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
     try:
+        wait_for_port(port)
         run(args.files)
     finally:
-        emulator.stop()
+        emulator.terminate()
+        emulator.wait(timeout=10)
 
 
 def run(count: int) -> None:

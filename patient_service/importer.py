@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import Any
@@ -45,6 +46,7 @@ class RegistrationFileHandler:
 
     def __init__(self, backup_dir: str | None):
         self.backup_dir = backup_dir
+        self._backups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup")
 
     def label(self, file: SourceFile) -> str:
         token = token_in_name(file.name)
@@ -65,9 +67,23 @@ class RegistrationFileHandler:
             raise InputError("bad-name", "the date in the object name is not a valid YYYYMMDD date") from None
 
     def apply(self, payload: bytes, file: SourceFile, *, import_id: int) -> Outcome:
+        """Back the file up and import it. The backup is written (and fsynced) while the file is
+        validated and imported, and waited for before returning, so it is on disk before the
+        import commits — and an import whose backup failed does not commit."""
         token = token_in_name(file.name)
-        if self.backup_dir:
-            write_backup(self.backup_dir, f"{token}-{file.generation}.json", payload)
+        backup = (self._backups.submit(write_backup, self.backup_dir, f"{token}-{file.generation}.json", payload)
+                  if self.backup_dir else None)
+        try:
+            outcome = self._import(payload, token, import_id)
+        except BaseException:
+            if backup is not None:
+                wait([backup])  # the file's own error is the one to report
+            raise
+        if backup is not None:
+            backup.result()
+        return outcome
+
+    def _import(self, payload: bytes, token: str, import_id: int) -> Outcome:
         document = decode(payload)
         if not isinstance(document, dict):
             raise InputError("wrong-shape", "the file must be a JSON object with patient_data, consent_metadata, "
