@@ -69,25 +69,25 @@ def test_two_workers_under_gunicorn_one_importer_metrics_of_both_and_a_clean_sto
 
     def ready():
         try:
-            return requests.get(f"{base}/ready", timeout=2).status_code == 200
-        except requests.ConnectionError:
+            return requests.get(f"{base}/ready", timeout=5).status_code == 200
+        except (requests.ConnectionError, requests.Timeout):  # not listening, or no worker booted yet
             assert process.poll() is None, "gunicorn exited"
             return False
 
-    wait_until(ready, timeout=20, what="/ready to answer 200")
+    wait_until(ready, timeout=30, what="/ready to answer 200")
     # The sample in the folder is imported by whichever worker holds the lock.
-    imported = wait_until(lambda: [r for r in requests.get(f"{base}/api/imports", headers=AUTH, timeout=5).json()
-                                   if r["status"] == "succeeded"], timeout=15, what="the sample's import")
+    imported = wait_until(lambda: [r for r in requests.get(f"{base}/api/imports", headers=AUTH, timeout=10).json()
+                                   if r["status"] == "succeeded"], timeout=20, what="the sample's import")
     assert [r["name"] for r in imported] == ["52074.json"]
 
     # Both workers report; exactly one holds the lock — every scrape says so, whichever worker answers.
     # (A preloading master, which stopped the importer it started, reports 0 as well.)
     def both_workers_reported():
-        scraped = samples_of(requests.get(f"{base}/metrics", timeout=5).text)
+        scraped = samples_of(requests.get(f"{base}/metrics", timeout=10).text)
         held = series(scraped, "curavani_importer_lock_held")
         return len(held) >= 2 and scraped
 
-    scraped = wait_until(both_workers_reported, timeout=10, what="both workers' lock gauges")
+    scraped = wait_until(both_workers_reported, timeout=20, what="both workers' lock gauges")
     for _ in range(6):  # new connections: the scrapes are spread over both workers
         held = series(scraped, "curavani_importer_lock_held")
         assert sorted(held.values())[-2:] == [0.0, 1.0] and sum(held.values()) == 1, held
@@ -95,11 +95,11 @@ def test_two_workers_under_gunicorn_one_importer_metrics_of_both_and_a_clean_sto
         assert value(scraped, "curavani_import_items_total", **SERVICE, action="created") > 0
         assert value(scraped, "curavani_import_last_success_timestamp_seconds", **SERVICE) > 0
         assert value(scraped, "curavani_database_up", **SERVICE) == 1
-        scraped = samples_of(requests.get(f"{base}/metrics", timeout=5, headers={"Connection": "close"}).text)
+        scraped = samples_of(requests.get(f"{base}/metrics", timeout=10, headers={"Connection": "close"}).text)
     [leader_labels] = [labels for labels, v in series(scraped, "curavani_importer_lock_held").items() if v == 1]
     leader_pid = dict(leader_labels)["pid"]
     assert leader_pid != str(process.pid)  # a worker imports, never the master
-    state = requests.get(f"{base}/ready", timeout=5).json()["importer"]
+    state = requests.get(f"{base}/ready", timeout=10).json()["importer"]
     assert state["lock_holder"].endswith(f":{leader_pid}")
     assert len(advisory_lock_holders(admin_engine)) == 1
 
