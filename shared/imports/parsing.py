@@ -3,6 +3,7 @@ say exactly what is wrong and never quote the content."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from shared.imports.runner import InputError
@@ -18,7 +19,7 @@ def decode(payload: bytes) -> Any:
                                           "the file looks truncated") from None
         raise InputError("not-utf8", f"the file is not UTF-8: invalid byte at offset {error.start}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_finite, parse_float=_finite_float)
     except json.JSONDecodeError as error:
         if not text.strip():
             raise InputError("not-json", "the file is empty") from None
@@ -28,3 +29,19 @@ def decode(payload: bytes) -> Any:
                                           f"{error.colno}): the file looks truncated") from None
         raise InputError("not-json", f"not valid JSON: {error.msg} at line {error.lineno}, "
                                      f"column {error.colno}") from None
+    except ValueError:  # from the two hooks below, or an integer of thousands of digits
+        raise InputError("not-json", "not valid JSON: a number is NaN, infinite or has too many digits") from None
+    except RecursionError:
+        raise InputError("not-json", "not valid JSON for us: nested too deeply") from None
+
+
+def _not_finite(constant: str) -> float:
+    """`NaN`, `Infinity`: Python's json reads them, JSON and PostgreSQL's jsonb do not."""
+    raise ValueError("not a finite number")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):  # 1e999 is JSON, but no float
+        raise ValueError("not a finite number")
+    return value

@@ -107,6 +107,20 @@ def test_registration_timestamp_before_year_one_in_utc_is_a_validation_error(app
     assert [(e["kind"], e["pointer"]) for e in record["errors"]] == [("validation", "/registration_timestamp")]
 
 
+def test_numbers_python_reads_but_postgresql_cannot_store_are_refused_as_not_json(app, client, gcs):
+    names = []
+    for token, number in (("a000000d", "NaN"), ("a000000e", "-Infinity"), ("a000000f", "1e999")):
+        document = registration(token)
+        content = encode(document).replace(b'"agb_akzeptiert": true', b'"agb_akzeptiert": ' + number.encode())
+        gcs.upload(object_name(document), content)
+        names.append(object_name(document))
+
+    run_pass(app)
+
+    for name in names:
+        assert [e["kind"] for e in the_import(client, name)["errors"]] == ["not-json"], name
+
+
 def test_object_name_with_parent_segments_fails_without_reading_the_object(app, client, gcs, smtp_server, backup_dir):
     """The emulator cannot store such a name, so the pass is given the listing entry real GCS would
     return; the name is refused before anything is downloaded or written."""
