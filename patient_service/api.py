@@ -10,7 +10,7 @@ from patient_service.schemas import (ConsentSchema, PatientBatchItemSchema, Pati
                                      RegistrationSchema)
 from shared import batch
 from shared.db import atomic
-from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_version
+from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_versions
 from shared.schemas import AsOfQuerySchema, VersionSchema
 
 blp = Blueprint("patients", __name__, url_prefix="/api/patients",
@@ -65,7 +65,7 @@ class Patient(MethodView):
     def put(self, data, patient_id):
         """Replace a patient. Honours `If-Match`."""
         return _respond(services.replace_patient(
-            patient_id, data, expected_version=expected_version(patient_id),
+            patient_id, data, expected_versions=expected_versions(patient_id),
             source="api", actor=current_actor()))
 
     @blp.arguments(PatientSchema(partial=True))
@@ -75,7 +75,7 @@ class Patient(MethodView):
     def patch(self, changes, patient_id):
         """Change some fields of a patient. Honours `If-Match`."""
         return _respond(services.patch_patient(
-            patient_id, changes, expected_version=expected_version(patient_id),
+            patient_id, changes, expected_versions=expected_versions(patient_id),
             source="api", actor=current_actor()))
 
     @blp.response(204)
@@ -83,7 +83,7 @@ class Patient(MethodView):
     @atomic
     def delete(self, patient_id):
         """Soft-delete a patient: later reads answer 410. Honours `If-Match`."""
-        services.delete_patient(patient_id, expected_version=expected_version(patient_id),
+        services.delete_patient(patient_id, expected_versions=expected_versions(patient_id),
                                 source="api", actor=current_actor())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Date, DateTime, ForeignKey, Index, String, text
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, ForeignKey, Index, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -40,9 +40,10 @@ class Patient(VersionedRecordMixin, db.Model):
     verkehrsmittel: Mapped[str | None] = mapped_column(String(10))
 
     # The duplicate rule's keys (SPEC §6.1), normalised in Python (case folding is not lower()).
-    match_email: Mapped[str] = mapped_column(String(320))
-    match_vorname: Mapped[str] = mapped_column(String(100))
-    match_nachname: Mapped[str] = mapped_column(String(100))
+    # Text: case folding can lengthen a value ("ß" → "ss"), so the field lengths do not bound them.
+    match_email: Mapped[str] = mapped_column(Text)
+    match_vorname: Mapped[str] = mapped_column(Text)
+    match_nachname: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (
         Index("uq_patients_identity", "match_email", "match_vorname", "match_nachname",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Collection
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -180,8 +180,8 @@ def create_patient(data: dict[str, Any], *, source: str, actor: str, now: dateti
     return patient
 
 
-def _check_version(patient: Patient, expected_version: int | None) -> None:
-    if expected_version is not None and expected_version != patient.version:
+def _check_version(patient: Patient, expected_versions: Collection[int] | None) -> None:
+    if expected_versions is not None and patient.version not in expected_versions:
         raise PreconditionFailed(
             f"patient {patient.id} is at version {patient.version}; If-Match named another version")
 
@@ -203,28 +203,28 @@ def update_patient(patient: Patient, data: dict[str, Any], *, source: str, actor
     return True
 
 
-def replace_patient(patient_id: int, data: dict[str, Any], *, expected_version: int | None = None,
+def replace_patient(patient_id: int, data: dict[str, Any], *, expected_versions: Collection[int] | None = None,
                     source: str, actor: str, now: datetime | None = None) -> Patient:
     patient = get_patient(patient_id, for_update=True)
-    _check_version(patient, expected_version)
+    _check_version(patient, expected_versions)
     update_patient(patient, data, source=source, actor=actor, now=now)
     return patient
 
 
-def patch_patient(patient_id: int, changes: dict[str, Any], *, expected_version: int | None = None,
+def patch_patient(patient_id: int, changes: dict[str, Any], *, expected_versions: Collection[int] | None = None,
                   source: str, actor: str, now: datetime | None = None) -> Patient:
     """Apply the fields present in `changes` (already validated with `partial=True`)."""
     patient = get_patient(patient_id, for_update=True)
-    _check_version(patient, expected_version)
+    _check_version(patient, expected_versions)
     update_patient(patient, {**field_values(patient), **changes}, source=source, actor=actor, now=now)
     return patient
 
 
-def delete_patient(patient_id: int, *, expected_version: int | None = None, source: str, actor: str,
+def delete_patient(patient_id: int, *, expected_versions: Collection[int] | None = None, source: str, actor: str,
                    now: datetime | None = None) -> Patient:
     now = now or now_utc()
     patient = get_patient(patient_id, for_update=True)
-    _check_version(patient, expected_version)
+    _check_version(patient, expected_versions)
     patient.deleted_at = now
     patient.updated_at = now
     patient.version += 1

@@ -124,19 +124,18 @@ def etag_for(record_id: int, version: int) -> str:
     return f'"{record_id}.{version}"'
 
 
-def expected_version(record_id: int) -> int | None:
-    """The version an `If-Match` header asks for; None when there is no condition (or `*`).
-
-    A tag that is not one of ours can never match: 412, like any other mismatch.
-    """
+def expected_versions(record_id: int) -> frozenset[int] | None:
+    """The versions an `If-Match` header accepts (any one will do); None when there is no
+    condition (or `*`). A tag that is not one of ours never matches: 412, like any other mismatch."""
     header = request.headers.get("If-Match")
     if header is None or header.strip() == "*":
         return None
+    versions = set()
     for candidate in header.split(","):
         match = _ETAG_RE.match(candidate.strip())
         if match and int(match["id"]) == record_id:
-            return int(match["version"])
-    return -1
+            versions.add(int(match["version"]))
+    return frozenset(versions)
 
 
 def current_actor() -> str:

@@ -770,3 +770,21 @@ def test_docs_page_needs_no_token_and_its_assets_are_served_locally(patient_clie
         response = patient_client.get(asset)
         assert response.status_code == 200, asset
         assert len(response.get_data()) > 1000, asset
+
+
+def test_if_match_listing_several_etags_succeeds_when_any_one_is_current(patient_client):
+    created = create(patient_client)
+    stale, current = f'"{created["id"]}.0"', f'"{created["id"]}.{created["version"]}"'
+    response = patient_client.patch(f"/api/patients/{created['id']}", json={"ort": "Köln"},
+                                    headers={**AUTH, "If-Match": f"{stale}, {current}"})
+    assert response.status_code == 200
+    assert response.get_json()["ort"] == "Köln"
+
+
+def test_names_that_grow_when_case_folded_are_accepted_and_matched(patient_client):
+    # "ß" folds to "ss": a 100-character name has a 200-character duplicate key.
+    created = create(patient_client, vorname="ß" * 100, nachname="Größer")
+    again = patient_client.post("/api/patients", json=patient_body(vorname="ẞ" * 100, nachname="GRÖSSER"),
+                                headers=AUTH)  # capital sharp s: folds to "ss" as well
+    assert again.status_code == 409
+    assert again.get_json()["existing_id"] == created["id"]

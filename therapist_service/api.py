@@ -6,7 +6,7 @@ from flask.views import MethodView
 
 from shared import batch
 from shared.db import atomic
-from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_version
+from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_versions
 from shared.schemas import AsOfQuerySchema, VersionSchema
 from therapist_service import services
 from therapist_service.models import IdempotencyKey
@@ -64,7 +64,7 @@ class Therapist(MethodView):
     def put(self, data, therapist_id):
         """Replace a therapist. Honours `If-Match`; latest `last_modified` wins."""
         return _respond(services.replace_therapist(
-            therapist_id, data, expected_version=expected_version(therapist_id),
+            therapist_id, data, expected_versions=expected_versions(therapist_id),
             source="api", actor=current_actor()))
 
     @blp.arguments(TherapistSchema(partial=True))
@@ -74,7 +74,7 @@ class Therapist(MethodView):
     def patch(self, changes, therapist_id):
         """Change some fields; a group sent is merged key by key. Honours `If-Match`."""
         return _respond(services.patch_therapist(
-            therapist_id, changes, expected_version=expected_version(therapist_id),
+            therapist_id, changes, expected_versions=expected_versions(therapist_id),
             source="api", actor=current_actor()))
 
     @blp.response(204)
@@ -82,7 +82,7 @@ class Therapist(MethodView):
     @atomic
     def delete(self, therapist_id):
         """Soft-delete a therapist: later reads answer 410. Honours `If-Match`."""
-        services.delete_therapist(therapist_id, expected_version=expected_version(therapist_id),
+        services.delete_therapist(therapist_id, expected_versions=expected_versions(therapist_id),
                                   source="api", actor=current_actor())
 
 

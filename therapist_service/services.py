@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
@@ -259,25 +259,25 @@ def soft_delete(therapist: Therapist, *, source: str, actor: str, now: datetime 
     return DELETED
 
 
-def _check_version(therapist: Therapist, expected_version: int | None) -> None:
-    if expected_version is not None and expected_version != therapist.version:
+def _check_version(therapist: Therapist, expected_versions: Collection[int] | None) -> None:
+    if expected_versions is not None and therapist.version not in expected_versions:
         raise PreconditionFailed(
             f"therapist {therapist.id} is at version {therapist.version}; If-Match named another version")
 
 
-def replace_therapist(therapist_id: int, data: dict[str, Any], *, expected_version: int | None = None,
+def replace_therapist(therapist_id: int, data: dict[str, Any], *, expected_versions: Collection[int] | None = None,
                       source: str, actor: str, now: datetime | None = None) -> Therapist:
     therapist = get_therapist(therapist_id, for_update=True)
-    _check_version(therapist, expected_version)
+    _check_version(therapist, expected_versions)
     update_therapist(therapist, data, source=source, actor=actor, now=now)
     return therapist
 
 
-def patch_therapist(therapist_id: int, changes: dict[str, Any], *, expected_version: int | None = None,
+def patch_therapist(therapist_id: int, changes: dict[str, Any], *, expected_versions: Collection[int] | None = None,
                     source: str, actor: str, now: datetime | None = None) -> Therapist:
     """Apply the fields present in `changes`; a group in `changes` is merged key by key."""
     therapist = get_therapist(therapist_id, for_update=True)
-    _check_version(therapist, expected_version)
+    _check_version(therapist, expected_versions)
     merged: dict[str, Any] = {"external_id": therapist.external_id, "last_modified": None}
     for group in GROUPS:
         merged[group] = {**getattr(therapist, group), **(changes.get(group) or {})}
@@ -288,10 +288,10 @@ def patch_therapist(therapist_id: int, changes: dict[str, Any], *, expected_vers
     return therapist
 
 
-def delete_therapist(therapist_id: int, *, expected_version: int | None = None, source: str, actor: str,
+def delete_therapist(therapist_id: int, *, expected_versions: Collection[int] | None = None, source: str, actor: str,
                      now: datetime | None = None) -> Therapist:
     therapist = get_therapist(therapist_id, for_update=True)
-    _check_version(therapist, expected_version)
+    _check_version(therapist, expected_versions)
     soft_delete(therapist, source=source, actor=actor, now=now)
     return therapist
 
