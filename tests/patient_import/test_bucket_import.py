@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from conftest import AUTH
 
-from .support import (JUERGEN, MAX, imports, imports_of, object_name, patient_history, patients,
-                      registration, run_pass, sample, sample_bytes, the_import, wait_until, get_json, encode)
+from .support import (JUERGEN, MAX, get_json, imports_of, object_name, patient_history, patients, registration,
+                      run_pass, sample, sample_bytes, the_import, wait_until)
 
 
 def test_running_scheduler_imports_backs_up_and_deletes_both_samples(make_importer, gcs, backup_dir):

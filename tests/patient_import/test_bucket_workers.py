@@ -1,5 +1,5 @@
 """The background importer as it runs in production (SPEC §7.1.1, §7.4): APScheduler, the advisory
-lock, run requests through the API, and several processes polling the same bucket."""
+lock, run requests through the API, and several apps (as several workers would) polling one bucket."""
 from __future__ import annotations
 
 from conftest import AUTH
