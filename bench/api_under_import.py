@@ -47,8 +47,8 @@ def start_therapist_service(database_url: str, token: str, port: int, log_file) 
            "ALERT_OUTBOX_DIR": str(VAR / "bench-under-import" / "outbox")}
     subprocess.run([str(BIN / "flask"), "--app", "therapist_service", "db", "upgrade"],
                    env=env, cwd=ROOT, check=True, stdout=log_file, stderr=log_file)
-    command = [str(BIN / "gunicorn"), "therapist_service.app:create_app()", "--bind", f"127.0.0.1:{port}",
-               "--workers", "2", "--threads", "4", "--no-control-socket"]
+    env.update(HOST="127.0.0.1", PORT=str(port), GUNICORN_WORKERS="2", GUNICORN_THREADS="4")
+    command = [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "therapist_service.app:create_app()"]
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=log_file, stderr=log_file, process_group=0)
 
 

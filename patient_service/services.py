@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Collection
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from patient_service.models import Consent, Patient, PatientVersion, Registration
 from patient_service.schemas import PatientSchema
 from shared import versioning
 from shared.db import IdReserver
-from shared.errors import Duplicate, Gone, NotFound, PreconditionFailed
+from shared.errors import Duplicate
 from shared.extensions import db
 from shared.schemas import now_utc
 
@@ -47,26 +47,15 @@ def field_values(patient: Patient) -> dict[str, Any]:
 
 # ---- reads -------------------------------------------------------------------------------------
 
+PATIENTS = versioning.VersionedStore(Patient, PatientVersion, "patient")
+
+
 def get_patient(patient_id: int, *, for_update: bool = False, include_deleted: bool = False) -> Patient:
-    query = select(Patient).where(Patient.id == patient_id)
-    if for_update:
-        query = query.with_for_update()
-    patient = db.session.scalars(query).first()
-    if patient is None:
-        raise NotFound(f"patient {patient_id} does not exist")
-    if patient.deleted_at is not None and not include_deleted:
-        raise Gone(f"patient {patient_id} was deleted")
-    return patient
+    return PATIENTS.get(patient_id, for_update=for_update, include_deleted=include_deleted)
 
 
 def get_patient_as_of(patient_id: int, at: datetime) -> dict[str, Any]:
-    get_patient(patient_id, include_deleted=True)  # 404 for an id that never existed
-    row = versioning.as_of(PatientVersion, patient_id, at)
-    if row is None:
-        raise NotFound(f"patient {patient_id} did not exist at {at.isoformat()}")
-    if row.deleted:
-        raise Gone(f"patient {patient_id} was deleted at {at.isoformat()}")
-    return row.data
+    return PATIENTS.as_of(patient_id, at)
 
 
 def list_patients(filters: dict[str, Any], *, page: int, page_size: int) -> tuple[list[Patient], int]:
@@ -83,17 +72,11 @@ def list_patients(filters: dict[str, Any], *, page: int, page_size: int) -> tupl
         query = query.where(Patient.plz == filters["plz"])
     if "updated_since" in filters:
         query = query.where(Patient.updated_at >= filters["updated_since"])
-    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
-    offset = (page - 1) * page_size
-    if offset >= total:
-        return [], total  # past the last page; a huge page number would overflow OFFSET
-    items = db.session.scalars(query.order_by(Patient.id).limit(page_size).offset(offset))
-    return list(items), total
+    return PATIENTS.page(query, page=page, page_size=page_size)
 
 
 def patient_history(patient_id: int) -> list[PatientVersion]:
-    get_patient(patient_id, include_deleted=True)
-    return versioning.history(PatientVersion, patient_id)
+    return PATIENTS.history(patient_id)
 
 
 def find_by_identity(data: dict[str, Any], *, for_update: bool = False) -> Patient | None:
@@ -180,12 +163,6 @@ def create_patient(data: dict[str, Any], *, source: str, actor: str, now: dateti
     return patient
 
 
-def _check_version(patient: Patient, expected_versions: Collection[int] | None) -> None:
-    if expected_versions is not None and patient.version not in expected_versions:
-        raise PreconditionFailed(
-            f"patient {patient.id} is at version {patient.version}; If-Match named another version")
-
-
 def update_patient(patient: Patient, data: dict[str, Any], *, source: str, actor: str,
                    now: datetime | None = None) -> bool:
     """Replace `patient`'s fields with `data`. Returns False (and writes nothing) if nothing changed."""
@@ -206,7 +183,7 @@ def update_patient(patient: Patient, data: dict[str, Any], *, source: str, actor
 def replace_patient(patient_id: int, data: dict[str, Any], *, expected_versions: Collection[int] | None = None,
                     source: str, actor: str, now: datetime | None = None) -> Patient:
     patient = get_patient(patient_id, for_update=True)
-    _check_version(patient, expected_versions)
+    PATIENTS.check_version(patient, expected_versions)
     update_patient(patient, data, source=source, actor=actor, now=now)
     return patient
 
@@ -215,16 +192,16 @@ def patch_patient(patient_id: int, changes: dict[str, Any], *, expected_versions
                   source: str, actor: str, now: datetime | None = None) -> Patient:
     """Apply the fields present in `changes` (already validated with `partial=True`)."""
     patient = get_patient(patient_id, for_update=True)
-    _check_version(patient, expected_versions)
+    PATIENTS.check_version(patient, expected_versions)
     update_patient(patient, {**field_values(patient), **changes}, source=source, actor=actor, now=now)
     return patient
 
 
-def delete_patient(patient_id: int, *, expected_versions: Collection[int] | None = None, source: str, actor: str,
-                   now: datetime | None = None) -> Patient:
+def delete_patient(patient_id: int, *, expected_versions: Collection[int] | None = None,
+                   source: str, actor: str, now: datetime | None = None) -> Patient:
     now = now or now_utc()
     patient = get_patient(patient_id, for_update=True)
-    _check_version(patient, expected_versions)
+    PATIENTS.check_version(patient, expected_versions)
     patient.deleted_at = now
     patient.updated_at = now
     patient.version += 1

@@ -144,7 +144,8 @@ class Settings:
         if values.get("LOG_FORMAT", "text") not in ("text", "json"):
             raise ConfigError(f"LOG_FORMAT must be text or json, got {values['LOG_FORMAT']!r}")
         if values.get("LOG_LEVEL", "INFO").upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {values['LOG_LEVEL']!r}")
+            raise ConfigError("LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, "
+                              f"got {values['LOG_LEVEL']!r}")
         values["LOG_LEVEL"] = values.get("LOG_LEVEL", "INFO").upper()
         if values.get("PATIENT_IMPORT_SOURCE") and not values.get("PATIENT_IMPORT_BACKUP_DIR"):
             raise ConfigError("PATIENT_IMPORT_BACKUP_DIR is required when PATIENT_IMPORT_SOURCE is set")

@@ -5,13 +5,15 @@ and `as_of` work on any such table.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Collection
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, select
+from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, func, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from shared.errors import Gone, NotFound, PreconditionFailed
 from shared.extensions import db
 
 SOURCES = ("api", "batch", "import")
@@ -60,3 +62,47 @@ def as_of(model: type, record_id: int, at: datetime) -> Any | None:
     return db.session.scalars(
         select(model).where(model.record_id == record_id, model.changed_at <= at)
         .order_by(model.version.desc()).limit(1)).first()
+
+
+@dataclass(frozen=True)
+class VersionedStore:
+    """Reads that every versioned record type has alike: by id (404 / 410), as of a moment,
+    its history, a page of a query, and the `If-Match` check. `kind` names it in errors."""
+
+    model: type
+    versions: type
+    kind: str
+
+    def get(self, record_id: int, *, for_update: bool = False, include_deleted: bool = False) -> Any:
+        query = select(self.model).where(self.model.id == record_id)
+        record = db.session.scalars(query.with_for_update() if for_update else query).first()
+        if record is None:
+            raise NotFound(f"{self.kind} {record_id} does not exist")
+        if record.deleted_at is not None and not include_deleted:
+            raise Gone(f"{self.kind} {record_id} was deleted")
+        return record
+
+    def as_of(self, record_id: int, at: datetime) -> dict[str, Any]:
+        self.get(record_id, include_deleted=True)  # 404 for an id that never existed
+        row = as_of(self.versions, record_id, at)
+        if row is None:
+            raise NotFound(f"{self.kind} {record_id} did not exist at {at.isoformat()}")
+        if row.deleted:
+            raise Gone(f"{self.kind} {record_id} was deleted at {at.isoformat()}")
+        return row.data
+
+    def history(self, record_id: int) -> list[Any]:
+        self.get(record_id, include_deleted=True)
+        return history(self.versions, record_id)
+
+    def page(self, query: Any, *, page: int, page_size: int) -> tuple[list[Any], int]:
+        total = db.session.scalar(select(func.count()).select_from(query.subquery()))
+        offset = (page - 1) * page_size
+        if offset >= total:
+            return [], total  # past the last page; a huge page number would overflow OFFSET
+        return list(db.session.scalars(query.order_by(self.model.id).limit(page_size).offset(offset))), total
+
+    def check_version(self, record: Any, expected_versions: Collection[int] | None) -> None:
+        if expected_versions is not None and record.version not in expected_versions:
+            raise PreconditionFailed(f"{self.kind} {record.id} is at version {record.version}; "
+                                     "If-Match named another version")

@@ -173,7 +173,8 @@ class TherapistFileHandler:
                 services.create_therapist(data, reserved_id=next(reserved, None), fingerprint=entry_print, **write)
                 return services.CREATED, None
             if status == "unchanged":
-                action = services.update_therapist(therapist, data, stale_if_equal=False, fingerprint=entry_print, **write)
+                action = services.update_therapist(therapist, data, stale_if_equal=False, fingerprint=entry_print,
+                                                   **write)
                 return action, ("marked unchanged, but differed from the stored record; updated"
                                 if action == services.UPDATED else None)
             return services.update_therapist(therapist, data, restore=True, fingerprint=entry_print, **write), None

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from shared import versioning
-from shared.errors import Duplicate, Gone, NotFound, PreconditionFailed, StaleUpdate
+from shared.errors import Duplicate, StaleUpdate
 from shared.extensions import db
 from shared.schemas import now_utc
 from therapist_service.models import GROUPS, Therapist, TherapistVersion
@@ -70,26 +70,15 @@ def is_stale(therapist: Therapist, incoming: datetime | None, *, strictly_older:
 
 # ---- reads -------------------------------------------------------------------------------------
 
+THERAPISTS = versioning.VersionedStore(Therapist, TherapistVersion, "therapist")
+
+
 def get_therapist(therapist_id: int, *, for_update: bool = False, include_deleted: bool = False) -> Therapist:
-    query = select(Therapist).where(Therapist.id == therapist_id)
-    if for_update:
-        query = query.with_for_update()
-    therapist = db.session.scalars(query).first()
-    if therapist is None:
-        raise NotFound(f"therapist {therapist_id} does not exist")
-    if therapist.deleted_at is not None and not include_deleted:
-        raise Gone(f"therapist {therapist_id} was deleted")
-    return therapist
+    return THERAPISTS.get(therapist_id, for_update=for_update, include_deleted=include_deleted)
 
 
 def get_therapist_as_of(therapist_id: int, at: datetime) -> dict[str, Any]:
-    get_therapist(therapist_id, include_deleted=True)
-    row = versioning.as_of(TherapistVersion, therapist_id, at)
-    if row is None:
-        raise NotFound(f"therapist {therapist_id} did not exist at {at.isoformat()}")
-    if row.deleted:
-        raise Gone(f"therapist {therapist_id} was deleted at {at.isoformat()}")
-    return row.data
+    return THERAPISTS.as_of(therapist_id, at)
 
 
 def list_therapists(filters: dict[str, Any], *, page: int, page_size: int) -> tuple[list[Therapist], int]:
@@ -107,17 +96,11 @@ def list_therapists(filters: dict[str, Any], *, page: int, page_size: int) -> tu
             func.lower(Therapist.basic_info["last_name"].astext) == filters["last_name"].strip().lower())
     if "therapy_method" in filters:
         query = query.where(Therapist.professional_info["therapy_methods"].contains([filters["therapy_method"]]))
-    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
-    offset = (page - 1) * page_size
-    if offset >= total:
-        return [], total  # past the last page; a huge page number would overflow OFFSET
-    items = db.session.scalars(query.order_by(Therapist.id).limit(page_size).offset(offset))
-    return list(items), total
+    return THERAPISTS.page(query, page=page, page_size=page_size)
 
 
 def therapist_history(therapist_id: int) -> list[TherapistVersion]:
-    get_therapist(therapist_id, include_deleted=True)
-    return versioning.history(TherapistVersion, therapist_id)
+    return THERAPISTS.history(therapist_id)
 
 
 def import_fingerprints(external_ids: Iterable[str]) -> dict[str, tuple[str | None, bool]]:
@@ -259,16 +242,10 @@ def soft_delete(therapist: Therapist, *, source: str, actor: str, now: datetime 
     return DELETED
 
 
-def _check_version(therapist: Therapist, expected_versions: Collection[int] | None) -> None:
-    if expected_versions is not None and therapist.version not in expected_versions:
-        raise PreconditionFailed(
-            f"therapist {therapist.id} is at version {therapist.version}; If-Match named another version")
-
-
 def replace_therapist(therapist_id: int, data: dict[str, Any], *, expected_versions: Collection[int] | None = None,
                       source: str, actor: str, now: datetime | None = None) -> Therapist:
     therapist = get_therapist(therapist_id, for_update=True)
-    _check_version(therapist, expected_versions)
+    THERAPISTS.check_version(therapist, expected_versions)
     update_therapist(therapist, data, source=source, actor=actor, now=now)
     return therapist
 
@@ -277,7 +254,7 @@ def patch_therapist(therapist_id: int, changes: dict[str, Any], *, expected_vers
                     source: str, actor: str, now: datetime | None = None) -> Therapist:
     """Apply the fields present in `changes`; a group in `changes` is merged key by key."""
     therapist = get_therapist(therapist_id, for_update=True)
-    _check_version(therapist, expected_versions)
+    THERAPISTS.check_version(therapist, expected_versions)
     merged: dict[str, Any] = {"external_id": therapist.external_id, "last_modified": None}
     for group in GROUPS:
         merged[group] = {**getattr(therapist, group), **(changes.get(group) or {})}
@@ -288,10 +265,10 @@ def patch_therapist(therapist_id: int, changes: dict[str, Any], *, expected_vers
     return therapist
 
 
-def delete_therapist(therapist_id: int, *, expected_versions: Collection[int] | None = None, source: str, actor: str,
-                     now: datetime | None = None) -> Therapist:
+def delete_therapist(therapist_id: int, *, expected_versions: Collection[int] | None = None,
+                     source: str, actor: str, now: datetime | None = None) -> Therapist:
     therapist = get_therapist(therapist_id, for_update=True)
-    _check_version(therapist, expected_versions)
+    THERAPISTS.check_version(therapist, expected_versions)
     soft_delete(therapist, source=source, actor=actor, now=now)
     return therapist
 

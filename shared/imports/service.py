@@ -16,7 +16,6 @@ from flask import Flask
 from shared import metrics
 from shared.config import Settings
 from shared.db import unit_of_work
-from shared.extensions import db
 from shared.imports.alerts import AlertSender
 from shared.imports.models import ImportModels, importer_state
 from shared.imports.runner import FileHandler, ImportRunner, PassSummary, Source
