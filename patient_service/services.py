@@ -18,7 +18,7 @@ from patient_service.models import Consent, Patient, PatientVersion, Registratio
 from patient_service.schemas import PatientSchema
 from shared import versioning
 from shared.db import IdReserver
-from shared.errors import Duplicate
+from shared.errors import Conflict, Duplicate
 from shared.extensions import db
 from shared.schemas import now_utc
 
@@ -221,6 +221,15 @@ def record_consent(patient: Patient, registration: Registration | None, metadata
     return consent
 
 
+def _same_person_or_conflict(patient: Patient, data: dict[str, Any]) -> None:
+    """A re-sent registration may correct the e-mail address or the name, not both: tokens are
+    short, and a file that shares a token but names someone else must not overwrite that patient."""
+    email, vorname, nachname = identity_of(data)
+    if email != patient.match_email and (vorname, nachname) != (patient.match_vorname, patient.match_nachname):
+        raise Conflict(f"registration token already belongs to patient {patient.id}, a different person "
+                       "(e-mail address and name both differ); the file was not applied")
+
+
 def import_registration(data: dict[str, Any], consent_metadata: dict[str, Any], *, token: str,
                         registered_at: datetime, consent_given_at: datetime, import_id: int | None,
                         sha256: str | None, source: str, actor: str,
@@ -228,7 +237,8 @@ def import_registration(data: dict[str, Any], consent_metadata: dict[str, Any], 
     """Apply one registration (SPEC §7.1.6): returns the patient, what happened to it
     (`created`, `updated`, `unchanged`) and warnings.
 
-    - The same token again is the same registration: the patient is updated if the data differ.
+    - The same token again is the same registration: the patient is updated if the data differ
+      (unless e-mail address and name both differ: then it is someone else, a `Conflict`).
     - Otherwise the duplicate rule: a match is updated in place and gets this registration.
     - Otherwise a new patient; a near match (same e-mail, other name; or same name and birth
       date, other e-mail) is named in a warning.
@@ -240,6 +250,7 @@ def import_registration(data: dict[str, Any], consent_metadata: dict[str, Any], 
         select(Registration).where(Registration.token == token).with_for_update()).first()
     if registration is not None:
         patient = get_patient(registration.patient_id, for_update=True)
+        _same_person_or_conflict(patient, data)
         changed = update_patient(patient, data, source=source, actor=actor, now=now)
         known = db.session.scalars(select(Consent.metadata_).where(
             Consent.registration_id == registration.id)).all()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Protocol
@@ -185,14 +185,21 @@ class ImportRunner:
                 self._source_down(str(error))
                 return summary
             self._source_up()
-        workers = getattr(self.source, "finish_concurrency", 0)
-        self._finishing = ThreadPoolExecutor(workers, thread_name_prefix="finish") if workers else None
+        remote = getattr(self.source, "finish_concurrency", 0)
+        self._finishing = ThreadPoolExecutor(remote, thread_name_prefix="finish") if remote else None
+        downloads = ThreadPoolExecutor(1, thread_name_prefix="download") if remote else None
         try:
-            for file in files:
+            ahead = None
+            for position, file in enumerate(files):
                 if not self.still_leader():
                     log.warning("importer lock lost; stopping this pass")
                     break
-                status = self.process(file)
+                # A remote source: the next object downloads while this one imports. Imports and
+                # their transactions still happen one at a time, in order.
+                current, ahead = ahead, None
+                if downloads is not None and position + 1 < len(files) and self._name_ok(files[position + 1]):
+                    ahead = downloads.submit(self.source.fetch, files[position + 1], self.max_file_bytes)
+                status = self.process(file, downloaded=current)
                 if status is None:
                     summary.skipped += 1
                 elif status == "finished":
@@ -200,6 +207,8 @@ class ImportRunner:
                 else:
                     summary.add(status)
         finally:
+            if downloads is not None:
+                downloads.shutdown(wait=True, cancel_futures=True)
             if self._finishing is not None:
                 self._finishing.shutdown(wait=True)  # the pass ends when its deletes have been done
                 self._finishing = None
@@ -210,8 +219,9 @@ class ImportRunner:
 
     # ---- one file ----------------------------------------------------------------------------
 
-    def process(self, file: SourceFile) -> str | None:
-        """Import one file; returns its new status, "finished", or None when skipped."""
+    def process(self, file: SourceFile, downloaded: Future | None = None) -> str | None:
+        """Import one file; returns its new status, "finished", or None when skipped.
+        `downloaded`: the bucket object's download, started ahead (its errors surface here)."""
         fetched = None
         try:
             if file.generation is None:  # a folder file: its version is its content
@@ -230,14 +240,14 @@ class ImportRunner:
         with import_context(record.id):  # every line logged from here on carries the import id
             log.info("%s: import #%s started (%s, attempt %s)", self.service, record.id, record.label,
                      record.attempts)
-            return self._import(file, record, fetched)
+            return self._import(file, record, fetched, downloaded)
 
-    def _import(self, file: SourceFile, record: Any, fetched: Fetched | None) -> str:
+    def _import(self, file: SourceFile, record: Any, fetched: Fetched | None, downloaded: Future | None) -> str:
         started = now_utc()
         try:
             self.handler.check_name(file)
             if fetched is None:
-                fetched = self.source.fetch(file, self.max_file_bytes)
+                fetched = downloaded.result() if downloaded else self.source.fetch(file, self.max_file_bytes)
             if fetched.payload is None:
                 raise InputError("too-large", f"the file has {fetched.size} bytes; at most "
                                               f"{self.max_file_bytes} are accepted (IMPORT_MAX_FILE_BYTES)")
@@ -264,6 +274,13 @@ class ImportRunner:
             self._finish_at_source(file)
         return status
 
+    def _name_ok(self, file: SourceFile) -> bool:
+        try:
+            self.handler.check_name(file)
+        except InputError:
+            return False  # never downloaded: it fails on its name when its turn comes
+        return True
+
     def _claim(self, file: SourceFile, fetched: Fetched | None) -> Any:
         Record = self.models.record
         now = now_utc()
@@ -283,6 +300,8 @@ class ImportRunner:
                     return None
                 record = latest  # pending (retry asked), failed and due, or processing (its runner died)
             else:
+                if latest is not None and latest.status not in DONE:
+                    latest.next_attempt_at = None  # superseded: that version is gone from the source
                 record = Record(source=self.source.kind, name=file.name, label=self.handler.label(file),
                                 generation=file.generation, size=file.size, status=PENDING, attempts=0,
                                 retry_round=0, created_at=now, counts=empty_counts(), errors=[], warnings=[])
@@ -306,8 +325,8 @@ class ImportRunner:
             record = self._locked_record(record_id)
             if record.status != PROCESSING:  # someone retried or finished it meanwhile
                 return record.status
-            record.sha256, record.size = fetched.sha256, fetched.size
             outcome = self.handler.apply(fetched.payload, file, import_id=record.id)
+            record.sha256, record.size = fetched.sha256, fetched.size  # one UPDATE with the outcome
             if outcome.status == PARTIAL or outcome.status == SUCCEEDED:
                 self._record_outcome(record, outcome, outcome.status)
                 if outcome.status == PARTIAL:

@@ -74,6 +74,25 @@ def test_same_token_with_changed_content_updates_the_same_patient(app, client, g
     assert gcs.names() == []
 
 
+def test_same_token_naming_someone_else_is_a_conflict_and_overwrites_nobody(app, client, gcs):
+    gcs.upload(MAX, sample_bytes(MAX))
+    run_pass(app)
+    [patient] = patients(client)
+
+    # Tokens are short: another person's registration may come with the same one.
+    stranger = registration("0b1ab67b", vorname="Erika", nachname="Musterfrau", email="erika@example.org")
+    name = object_name(stranger)
+    gcs.upload(name, stranger)
+    run_pass(app)
+
+    [record] = imports_of(client, name)
+    assert record["status"] == "failed"
+    assert [e["kind"] for e in record["errors"]] == ["conflict"]
+    assert f"patient {patient['id']}" in record["errors"][0]["detail"]
+    assert patients(client) == [patient]  # untouched
+    assert name in gcs.names()  # kept for a person to look at
+
+
 def test_same_person_with_new_token_updates_in_place_and_adds_registration_and_consent(app, client, gcs):
     gcs.upload(MAX, sample_bytes(MAX))
     run_pass(app)
