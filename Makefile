@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test audit bench clean chromium
+.PHONY: install run test audit clean chromium
 
 install: $(STAMP)
 
