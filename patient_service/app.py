@@ -5,10 +5,8 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from shared import batch
 from shared.app_factory import ServiceDefinition, build_app
 from shared.config import load_settings
-from shared.imports import service as imports
 
 SERVICE_NAME = "patient_service"
 DEFAULT_PORT = 5001
@@ -21,7 +19,6 @@ def start_importer(app: Flask) -> None:
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from patient_service import api, importer
-    from shared.imports import api as imports_api
 
     settings = load_settings(config, default_port=DEFAULT_PORT)
     service = ServiceDefinition(
@@ -29,10 +26,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         title="Patient service",
         description="Patients, consents and registrations; imports registration files from a bucket.",
         default_port=DEFAULT_PORT,
-        blueprints=[api.blp, imports_api.blp, batch.batches_blp],
+        blueprints=[api.blp],
+        importer=importer.spec(settings),
+        batch=api.BATCH,
         start_importer=start_importer,
-        no_store_prefixes=("/api/",),
-        extra_setup=[lambda app: app.extensions.update(batch=api.BATCH),
-                     lambda app: imports.install(app, importer.spec(settings))],
+        no_store_prefixes=("/api/",),  # patient data is never cached
     )
     return build_app(service, settings)

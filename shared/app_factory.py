@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -12,11 +12,15 @@ from flask_cors import CORS
 from flask_migrate import Migrate
 
 from shared.auth import init_auth
+from shared.batch import BatchAdapter, batches_blp
 from shared.config import Settings
 from shared.db import ENGINE_OPTIONS
 from shared.errors import register_error_handlers
 from shared.extensions import db
 from shared.http import Api, require_json_body
+from shared.imports import api as imports_api
+from shared.imports import service as imports
+from shared.imports.service import ImporterSpec
 from shared.logs import configure_logging
 from shared.ops import init_request_metrics, register_operations
 from shared.runtime import should_start_importer
@@ -30,16 +34,18 @@ CONNECT_TIMEOUT_SECONDS = 10  # libpq waits for ever by default; a request shoul
 
 @dataclass
 class ServiceDefinition:
-    """What makes a service itself: its name, schema, blueprints and importer."""
+    """What makes a service itself: its name, schema, blueprints, importer and batch adapter.
+    What every service has besides — `/api/imports`, `/api/batches`, the dashboard — is added here."""
 
     name: str  # "patient_service": also its PostgreSQL schema and its migrations folder
     title: str
     default_port: int
     blueprints: Iterable[Any]
-    start_importer: Callable[[Flask], Any] | None = None
+    importer: ImporterSpec
+    batch: BatchAdapter
+    start_importer: Callable[[Flask], Any]
     no_store_prefixes: tuple[str, ...] = ()
     description: str = ""
-    extra_setup: list[Callable[[Flask], None]] = field(default_factory=list)
 
 
 def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
@@ -88,13 +94,13 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
         _add_no_store(app, service.no_store_prefixes)
     _add_operational_routes(app)
     register_operations(app)  # /ready and /metrics
-    for blueprint in service.blueprints:
+    for blueprint in (*service.blueprints, imports_api.blp, batches_blp):
         api.register_blueprint(blueprint)
-    for setup in service.extra_setup:
-        setup(app)
+    app.extensions["batch"] = service.batch
+    imports.install(app, service.importer)
 
     start, reason = should_start_importer(settings.IMPORTS_ENABLED)
-    if start and service.start_importer is not None:
+    if start:
         service.start_importer(app)
     else:
         log.info("background importer not started: %s", reason)

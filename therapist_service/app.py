@@ -5,10 +5,8 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from shared import batch
 from shared.app_factory import ServiceDefinition, build_app
 from shared.config import load_settings
-from shared.imports import service as imports
 
 SERVICE_NAME = "therapist_service"
 DEFAULT_PORT = 5002
@@ -20,7 +18,6 @@ def start_importer(app: Flask) -> None:
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    from shared.imports import api as imports_api
     from therapist_service import api, importer
 
     settings = load_settings(config, default_port=DEFAULT_PORT)
@@ -29,9 +26,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         title="Therapist service",
         description="Therapists and their practice data; imports the weekly scrape from a folder.",
         default_port=DEFAULT_PORT,
-        blueprints=[api.blp, imports_api.blp, batch.batches_blp],
+        blueprints=[api.blp],
+        importer=importer.spec(settings),
+        batch=api.BATCH,
         start_importer=start_importer,
-        extra_setup=[lambda app: app.extensions.update(batch=api.BATCH),
-                     lambda app: imports.install(app, importer.SPEC)],
     )
     return build_app(service, settings)

@@ -202,12 +202,13 @@ def _source(settings: Settings) -> FolderSource | None:
                         polling=settings.THERAPIST_IMPORT_POLLING)
 
 
-SPEC = ImporterSpec(
-    service="therapist_service",
-    models=IMPORT_MODELS,
-    make_source=_source,
-    handler=TherapistFileHandler(),
-    poll_seconds=lambda settings: settings.THERAPIST_IMPORT_RESCAN_SECONDS,
-    retry_input_errors=False,
-    missing_source_hint="set THERAPIST_IMPORT_DIR to the folder the scraper writes to",
-)
+def spec(settings: Settings) -> ImporterSpec:
+    return ImporterSpec(
+        service="therapist_service",
+        models=IMPORT_MODELS,
+        make_source=_source,
+        handler=TherapistFileHandler(),
+        poll_seconds=lambda s: s.THERAPIST_IMPORT_RESCAN_SECONDS,
+        retry_input_errors=False,
+        missing_source_hint="set THERAPIST_IMPORT_DIR to the folder the scraper writes to",
+    )
