@@ -14,7 +14,7 @@ import json
 import re
 from collections import Counter
 from pathlib import PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 from marshmallow import ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -131,19 +131,31 @@ class TherapistFileHandler:
                bulk: bool) -> Outcome:
         """Write the valid therapists through the service functions.
 
-        `bulk`: new therapists get ids reserved in one query and everything is flushed every
-        `FLUSH_EVERY` therapists (and let go of, so memory stays flat); a clash on `external_id`
-        then surfaces as an `IntegrityError` for the whole attempt. Otherwise each create is
-        flushed in a savepoint of its own and a clash is that therapist's error.
+        `bulk`: new therapists are created `FLUSH_EVERY` at a time by `create_therapists` (one
+        INSERT per table), and changed ones flushed and let go of as often, so memory stays flat;
+        a clash on `external_id` then fails the whole attempt. Otherwise each therapist is created
+        by `create_therapist` in a savepoint of its own, and a clash is that therapist's error.
         """
         existing = services.find_by_external_ids(data["external_id"] for _, _, data, _ in loaded)
-        creates = sum(1 for _, status, data, _ in loaded
-                      if status != "deleted" and data["external_id"] not in existing)
-        reserved = iter(services.reserve_ids(creates) if bulk else [])
+        write = {"source": "import", "actor": actor}
+        new: list[tuple[dict[str, Any], str]] = []
+
+        def write_pending() -> None:
+            services.create_therapists([data for data, _ in new], fingerprints=[p for _, p in new], **write)
+            new.clear()
+            services.flush_and_release()
+
         for position, (index, status, data, entry_print) in enumerate(loaded, start=1):
             therapist = existing.pop(data["external_id"], None)
             try:
-                action, warning = self._apply_one(status, data, therapist, actor, reserved, entry_print)
+                if therapist is None and status != "deleted":
+                    if bulk:
+                        new.append((data, entry_print))
+                    else:
+                        services.create_therapist(data, fingerprint=entry_print, **write)
+                    action, warning = services.CREATED, None
+                else:
+                    action, warning = self._apply_one(status, data, therapist, write, entry_print)
             except DomainError as error:
                 outcome.count("failed")
                 outcome.errors.append(item_error(error.type, error.detail, pointer=_pointer(index), index=index,
@@ -155,23 +167,19 @@ class TherapistFileHandler:
                                                    warning, pointer=_pointer(index), index=index,
                                                    ref=data["external_id"]))
             if bulk and position % FLUSH_EVERY == 0:
-                services.flush_and_release()
-        services.flush_and_release()
+                write_pending()
+        write_pending()
         return outcome
 
     @staticmethod
-    def _apply_one(status: str, data: dict[str, Any], therapist: Any, actor: str, reserved: Iterator[int],
+    def _apply_one(status: str, data: dict[str, Any], therapist: Any, write: dict[str, str],
                    entry_print: str) -> tuple[str, str | None]:
-        """SPEC §7.2.3 for one therapist: the action taken and a warning, if any."""
-        write = {"source": "import", "actor": actor}
+        """SPEC §7.2.3 for a therapist we have, or a deletion: the action taken and a warning, if any."""
         try:
             if status == "deleted":
                 if therapist is None:
                     return services.UNCHANGED, "marked deleted but not known here; nothing to delete"
                 return services.soft_delete(therapist, last_modified=data.get("last_modified"), **write), None
-            if therapist is None:
-                services.create_therapist(data, reserved_id=next(reserved, None), fingerprint=entry_print, **write)
-                return services.CREATED, None
             if status == "unchanged":
                 action = services.update_therapist(therapist, data, stale_if_equal=False, fingerprint=entry_print,
                                                    **write)

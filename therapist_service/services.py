@@ -13,10 +13,11 @@ Rules (SPEC §6.2, §7.2.3):
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
-from typing import Any, Collection, Iterable
+from typing import Any, Collection, Iterable, Iterator
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from shared import versioning
@@ -31,16 +32,18 @@ EXTERNAL_ID_INDEX = "uq_therapists_external_id"
 CREATED, UPDATED, UNCHANGED, DELETED, IGNORED_STALE = "created", "updated", "unchanged", "deleted", "ignored_stale"
 
 
-def representation(therapist: Therapist) -> dict[str, Any]:
-    """What `TherapistSchema` dumps, built directly: the import writes one per changed therapist.
-    (A test checks the two agree.)"""
+def representation(therapist: Therapist | dict[str, Any]) -> dict[str, Any]:
+    """What `TherapistSchema` dumps, built directly (a test checks the two agree), from a stored
+    therapist or from the row `create_therapists` inserts: the import writes one per change."""
+    get = therapist.get if isinstance(therapist, dict) else lambda name: getattr(therapist, name)
+
     def iso(value: datetime | None) -> str | None:
         return value.isoformat() if value is not None else None
 
-    return {"id": therapist.id, "external_id": therapist.external_id, "last_modified": iso(therapist.last_modified),
-            "deleted_at": iso(therapist.deleted_at), "version": therapist.version,
-            "created_at": iso(therapist.created_at), "updated_at": iso(therapist.updated_at),
-            **{group: getattr(therapist, group) for group in GROUPS}}
+    return {"id": get("id"), "external_id": get("external_id"), "last_modified": iso(get("last_modified")),
+            "deleted_at": iso(get("deleted_at")), "version": get("version"),
+            "created_at": iso(get("created_at")), "updated_at": iso(get("updated_at")),
+            **{group: get(group) for group in GROUPS}}
 
 
 def canonical(value: Any) -> Any:
@@ -127,26 +130,18 @@ def _record(therapist: Therapist, *, source: str, actor: str, now: datetime) -> 
                            source=source, actor=actor, changed_at=now)
 
 
-def _write_guarding_external_id(therapist: Therapist, data: dict[str, Any], **bookkeeping: Any) -> None:
-    """Apply `data` (and `bookkeeping` such as the version) and flush, in a savepoint; a taken
-    `external_id` becomes `Duplicate(existing_id)` and leaves the caller's transaction usable.
-
-    The changes are made inside the savepoint because `begin_nested()` first flushes what is
-    pending: a taken `external_id` would otherwise fail outside it and break the whole transaction.
-    """
+@contextmanager
+def _external_id_guarded(external_id: str | None) -> Iterator[None]:
+    """A savepoint in which a taken `external_id` becomes `Duplicate(existing_id)`, leaving the
+    caller's transaction usable. Make the changes inside it: `begin_nested()` first flushes what
+    is pending, and a clash flushed outside it would break the whole transaction."""
     try:
         with db.session.begin_nested():
-            _apply(therapist, data)
-            for name, value in bookkeeping.items():
-                setattr(therapist, name, value)
-            db.session.add(therapist)
-            db.session.flush()
+            yield
     except IntegrityError as error:
-        constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
-        if constraint != EXTERNAL_ID_INDEX:
+        if getattr(getattr(error.orig, "diag", None), "constraint_name", None) != EXTERNAL_ID_INDEX:
             raise
-        existing = db.session.scalar(select(Therapist.id).where(
-            Therapist.external_id == data.get("external_id")))
+        existing = db.session.scalar(select(Therapist.id).where(Therapist.external_id == external_id))
         raise Duplicate("a therapist with this external_id already exists", existing_id=existing) from None
 
 
@@ -176,25 +171,35 @@ def reserve_ids(count: int) -> list[int]:
         text("SELECT nextval('therapist_service.therapists_id_seq') FROM generate_series(1, :n)"), {"n": count}))
 
 
-def create_therapist(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
-                     deleted: bool = False, reserved_id: int | None = None,
-                     fingerprint: str | None = None) -> Therapist:
-    """Create a therapist and its first version.
+def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str, now: datetime | None = None,
+                      fingerprints: list[str | None] | None = None) -> list[int]:
+    """Create therapists and their first versions: one multi-row INSERT per table, no ORM objects.
 
-    With a `reserved_id` (from `reserve_ids`) nothing is flushed here: the caller flushes many at
-    once and must treat an `IntegrityError` on `external_id` itself (the importer then redoes
-    the file one therapist at a time). Without, a taken `external_id` raises `Duplicate` at once.
+    Nothing is guarded here: a taken `external_id` raises `IntegrityError` for the whole call, and
+    the caller decides (`create_therapist` makes it a `Duplicate`; the importer redoes the file
+    one therapist at a time).
     """
+    if not items:
+        return []
     now = now or now_utc()
-    therapist = Therapist(version=1, created_at=now, updated_at=now, deleted_at=now if deleted else None)
-    if reserved_id is None:
-        _write_guarding_external_id(therapist, data, import_fingerprint=fingerprint)
-    else:
-        therapist.id = reserved_id
-        _apply(therapist, data, fingerprint)
-        db.session.add(therapist)
-    _record(therapist, source=source, actor=actor, now=now)
-    return therapist
+    rows = [{"id": therapist_id, "version": 1, "created_at": now, "updated_at": now, "deleted_at": None,
+             "external_id": data.get("external_id"), "last_modified": data.get("last_modified"),
+             "import_fingerprint": fingerprint, **{group: dict(data.get(group) or {}) for group in GROUPS}}
+            for therapist_id, data, fingerprint in zip(reserve_ids(len(items)), items,
+                                                       fingerprints or [None] * len(items))]
+    db.session.execute(insert(Therapist), rows)
+    db.session.execute(insert(TherapistVersion), [
+        {"record_id": row["id"], "version": 1, "changed_at": now, "source": source, "actor": actor,
+         "data": representation(row), "deleted": False} for row in rows])
+    return [row["id"] for row in rows]
+
+
+def create_therapist(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
+                     fingerprint: str | None = None) -> Therapist:
+    """Create one therapist (`create_therapists` with one item); a taken `external_id` is a `Duplicate`."""
+    with _external_id_guarded(data.get("external_id")):
+        [therapist_id] = create_therapists([data], source=source, actor=actor, now=now, fingerprints=[fingerprint])
+    return db.session.get(Therapist, therapist_id)
 
 
 def update_therapist(therapist: Therapist, data: dict[str, Any], *, source: str, actor: str,
@@ -216,12 +221,13 @@ def update_therapist(therapist: Therapist, data: dict[str, Any], *, source: str,
     now = now or now_utc()
     bookkeeping = {"version": therapist.version + 1, "updated_at": now, "import_fingerprint": fingerprint,
                    **({"deleted_at": None} if revive else {})}
-    if data.get("external_id") != therapist.external_id:  # only a new external_id can collide
-        _write_guarding_external_id(therapist, data, **bookkeeping)
-    else:
+    new_key = data.get("external_id") != therapist.external_id  # only a new external_id can collide
+    with _external_id_guarded(data.get("external_id")) if new_key else nullcontext():
         _apply(therapist, data)
         for name, value in bookkeeping.items():
             setattr(therapist, name, value)
+        if new_key:
+            db.session.flush()  # inside the savepoint: a clash is this write's `Duplicate`
     _record(therapist, source=source, actor=actor, now=now)
     return UPDATED
 
