@@ -5,7 +5,7 @@ from datetime import date, datetime
 
 from marshmallow import INCLUDE, ValidationError, fields, post_load, validate, validates
 
-from shared.schemas import (POSTCODE, StrictBoolean, StrictSchema, TrimmedString, UtcDateTime,
+from shared.schemas import (POSTCODE, Nested, StrictBoolean, StrictSchema, TrimmedString, UtcDateTime,
                             optional_string, weekly_hours)
 
 ANREDEN = ("Herr", "Frau", "Divers")
@@ -55,7 +55,7 @@ class PatientSchema(StrictSchema):
     bevorzugtes_therapeutengeschlecht = fields.String(load_default=None, allow_none=True,
                                                       validate=_one_of(THERAPEUTENGESCHLECHT))
     zeitliche_verfuegbarkeit = weekly_hours(load_default=None, allow_none=True)
-    raeumliche_verfuegbarkeit = fields.Nested(RaeumlicheVerfuegbarkeitSchema, load_default=None,
+    raeumliche_verfuegbarkeit = Nested(RaeumlicheVerfuegbarkeitSchema, load_default=None,
                                               allow_none=True)
     verkehrsmittel = fields.String(load_default=None, allow_none=True, validate=_one_of(VERKEHRSMITTEL))
 
@@ -102,7 +102,7 @@ class ConsentMetadataSchema(StrictSchema):
 class RegistrationFileSchema(StrictSchema):
     """A registration file from the bucket (SPEC §8.1); `patient_data` is a `PatientSchema`."""
 
-    patient_data = fields.Nested(PatientSchema, required=True)
+    patient_data = Nested(PatientSchema, required=True)
     consent_metadata = fields.Dict(required=True)
     registration_timestamp = fields.String(required=True)
     registration_token = TrimmedString(required=True, validate=[

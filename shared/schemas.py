@@ -44,6 +44,8 @@ class StrictSchema(Schema):
 
     @pre_load(pass_collection=True)
     def _storable_strings_only(self, data, **_kwargs):
+        if getattr(self, "strings_checked_by_parent", False):
+            return data  # a `Nested` group: the outer schema looked at every string in it already
         # Fast path: one C-level serialisation and search; the walk only runs to name the field.
         # Only for plain JSON: json.dumps writes webargs' query-string view through str(), where a
         # NUL is spelled \x00 and would slip past the search.
@@ -54,6 +56,16 @@ class StrictSchema(Schema):
         if found:
             raise ValidationError(found if isinstance(found, dict) else {"_schema": found})
         return data
+
+
+class Nested(fields.Nested):
+    """A nested `StrictSchema` inside another: the outer one has checked every string in it."""
+
+    @property
+    def schema(self):
+        schema = super().schema
+        schema.strings_checked_by_parent = True
+        return schema
 
 
 class TrimmedString(fields.String):

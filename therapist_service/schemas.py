@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from marshmallow import fields, pre_load, validate
 
-from shared.schemas import (POSTCODE, StrictBoolean, StrictSchema, TrimmedString, UtcDateTime,
+from shared.schemas import (POSTCODE, Nested, StrictBoolean, StrictSchema, TrimmedString, UtcDateTime,
                             optional_string, weekly_hours)
 
 from therapist_service.models import GROUPS
@@ -64,12 +64,12 @@ class TherapistSchema(StrictSchema):
     created_at = fields.DateTime(dump_only=True)
     updated_at = fields.DateTime(dump_only=True)
 
-    basic_info = fields.Nested(BasicInfoSchema, required=True)
+    basic_info = Nested(BasicInfoSchema, required=True)
     # null is accepted for the other groups (as in scrape files): read as an empty group, see below
-    location = fields.Nested(LocationSchema, allow_none=True)
-    contact = fields.Nested(ContactSchema, allow_none=True)
-    professional_info = fields.Nested(ProfessionalInfoSchema, allow_none=True)
-    availability = fields.Nested(AvailabilitySchema, allow_none=True)
+    location = Nested(LocationSchema, allow_none=True)
+    contact = Nested(ContactSchema, allow_none=True)
+    professional_info = Nested(ProfessionalInfoSchema, allow_none=True)
+    availability = Nested(AvailabilitySchema, allow_none=True)
 
     @pre_load(pass_collection=False)
     def _empty_groups(self, data, **kwargs):
