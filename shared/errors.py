@@ -6,10 +6,13 @@ RFC 9457 `application/problem+json`. The importers turn the same exceptions into
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any, Iterable
 
 from flask import Flask, Response, json
 from werkzeug.exceptions import HTTPException
+
+from shared.logs import describe_exception
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +137,11 @@ def domain_error_to_problem(error: DomainError) -> Response:
 
 
 def unexpected_error_to_problem(error: Exception) -> Response:
-    # The exception's text can hold row values; log its class and traceback location only.
-    log.error("unhandled %s in request", type(error).__name__, exc_info=False)
-    log.debug("unhandled error", exc_info=error)
+    # The exception's text can hold row values (PostgreSQL's DETAIL, even with hidden parameters):
+    # log its class and the frames it passed through, never its message.
+    log.error("unhandled %s in request", describe_exception(error))
+    log.debug("unhandled %s, raised through:\n%s", type(error).__name__,
+              "".join(traceback.format_tb(error.__traceback__)))
     return problem(500, "Internal server error", "the error was logged; please retry or contact support")
 
 
