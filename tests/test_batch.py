@@ -569,7 +569,7 @@ def test_therapist_delete_item_soft_deletes(therapist_client):
     assert therapist_client.get(f"/api/therapists/{therapist_id}", headers=AUTH).status_code == 410
     history = therapist_client.get(f"/api/therapists/{therapist_id}/history", headers=AUTH).get_json()
     assert [(v["version"], v["source"], v["actor"]) for v in history] == [(2, "batch", "tests"), (1, "batch", "tests")]
-    assert therapist_client.get(f"/api/therapists?include_deleted=true", headers=AUTH).get_json()[0]["deleted_at"]
+    assert therapist_client.get("/api/therapists?include_deleted=true", headers=AUTH).get_json()[0]["deleted_at"]
 
 
 def test_therapist_delete_of_an_unknown_id_is_a_not_found_item_error(therapist_client, admin_engine):

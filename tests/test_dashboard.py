@@ -8,12 +8,11 @@ import re
 import shutil
 import threading
 import zlib
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from conftest import OTHER_TOKEN, ROOT, SAMPLES, TOKEN
 

@@ -6,72 +6,16 @@ and does not replace the top-level `conftest` module that test files import `AUT
 """
 from __future__ import annotations
 
-import email
-import socket
-import threading
-from email import policy
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from aiosmtpd.controller import Controller
+from helpers import SmtpServer
 
 from .support import wait_until
 
 SETTLE_SECONDS = 0.3
 HEARTBEAT_SECONDS = 0.2
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Mailbox:
-    """aiosmtpd handler: keeps every message it is given."""
-
-    def __init__(self):
-        self.messages: list[EmailMessage] = []
-        self._lock = threading.Lock()
-
-    async def handle_DATA(self, server, session, envelope):
-        message = email.message_from_bytes(envelope.content, policy=policy.default)
-        with self._lock:
-            self.messages.append(message)
-        return "250 Message accepted for delivery"
-
-    def subjects(self) -> list[str]:
-        with self._lock:
-            return [str(m["Subject"]) for m in self.messages]
-
-
-class SmtpServer:
-    """An SMTP server on loopback that can be stopped and started again on the same port."""
-
-    def __init__(self):
-        self.host = "127.0.0.1"
-        self.port = free_port()
-        self.mailbox = Mailbox()
-        self._controller: Controller | None = None
-
-    @property
-    def messages(self) -> list[EmailMessage]:
-        return self.mailbox.messages
-
-    def start(self) -> None:
-        self._controller = Controller(self.mailbox, hostname=self.host, port=self.port)
-        self._controller.start()
-
-    def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
-
-    def wait_for_messages(self, count: int) -> list[EmailMessage]:
-        wait_until(lambda: len(self.messages) >= count, what=f"{count} e-mail(s)")
-        return list(self.messages)
 
 
 @pytest.fixture

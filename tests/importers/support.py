@@ -8,14 +8,14 @@ from __future__ import annotations
 import copy
 import json
 import os
-import time
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import text
 
+from helpers import wait_until  # noqa: F401  (re-exported for the tests here)
 from conftest import AUTH, SAMPLES
 
 SAMPLE = SAMPLES / "therapist-folder" / "52074.json"
@@ -58,17 +58,6 @@ def drop(folder: Path, name: str, content: bytes | dict | list) -> Path:
     temporary.write_bytes(payload)
     os.replace(temporary, target)
     return target
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float = TIMEOUT, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def imports(client) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ def test_alert_names_the_import_and_its_errors_but_no_personal_data(inbox, clien
     drop(inbox, "52074.json", document)
 
     record = wait_for_import(client)
-    [mail] = smtp_server.wait_for_messages(1)
+    [mail] = smtp_server.wait_for(1)
 
     assert record["status"] == "failed"
     assert record["counts"]["failed"] == len(document["therapists"])
@@ -55,7 +55,7 @@ def test_alert_is_kept_while_smtp_is_down_and_delivered_when_it_is_back(inbox, s
     with app.app_context():
         app.extensions["imports"].send_alerts()
 
-    [mail] = smtp_server.wait_for_messages(1)
+    [mail] = smtp_server.wait_for(1)
     assert mail["Subject"] == f"[therapist_service] import failed: #{record['id']}"
     [alert] = alert_rows(admin_engine)
     assert alert["sent_at"] is not None
@@ -64,7 +64,7 @@ def test_alert_is_kept_while_smtp_is_down_and_delivered_when_it_is_back(inbox, s
 def test_one_alert_per_failing_file_however_many_rescans(inbox, client, smtp_server, admin_engine):
     drop(inbox, "52074.json", SAMPLE.read_bytes()[:100])
     record = wait_for_import(client)
-    smtp_server.wait_for_messages(1)
+    smtp_server.wait_for(1)
 
     for _ in range(3):
         request_rescan(client, admin_engine)

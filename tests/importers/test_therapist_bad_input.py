@@ -81,7 +81,7 @@ def test_unreadable_file_fails_as_a_whole_with_a_specific_error_and_one_alert(ca
         assert word in error["detail"]
     assert all(value == 0 for value in record["counts"].values())
     assert all_therapists(client) == []
-    [mail] = smtp_server.wait_for_messages(1)
+    [mail] = smtp_server.wait_for(1)
     assert mail["Subject"] == f"[therapist_service] import failed: #{record['id']}"
 
     # The importer keeps running: the next good file is imported, and no second alert came.

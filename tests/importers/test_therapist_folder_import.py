@@ -237,7 +237,7 @@ def test_partial_file_imports_valid_therapists_and_reports_invalid_ones(inbox, c
         (1, "broken", "/therapists/1/location/postcode", "validation")]
     assert all(e["detail"] for e in record["errors"])
     assert [t["external_id"] for t in all_therapists(client)] == ["good-1", "good-2"]
-    [mail] = smtp_server.wait_for_messages(1)
+    [mail] = smtp_server.wait_for(1)
     assert mail["Subject"] == f"[therapist_service] import partial: #{record['id']}"
 
 

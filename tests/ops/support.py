@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
-from typing import Any, Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers import wait_until  # noqa: F401  (re-exported for the tests here)
 from conftest import ROOT, SAMPLES
 
 THERAPIST_SAMPLE = SAMPLES / "therapist-folder" / "52074.json"
@@ -36,17 +35,6 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 def series(samples: dict, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     return {labels: v for (sample, labels), v in samples.items() if sample == name}
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def image_command() -> list[str]:

@@ -7,28 +7,17 @@ and does not replace the top-level `conftest` module that the helpers import `AU
 """
 from __future__ import annotations
 
-import email
-import socket
-import threading
-from email import policy
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from aiosmtpd.controller import Controller
+from helpers import SmtpServer, free_port
 
-from .support import BUCKET, wait_until
+from .support import BUCKET
 
 # Requests to a stopped emulator are retried by the client up to this many seconds (60 in
 # production); a short deadline keeps the outage tests quick without changing what they show.
 TEST_RETRY_DEADLINE_SECONDS = 1.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Emulator:
@@ -55,49 +44,6 @@ class Emulator:
     @property
     def running(self) -> bool:
         return self._server is not None
-
-
-class Mailbox:
-    """aiosmtpd handler: keeps every message it is given."""
-
-    def __init__(self):
-        self.messages: list[EmailMessage] = []
-        self._lock = threading.Lock()
-
-    async def handle_DATA(self, server, session, envelope):
-        message = email.message_from_bytes(envelope.content, policy=policy.default)
-        with self._lock:
-            self.messages.append(message)
-        return "250 Message accepted for delivery"
-
-
-class SmtpServer:
-    def __init__(self):
-        self.host = "127.0.0.1"
-        self.port = free_port()
-        self.mailbox = Mailbox()
-        self._controller: Controller | None = None
-
-    @property
-    def messages(self) -> list[EmailMessage]:
-        with self.mailbox._lock:
-            return list(self.mailbox.messages)
-
-    def subjects(self) -> list[str]:
-        return [str(message["Subject"]) for message in self.messages]
-
-    def start(self) -> None:
-        self._controller = Controller(self.mailbox, hostname=self.host, port=self.port)
-        self._controller.start()
-
-    def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
-
-    def wait_for(self, count: int) -> list[EmailMessage]:
-        wait_until(lambda: len(self.messages) >= count, what=f"{count} e-mail(s)")
-        return self.messages
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import copy
 import json
-import time
-from typing import Any, Callable
+from typing import Any
 
+from helpers import wait_until  # noqa: F401  (re-exported for the tests here)
 from conftest import AUTH, SAMPLES
 
 BUCKET = "inbox"
@@ -81,17 +81,6 @@ def run_pass(app, files=None) -> Any:
         summary = imports.run_pass(files)
         imports.send_alerts()
         return summary
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float = TIMEOUT, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def get_json(client, path: str, status: int = 200) -> Any:

@@ -1,0 +1,78 @@
+"""Test helpers the suites share: free loopback ports, waiting with a deadline (never a fixed
+sleep), and a real SMTP server (aiosmtpd) on loopback that can be stopped and started again."""
+from __future__ import annotations
+
+import email
+import socket
+import threading
+import time
+from email import policy
+from email.message import EmailMessage
+from typing import Any, Callable
+
+from aiosmtpd.controller import Controller
+
+TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = TIMEOUT, what: str = "condition") -> Any:
+    """`predicate()`'s first truthy result, polled every 50 ms; an AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Mailbox:
+    """aiosmtpd handler: keeps every message it is given."""
+
+    def __init__(self):
+        self.messages: list[EmailMessage] = []
+        self._lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(envelope.content, policy=policy.default)
+        with self._lock:
+            self.messages.append(message)
+        return "250 Message accepted for delivery"
+
+
+class SmtpServer:
+    """An SMTP server on loopback that can be stopped and started again on the same port."""
+
+    def __init__(self):
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.mailbox = Mailbox()
+        self._controller: Controller | None = None
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        with self.mailbox._lock:
+            return list(self.mailbox.messages)
+
+    def subjects(self) -> list[str]:
+        return [str(message["Subject"]) for message in self.messages]
+
+    def start(self) -> None:
+        self._controller = Controller(self.mailbox, hostname=self.host, port=self.port)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def wait_for(self, count: int) -> list[EmailMessage]:
+        wait_until(lambda: len(self.messages) >= count, what=f"{count} e-mail(s)")
+        return self.messages
