@@ -6,9 +6,11 @@ import email
 import socket
 import threading
 import time
+from datetime import datetime, timezone
 from email import policy
 from email.message import EmailMessage
 from typing import Any, Callable
+from urllib.parse import quote
 
 from aiosmtpd.controller import Controller
 
@@ -76,3 +78,34 @@ class SmtpServer:
     def wait_for(self, count: int) -> list[EmailMessage]:
         wait_until(lambda: len(self.messages) >= count, what=f"{count} e-mail(s)")
         return self.messages
+
+
+# ---- REST responses ---------------------------------------------------------------------------
+
+PROBLEM = "application/problem+json"
+
+
+def pointers(response) -> list[str]:
+    return [error["pointer"] for error in response.get_json()["errors"]]
+
+
+def assert_problem(response, status: int) -> dict[str, Any]:
+    """An RFC 9457 problem with this status; returns its body."""
+    assert response.status_code == status
+    assert response.mimetype == PROBLEM
+    body = response.get_json(force=True)
+    assert body["status"] == status
+    assert body["title"] and body["type"]
+    return body
+
+
+def instant_between_writes() -> datetime:
+    """A moment strictly after what was written before and strictly before what is written next."""
+    time.sleep(0.01)
+    noted = datetime.now(timezone.utc)
+    time.sleep(0.01)
+    return noted
+
+
+def at_param(moment: datetime) -> str:
+    return quote(moment.isoformat())

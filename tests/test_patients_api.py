@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -13,9 +12,9 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import text
 
+from helpers import PROBLEM, assert_problem, at_param, instant_between_writes, pointers
 from conftest import AUTH, OTHER_TOKEN, TOKEN
 
-PROBLEM = "application/problem+json"
 OTHER_AUTH = {"Authorization": f"Bearer {OTHER_TOKEN}"}
 
 
@@ -49,31 +48,6 @@ def create(client, headers=AUTH, **overrides):
     response = client.post("/api/patients", json=patient_body(**overrides), headers=headers)
     assert response.status_code == 201, response.get_json()
     return response.get_json()
-
-
-def pointers(response):
-    return [error["pointer"] for error in response.get_json()["errors"]]
-
-
-def assert_problem(response, status):
-    assert response.status_code == status
-    assert response.mimetype == PROBLEM
-    body = response.get_json(force=True)
-    assert body["status"] == status
-    assert body["title"] and body["type"]
-    return body
-
-
-def instant_between_writes():
-    """A moment strictly after what was written before and strictly before what is written next."""
-    time.sleep(0.01)
-    noted = datetime.now(timezone.utc)
-    time.sleep(0.01)
-    return noted
-
-
-def at_param(moment: datetime) -> str:
-    return quote(moment.isoformat())
 
 
 # ---- create and read ---------------------------------------------------------------------------

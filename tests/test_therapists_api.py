@@ -4,15 +4,13 @@ from __future__ import annotations
 import copy
 import json
 import re
-import time
 from datetime import datetime, timedelta, timezone
-from urllib.parse import quote
 
 import pytest
 
+from helpers import assert_problem, at_param, instant_between_writes, pointers
 from conftest import AUTH, OTHER_TOKEN, SAMPLES
 
-PROBLEM = "application/problem+json"
 OTHER_AUTH = {"Authorization": f"Bearer {OTHER_TOKEN}"}
 
 
@@ -49,29 +47,6 @@ def create(client, headers=AUTH, **overrides):
     response = client.post("/api/therapists", json=therapist_body(**overrides), headers=headers)
     assert response.status_code == 201, response.get_json()
     return response.get_json()
-
-
-def pointers(response):
-    return [error["pointer"] for error in response.get_json()["errors"]]
-
-
-def assert_problem(response, status):
-    assert response.status_code == status
-    assert response.mimetype == PROBLEM
-    body = response.get_json(force=True)
-    assert body["status"] == status
-    return body
-
-
-def instant_between_writes():
-    time.sleep(0.01)
-    noted = datetime.now(timezone.utc)
-    time.sleep(0.01)
-    return noted
-
-
-def at_param(moment: datetime) -> str:
-    return quote(moment.isoformat())
 
 
 # ---- create and read ---------------------------------------------------------------------------
