@@ -105,14 +105,14 @@ def detail(import_id: int):
 
 @bp.post("/run")
 def run_now():
-    queries.run_now(_imports())
+    _imports().request_run()
     flash("A pass was requested: the worker holding the importer lock starts it within a few seconds.", "ok")
     return redirect(_safe_next(request.form.get("next")))
 
 
 @bp.post("/<int:import_id>/retry")
 def retry(import_id: int):
-    queries.retry_import(_imports(), import_id)
+    _imports().retry(import_id)
     flash(f"Import #{import_id} was re-queued with a fresh attempt count; a pass was requested.", "ok")
     return redirect(_safe_next(request.form.get("next")) if request.form.get("next")
                     else url_for(".detail", import_id=import_id))

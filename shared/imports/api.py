@@ -6,12 +6,10 @@ from flask.views import MethodView
 from marshmallow import fields, validate
 from sqlalchemy import func, select
 
-from shared.db import atomic
 from shared.errors import NotFound
 from shared.extensions import db
 from shared.http import Blueprint
 from shared.imports.models import STATUSES
-from shared.imports.runner import retry_record
 from shared.schemas import StrictSchema
 
 blp = Blueprint("imports", __name__, url_prefix="/api/imports",
@@ -112,11 +110,5 @@ class RetryImport(MethodView):
     @blp.alt_response(409, description="Only failed or quarantined imports can be retried")
     def post(self, import_id):
         """Clear a failure or quarantine and try the file again, with a fresh attempt count."""
-        record = _retry(import_id)
-        _imports().request_run()
-        return record
+        return _imports().retry(import_id)
 
-
-@atomic
-def _retry(import_id: int):
-    return retry_record(_imports().models.record, import_id)

@@ -12,10 +12,8 @@ from typing import Any
 
 from sqlalchemy import Date, cast, func, select, true
 
-from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports.models import FAILED, PENDING, PROCESSING, QUARANTINED, STATUSES
-from shared.imports.runner import retry_record
 
 RETRYABLE = (FAILED, QUARANTINED)
 
@@ -195,16 +193,3 @@ def importer_status(imports: Any) -> ImporterStatus:
         files_waiting=source.waiting() if hasattr(source, "waiting") else None,
         status_totals=status_totals(imports.models.record),
     )
-
-
-def retry_import(imports: Any, import_id: int) -> Any:
-    """What `POST /api/imports/<id>/retry` does: clear the failure, then ask for a pass.
-    Raises NotFound or Conflict (only failed or quarantined imports can be retried)."""
-    with unit_of_work():
-        record = retry_record(imports.models.record, import_id)
-    imports.request_run()
-    return record
-
-
-def run_now(imports: Any) -> datetime:
-    return imports.request_run()

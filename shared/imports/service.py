@@ -18,7 +18,7 @@ from shared.config import Settings
 from shared.db import unit_of_work
 from shared.imports.alerts import AlertSender
 from shared.imports.models import ImportModels, importer_state
-from shared.imports.runner import FileHandler, ImportRunner, PassSummary, Source
+from shared.imports.runner import FileHandler, ImportRunner, PassSummary, Source, retry_record
 from shared.schemas import now_utc
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,15 @@ class ImportsExtension:
         if self.worker is not None and self.worker.is_leader:
             self.worker.request_full_pass()
         return state.run_requested_at
+
+    def retry(self, import_id: int) -> Any:
+        """Clear a failed or quarantined import (its attempt count starts afresh), then ask for a
+        pass. What `POST /api/imports/<id>/retry` and the dashboard's Retry button do.
+        Raises `NotFound`, or `Conflict` for an import that is not failed or quarantined."""
+        with unit_of_work():
+            record = retry_record(self.models.record, import_id)
+        self.request_run()
+        return record
 
     def start(self) -> None:
         from shared.imports.worker import BackgroundImporter
