@@ -5,6 +5,8 @@ from contextlib import contextmanager
 from functools import wraps
 from typing import Any, Callable, Iterator
 
+from sqlalchemy import text
+
 from shared.extensions import db
 
 ENGINE_OPTIONS = {
@@ -38,9 +40,17 @@ def atomic(view: Callable) -> Callable:
     return wrapper
 
 
+def reserve_ids(sequence: str, count: int) -> list[int]:
+    """`count` fresh values of `sequence` in one round trip: ids for records created in bulk,
+    whose version rows need the id before anything is flushed."""
+    if count <= 0:
+        return []
+    return list(db.session.scalars(text("SELECT nextval(CAST(:sequence AS regclass)) FROM generate_series(1, :n)"),
+                                   {"sequence": sequence, "n": count}))
+
+
 class IdReserver:
-    """Ids from a sequence, fetched a block at a time: for records created in bulk and flushed
-    later, whose versions need their id before the flush."""
+    """`reserve_ids` a block at a time, for callers that do not know up front how many they need."""
 
     def __init__(self, sequence: str, block: int = 200):
         self.sequence = sequence
@@ -49,9 +59,5 @@ class IdReserver:
 
     def next(self) -> int:
         if not self._ids:
-            from sqlalchemy import text
-
-            self._ids = list(db.session.scalars(
-                text("SELECT nextval(CAST(:sequence AS regclass)) FROM generate_series(1, :n)"),
-                {"sequence": self.sequence, "n": self.block}))[::-1]
+            self._ids = reserve_ids(self.sequence, self.block)[::-1]
         return self._ids.pop()

@@ -17,16 +17,18 @@ from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from typing import Any, Collection, Iterable, Iterator
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from shared import versioning
+from shared.db import reserve_ids
 from shared.errors import Duplicate, StaleUpdate
 from shared.extensions import db
 from shared.schemas import now_utc
 from therapist_service.models import GROUPS, Therapist, TherapistVersion
 
 EXTERNAL_ID_INDEX = "uq_therapists_external_id"
+ID_SEQUENCE = f"{Therapist.__table__.schema}.therapists_id_seq"
 
 # What an upsert did with one item; the importer and batch requests count these.
 CREATED, UPDATED, UNCHANGED, DELETED, IGNORED_STALE = "created", "updated", "unchanged", "deleted", "ignored_stale"
@@ -163,14 +165,6 @@ def flush_and_release() -> None:
             db.session.expunge(instance)
 
 
-def reserve_ids(count: int) -> list[int]:
-    """`count` fresh therapist ids in one round trip, for creates that are flushed in bulk."""
-    if count <= 0:
-        return []
-    return list(db.session.scalars(
-        text("SELECT nextval('therapist_service.therapists_id_seq') FROM generate_series(1, :n)"), {"n": count}))
-
-
 def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str, now: datetime | None = None,
                       fingerprints: list[str | None] | None = None) -> list[int]:
     """Create therapists and their first versions: one multi-row INSERT per table, no ORM objects.
@@ -185,7 +179,7 @@ def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str, n
     rows = [{"id": therapist_id, "version": 1, "created_at": now, "updated_at": now, "deleted_at": None,
              "external_id": data.get("external_id"), "last_modified": data.get("last_modified"),
              "import_fingerprint": fingerprint, **{group: dict(data.get(group) or {}) for group in GROUPS}}
-            for therapist_id, data, fingerprint in zip(reserve_ids(len(items)), items,
+            for therapist_id, data, fingerprint in zip(reserve_ids(ID_SEQUENCE, len(items)), items,
                                                        fingerprints or [None] * len(items))]
     db.session.execute(insert(Therapist), rows)
     db.session.execute(insert(TherapistVersion), [
