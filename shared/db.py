@@ -5,7 +5,7 @@ from contextlib import contextmanager
 from functools import wraps
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from shared.extensions import db
 
@@ -38,6 +38,15 @@ def atomic(view: Callable) -> Callable:
             return view(*args, **kwargs)
 
     return wrapper
+
+
+def page_of(query: Any, *, order_by: Any, page: int, page_size: int) -> tuple[list[Any], int]:
+    """One page of `query`'s entities in `order_by` order, and how many there are in all."""
+    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
+    offset = (page - 1) * page_size
+    if offset >= total:
+        return [], total  # past the last page; a huge page number would overflow OFFSET
+    return list(db.session.scalars(query.order_by(order_by).limit(page_size).offset(offset))), total
 
 
 def reserve_ids(sequence: str, count: int) -> list[int]:

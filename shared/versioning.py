@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Collection
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, func, select
+from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from shared.db import page_of
 from shared.errors import Gone, NotFound, PreconditionFailed
 from shared.extensions import db
 
@@ -96,11 +97,7 @@ class VersionedStore:
         return history(self.versions, record_id)
 
     def page(self, query: Any, *, page: int, page_size: int) -> tuple[list[Any], int]:
-        total = db.session.scalar(select(func.count()).select_from(query.subquery()))
-        offset = (page - 1) * page_size
-        if offset >= total:
-            return [], total  # past the last page; a huge page number would overflow OFFSET
-        return list(db.session.scalars(query.order_by(self.model.id).limit(page_size).offset(offset))), total
+        return page_of(query, order_by=self.model.id, page=page, page_size=page_size)
 
     def check_version(self, record: Any, expected_versions: Collection[int] | None) -> None:
         if expected_versions is not None and record.version not in expected_versions:

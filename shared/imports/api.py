@@ -4,8 +4,9 @@ from __future__ import annotations
 from flask import current_app
 from flask.views import MethodView
 from marshmallow import fields, validate
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+from shared.db import page_of
 from shared.errors import NotFound
 from shared.extensions import db
 from shared.http import Blueprint
@@ -82,9 +83,10 @@ class Imports(MethodView):
         query = select(Record)
         if "status" in filters:
             query = query.where(Record.status == filters["status"])
-        pagination_parameters.item_count = db.session.scalar(select(func.count()).select_from(query.subquery()))
-        return db.session.scalars(query.order_by(Record.id.desc()).limit(pagination_parameters.page_size)
-                                  .offset(pagination_parameters.first_item)).all()
+        items, pagination_parameters.item_count = page_of(
+            query, order_by=Record.id.desc(), page=pagination_parameters.page,
+            page_size=pagination_parameters.page_size)
+        return items
 
 
 @blp.route("/<int:import_id>")
