@@ -12,12 +12,11 @@ from datetime import datetime
 from typing import Any, Collection
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from patient_service.models import Consent, Patient, PatientVersion, Registration
 from patient_service.schemas import PatientSchema
 from shared import versioning
-from shared.db import IdReserver
+from shared.db import IdReserver, unique_or_duplicate
 from shared.errors import Conflict, Duplicate
 from shared.extensions import db
 from shared.schemas import now_utc
@@ -110,32 +109,19 @@ def _apply(patient: Patient, data: dict[str, Any]) -> None:
 
 
 def _write_guarding_identity(patient: Patient, data: dict[str, Any], **bookkeeping: Any) -> None:
-    """Apply `data` (and `bookkeeping` such as the version) to `patient` and flush, in a savepoint;
-    the identity index turns a duplicate into `Duplicate(existing_id)`.
-
-    The database decides, so two racing creates cannot both succeed; the savepoint keeps the
-    caller's transaction usable (a batch or an import goes on with its other items). The changes
-    are made inside it because `begin_nested()` first flushes what is pending: an update to a
-    duplicate identity would otherwise fail outside the savepoint and break the whole transaction.
-    """
+    """Apply `data` (and `bookkeeping` such as the version) to `patient` and flush, in a savepoint
+    where the identity index turns a duplicate into `Duplicate(existing_id)`."""
     email, vorname, nachname = identity_of(data)
-    try:
-        with db.session.begin_nested():
-            _apply(patient, data)
-            for name, value in bookkeeping.items():
-                setattr(patient, name, value)
-            db.session.add(patient)
-            db.session.flush()
-    except IntegrityError as error:
-        constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
-        if constraint != IDENTITY_INDEX:
-            raise
-        existing = db.session.scalars(select(Patient.id).where(
-            Patient.match_email == email, Patient.match_vorname == vorname,
-            Patient.match_nachname == nachname, Patient.deleted_at.is_(None),
-            Patient.id != patient.id if patient.id else True)).first()
-        raise Duplicate("a patient with this e-mail address and name already exists",
-                        existing_id=existing) from None
+    existing = select(Patient.id).where(
+        Patient.match_email == email, Patient.match_vorname == vorname, Patient.match_nachname == nachname,
+        Patient.deleted_at.is_(None), Patient.id != patient.id if patient.id else True)
+    with unique_or_duplicate(IDENTITY_INDEX, lambda: db.session.scalars(existing).first(),
+                             "a patient with this e-mail address and name already exists"):
+        _apply(patient, data)
+        for name, value in bookkeeping.items():
+            setattr(patient, name, value)
+        db.session.add(patient)
+        db.session.flush()
 
 
 def _record(patient: Patient, *, source: str, actor: str, now: datetime) -> None:

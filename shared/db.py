@@ -6,7 +6,9 @@ from functools import wraps
 from typing import Any, Callable, Iterator
 
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 
+from shared.errors import Duplicate
 from shared.extensions import db
 
 ENGINE_OPTIONS = {
@@ -27,6 +29,24 @@ def unit_of_work() -> Iterator[Any]:
     except BaseException:
         session.rollback()
         raise
+
+
+@contextmanager
+def unique_or_duplicate(index: str, existing_id: Callable[[], int | None], detail: str) -> Iterator[None]:
+    """A savepoint in which a clash on the unique `index` becomes `Duplicate(existing_id())`.
+
+    The database decides, so two racing writes cannot both succeed; the savepoint keeps the
+    caller's transaction usable (a batch or an import goes on with its other items). Make the
+    changes inside it: `begin_nested()` first flushes what is pending, and a clash flushed
+    outside the savepoint would break the whole transaction.
+    """
+    try:
+        with db.session.begin_nested():
+            yield
+    except IntegrityError as error:
+        if getattr(getattr(error.orig, "diag", None), "constraint_name", None) != index:
+            raise
+        raise Duplicate(detail, existing_id=existing_id()) from None
 
 
 def atomic(view: Callable) -> Callable:

@@ -13,16 +13,15 @@ Rules (SPEC §6.2, §7.2.3):
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from datetime import datetime
-from typing import Any, Collection, Iterable, Iterator
+from typing import Any, Collection, Iterable
 
 from sqlalchemy import func, insert, select
-from sqlalchemy.exc import IntegrityError
 
 from shared import versioning
-from shared.db import reserve_ids
-from shared.errors import Duplicate, StaleUpdate
+from shared.db import reserve_ids, unique_or_duplicate
+from shared.errors import StaleUpdate
 from shared.extensions import db
 from shared.schemas import now_utc
 from therapist_service.models import GROUPS, Therapist, TherapistVersion
@@ -132,19 +131,11 @@ def _record(therapist: Therapist, *, source: str, actor: str, now: datetime) -> 
                            source=source, actor=actor, changed_at=now)
 
 
-@contextmanager
-def _external_id_guarded(external_id: str | None) -> Iterator[None]:
-    """A savepoint in which a taken `external_id` becomes `Duplicate(existing_id)`, leaving the
-    caller's transaction usable. Make the changes inside it: `begin_nested()` first flushes what
-    is pending, and a clash flushed outside it would break the whole transaction."""
-    try:
-        with db.session.begin_nested():
-            yield
-    except IntegrityError as error:
-        if getattr(getattr(error.orig, "diag", None), "constraint_name", None) != EXTERNAL_ID_INDEX:
-            raise
-        existing = db.session.scalar(select(Therapist.id).where(Therapist.external_id == external_id))
-        raise Duplicate("a therapist with this external_id already exists", existing_id=existing) from None
+def _external_id_guarded(external_id: str | None) -> Any:
+    """A savepoint in which a taken `external_id` becomes `Duplicate(existing_id)`."""
+    return unique_or_duplicate(
+        EXTERNAL_ID_INDEX, lambda: db.session.scalar(select(Therapist.id).where(Therapist.external_id == external_id)),
+        "a therapist with this external_id already exists")
 
 
 def _apply(therapist: Therapist, data: dict[str, Any], fingerprint: str | None = None) -> None:
