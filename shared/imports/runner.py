@@ -17,7 +17,6 @@ quarantine — once, whatever the number of workers and passes.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -127,10 +126,6 @@ class FileHandler(Protocol):
     def check_name(self, file: SourceFile) -> None: ...
 
     def apply(self, payload: bytes, file: SourceFile, *, import_id: int) -> Outcome: ...
-
-
-def sha256_of(payload: bytes) -> str:
-    return hashlib.sha256(payload).hexdigest()
 
 
 @dataclass
