@@ -1,0 +1,22 @@
+"""appointment participants with aliases and MIDs
+
+Revision ID: e10a00000002
+Revises: e10a00000001
+Create Date: 2026-11-29 21:20:00
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = 'e10a00000002'
+down_revision = 'e10a00000001'
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    pass
+
+
+def downgrade():
+    pass

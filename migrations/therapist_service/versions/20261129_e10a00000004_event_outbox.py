@@ -1,0 +1,22 @@
+"""the transactional outbox of domain events
+
+Revision ID: e10a00000004
+Revises: e10a00000003
+Create Date: 2026-11-29 21:20:00
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = 'e10a00000004'
+down_revision = 'e10a00000003'
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    pass
+
+
+def downgrade():
+    pass
