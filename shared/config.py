@@ -101,6 +101,11 @@ class Settings:
     CORS_ORIGINS: list[str] = field(default_factory=list)
     LOG_LEVEL: str = "INFO"
     LOG_FORMAT: str = "text"
+    EVENTS_KAFKA_BOOTSTRAP: str | None = None
+    EVENTS_TOPIC_PREFIX: str = "curavani."
+    EVENTS_RETENTION_HOURS: float = 168.0
+    PATIENT_IMPORT_BACKUP_RETENTION_DAYS: int | None = None
+    ACCESS_LOG_RETENTION_DAYS: int = 730
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, default_port: int = 5001) -> "Settings":
@@ -132,7 +137,7 @@ class Settings:
             kind = spec.type  # a string: this module uses postponed annotations
             if kind == "bool":
                 values[name] = _truthy(name, raw)
-            elif kind == "int":
+            elif kind in ("int", "int | None"):
                 values[name] = _integer(name, raw, minimum=1)
             elif kind == "float":
                 values[name] = _number(name, raw)
