@@ -93,7 +93,7 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     if service.no_store_prefixes:
         _add_no_store(app, service.no_store_prefixes)
     _add_operational_routes(app)
-    register_operations(app)  # /ready and /metrics
+    register_operations(app)  # /health, /ready and /metrics
     for blueprint in (*service.blueprints, imports_api.blp, batches_blp):
         api.register_blueprint(blueprint)
     app.extensions["batch"] = service.batch
@@ -124,10 +124,6 @@ def _add_operational_routes(app: Flask) -> None:
     import swagger_ui_bundle
 
     assets = swagger_ui_bundle.swagger_ui_path
-
-    @app.get("/health")
-    def health():
-        return {"status": "ok", "service": app.config["SERVICE_NAME"]}
 
     @app.get(SWAGGER_ASSETS_URL + "<path:filename>")
     def swagger_assets(filename: str):

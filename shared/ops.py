@@ -1,12 +1,13 @@
-"""Operational endpoints of both services (SPEC §6.4), without a token: `GET /ready` and
-`GET /metrics` (`GET /health` lives in app_factory), and the request metrics behind `/metrics`.
+"""Operational endpoints of both services (SPEC §6.4), without a token: `GET /health`,
+`GET /ready` and `GET /metrics`, and the request metrics behind `/metrics`.
 
-`/ready` answers 200 when this process can do its work, else 503 naming each failure:
-- the database does not answer `SELECT 1` within READY_DB_TIMEOUT_SECONDS (a connection of its
-  own, outside the pool, so a busy pool does not hide a healthy database or the reverse);
-- the importer was started in this process but its thread or clock has died;
-- the import source has been unreachable since a moment the importer recorded (shared by all
-  workers and replicas, in `importer_state.source_down_since`).
+- `/health` (liveness) answers 503 only when a background component started in this process has
+  died (the process should be restarted), naming it.
+- `/ready` answers 503 only when the database does not answer `SELECT 1` within
+  READY_DB_TIMEOUT_SECONDS (a connection of its own, outside the pool, so a busy pool does not hide
+  a healthy database or the reverse). Each background component's state is in the body under its
+  name, its problems (a dead importer, an unreachable source) as `warnings`: the REST API keeps
+  serving while a bucket is down.
 """
 from __future__ import annotations
 
@@ -14,12 +15,11 @@ import time
 from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from shared import metrics
-from shared.extensions import db
-from shared.logs import describe_exception
+from shared.background import Problem, components
 
 READY_DB_TIMEOUT_SECONDS = 2
 UNMATCHED_ROUTE = "<unmatched>"  # 404s: the raw path would give every probe its own series
@@ -43,24 +43,31 @@ def init_request_metrics(app: Flask) -> None:
 
 
 def register_operations(app: Flask) -> None:
+    app.add_url_rule("/health", "health", health)
     app.add_url_rule("/ready", "ready", ready)
     app.add_url_rule("/metrics", "metrics", metrics_view)
 
 
+def health() -> tuple[Response, int]:
+    failures = [death._asdict() for component in components(current_app)
+                if (death := component.death()) is not None]
+    body = {"status": "unhealthy" if failures else "ok", "service": current_app.config["SERVICE_NAME"],
+            "failures": failures}
+    return jsonify(body), 503 if failures else 200
+
+
 def ready() -> tuple[Response, int]:
-    service = current_app.config["SERVICE_NAME"]
-    failures: list[dict[str, str]] = []
     database = _check_database()
-    if not database["ok"]:
-        failures.append({"check": "database", "detail": f"database unreachable ({database['error']})"})
-    importer = _importer_details(database_ok=database["ok"])
-    if importer.get("started") and not importer["alive"]:
-        failures.append({"check": "importer", "detail": "importer thread dead"})
-    if importer.get("source_down_since"):
-        failures.append({"check": "source",
-                         "detail": f"source unreachable since {importer['source_down_since']}"})
-    body = {"status": "not ready" if failures else "ready", "service": service, "failures": failures,
-            "database": database, "importer": importer}
+    failures = [] if database["ok"] else [
+        Problem("database", f"database unreachable ({database['error']})")._asdict()]
+    warnings: list[dict[str, str]] = []
+    states: dict[str, Any] = {}
+    for component in components(current_app):
+        report = component.report(database_ok=database["ok"])
+        states[component.name] = report.state
+        warnings.extend(warning._asdict() for warning in report.warnings)
+    body = {"status": "not ready" if failures else "ready", "service": current_app.config["SERVICE_NAME"],
+            "failures": failures, "warnings": warnings, "database": database, **states}
     return jsonify(body), 503 if failures else 200
 
 
@@ -95,29 +102,3 @@ def _check_database() -> dict[str, Any]:
     except Exception as error:  # noqa: BLE001 — whatever it is, the database is not usable
         return {"ok": False, "error": type(error).__name__}
     return {"ok": True, "seconds": round(time.perf_counter() - started, 4)}
-
-
-def _importer_details(*, database_ok: bool) -> dict[str, Any]:
-    imports = current_app.extensions.get("imports")
-    if imports is None or not imports.configured:
-        return {"configured": False}
-    worker = imports.worker
-    details: dict[str, Any] = {"configured": True, "started": worker is not None}
-    if worker is not None:
-        next_poll = worker.next_poll_at()
-        details.update(alive=worker.alive(), leader=worker.is_leader,
-                       next_poll_at=next_poll.isoformat() if next_poll else None)
-    if database_ok:
-        try:
-            State = imports.models.state
-            state = db.session.execute(select(State.lock_holder, State.lock_heartbeat_at, State.last_success_at,
-                                              State.source_down_since).where(State.id == 1)).first()
-            db.session.rollback()
-        except Exception as error:  # noqa: BLE001 — reported, not raised: the database check said why
-            db.session.rollback()
-            details["state_error"] = describe_exception(error)
-            return details
-        if state is not None:
-            details.update({key: value.isoformat() if hasattr(value, "isoformat") else value
-                            for key, value in state._asdict().items()})
-    return details

@@ -3,7 +3,8 @@
 A service describes its importer with an `ImporterSpec` (its tables, its source, its file
 handler, its timings); `install` hangs it on the app; `start` runs it in the background.
 The REST endpoints, the CLI, the dashboard at `/imports` and the background worker all go
-through this object.
+through this object; it is also the app's background component "importer" for `/health` and
+`/ready` (shared/background.py).
 """
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from flask import Flask
+from sqlalchemy import select
 
 from shared import metrics
+from shared.background import ComponentReport, Problem, register_component
 from shared.config import Settings
 from shared.db import unit_of_work
+from shared.extensions import db
 from shared.imports.alerts import AlertSender
 from shared.imports.models import ImportModels, importer_state
 from shared.imports.runner import FileHandler, ImportRunner, PassSummary, Source, retry_record
+from shared.logs import describe_exception
 from shared.schemas import now_utc
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,8 @@ class ImporterSpec:
 
 
 class ImportsExtension:
+    name = "importer"  # its key in the /ready body
+
     def __init__(self, app: Flask, spec: ImporterSpec):
         self.app = app
         self.spec = spec
@@ -89,6 +96,45 @@ class ImportsExtension:
         self.request_run()
         return record
 
+    def death(self) -> Problem | None:
+        """The importer was started in this process but its worker thread or its clock has stopped."""
+        if self.worker is None:
+            return None
+        if self.worker.thread is None or not self.worker.thread.is_alive():
+            return Problem("importer", "importer thread dead")
+        if self.worker.scheduler is None or not self.worker.scheduler.running:
+            return Problem("importer", "importer clock stopped")
+        return None
+
+    def report(self, *, database_ok: bool) -> ComponentReport:
+        if not self.configured:
+            return ComponentReport({"configured": False})
+        state: dict[str, Any] = {"configured": True, "started": self.worker is not None}
+        warnings = []
+        if self.worker is not None:
+            next_poll = self.worker.next_poll_at()
+            state.update(alive=self.worker.alive(), leader=self.worker.is_leader,
+                         next_poll_at=next_poll.isoformat() if next_poll else None)
+            if (death := self.death()) is not None:
+                warnings.append(death)
+        if database_ok:
+            try:
+                State = self.models.state
+                row = db.session.execute(select(State.lock_holder, State.lock_heartbeat_at, State.last_success_at,
+                                                State.source_down_since).where(State.id == 1)).first()
+                db.session.rollback()
+            except Exception as error:  # noqa: BLE001 — reported, not raised: the database check said why
+                db.session.rollback()
+                state["state_error"] = describe_exception(error)
+                return ComponentReport(state, warnings)
+            if row is not None:
+                state.update({key: value.isoformat() if hasattr(value, "isoformat") else value
+                              for key, value in row._asdict().items()})
+            if state.get("source_down_since"):
+                warnings.append(Problem("source", f"source ({self.source.description}) unreachable since "
+                                                  f"{state['source_down_since']}"))
+        return ComponentReport(state, warnings)
+
     def start(self) -> None:
         from shared.imports.worker import BackgroundImporter
 
@@ -106,6 +152,7 @@ def install(app: Flask, spec: ImporterSpec) -> ImportsExtension:
 
     extension = ImportsExtension(app, spec)
     app.extensions["imports"] = extension
+    register_component(app, extension)
     app.cli.add_command(imports_cli)
     init_dashboard(app)  # /imports: the pages on-call reads
     return extension
