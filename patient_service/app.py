@@ -12,11 +12,6 @@ SERVICE_NAME = "patient_service"
 DEFAULT_PORT = 5001
 
 
-def start_importer(app: Flask) -> None:
-    """The one place the bucket importer is started: the poll schedule and the runner."""
-    app.extensions["imports"].start()
-
-
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from patient_service import api, importer
 
@@ -25,11 +20,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         name=SERVICE_NAME,
         title="Patient service",
         description="Patients, consents and registrations; imports registration files from a bucket.",
-        default_port=DEFAULT_PORT,
         blueprints=[api.blp],
         importer=importer.spec(settings),
         batch=api.BATCH,
-        start_importer=start_importer,
         no_store_prefixes=("/api/",),  # patient data is never cached
     )
     return build_app(service, settings)

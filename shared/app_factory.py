@@ -5,7 +5,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from flask import Flask, g, request, send_from_directory
 from flask_cors import CORS
@@ -39,11 +39,9 @@ class ServiceDefinition:
 
     name: str  # "patient_service": also its PostgreSQL schema and its migrations folder
     title: str
-    default_port: int
     blueprints: Iterable[Any]
     importer: ImporterSpec
     batch: BatchAdapter
-    start_importer: Callable[[Flask], Any]
     no_store_prefixes: tuple[str, ...] = ()
     description: str = ""
 
@@ -97,11 +95,11 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     for blueprint in (*service.blueprints, imports_api.blp, batches_blp):
         api.register_blueprint(blueprint)
     app.extensions["batch"] = service.batch
-    imports.install(app, service.importer)
+    importer = imports.install(app, service.importer)
 
     start, reason = should_start_importer(settings.IMPORTS_ENABLED)
     if start:
-        service.start_importer(app)
+        importer.start()
     else:
         log.info("background importer not started: %s", reason)
     return app

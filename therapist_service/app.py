@@ -12,11 +12,6 @@ SERVICE_NAME = "therapist_service"
 DEFAULT_PORT = 5002
 
 
-def start_importer(app: Flask) -> None:
-    """The one place the folder importer is started: watchdog, rescans and the runner."""
-    app.extensions["imports"].start()
-
-
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from therapist_service import api, importer
 
@@ -25,10 +20,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         name=SERVICE_NAME,
         title="Therapist service",
         description="Therapists and their practice data; imports the weekly scrape from a folder.",
-        default_port=DEFAULT_PORT,
         blueprints=[api.blp],
         importer=importer.spec(settings),
         batch=api.BATCH,
-        start_importer=start_importer,
     )
     return build_app(service, settings)
