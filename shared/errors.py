@@ -92,12 +92,19 @@ def flatten_messages(messages: Any, prefix: str = "") -> list[dict[str, str]]:
     return errors
 
 
-def problem(status: int, title: str, detail: str | None = None, *, type: str = "about:blank",
-            headers: dict[str, str] | Iterable | None = None, **extra: Any) -> Response:
+def problem_body(status: int, title: str, detail: str | None = None, *, type: str = "about:blank",
+                 **extra: Any) -> dict[str, Any]:
+    """The one shape of a problem-details document (also stored, e.g. a batch's 422 for replays)."""
     body: dict[str, Any] = {"type": type, "title": title, "status": status}
     if detail:
         body["detail"] = detail
     body.update(extra)
+    return body
+
+
+def problem(status: int, title: str, detail: str | None = None, *, type: str = "about:blank",
+            headers: dict[str, str] | Iterable | None = None, **extra: Any) -> Response:
+    body = problem_body(status, title, detail, type=type, **extra)
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE)
     for name, value in dict(headers or {}).items():
         response.headers[name] = value

@@ -1,0 +1,49 @@
+"""Wire shapes of batch requests: the request body, per-item results and stored outcomes."""
+from __future__ import annotations
+
+from marshmallow import fields, validate
+
+from shared.schemas import StrictSchema
+
+ACTIONS = ("created", "updated", "unchanged", "ignored_stale", "deleted", "error")
+PROBLEMS = {409: "A request with this `Idempotency-Key` is still running",
+            413: "More items than `BATCH_MAX_ITEMS`"}
+
+
+class BatchRequestSchema(StrictSchema):
+    items = fields.List(fields.Raw(), required=True, validate=validate.Length(min=1, error="must not be empty"))
+    mode = fields.String(load_default="transaction", validate=validate.OneOf(("transaction", "batch")))
+    dry_run = fields.Boolean(load_default=False)
+
+
+class DeleteItemSchema(StrictSchema):
+    op = fields.String(required=True, validate=validate.Equal("delete"))
+    id = fields.Integer(required=True, strict=True)
+
+
+class ItemErrorSchema(StrictSchema):
+    pointer = fields.String()
+    detail = fields.String()
+    type = fields.String()
+
+
+class ItemResultSchema(StrictSchema):
+    index = fields.Integer()
+    id = fields.Integer(allow_none=True)
+    action = fields.String(validate=validate.OneOf(ACTIONS))
+    errors = fields.List(fields.Nested(ItemErrorSchema))
+
+
+class BatchResponseSchema(StrictSchema):
+    results = fields.List(fields.Nested(ItemResultSchema))
+    summary = fields.Dict(keys=fields.String(), values=fields.Integer())
+    dry_run = fields.Boolean()
+
+
+class StoredBatchSchema(StrictSchema):
+    key = fields.String()
+    status = fields.String()
+    response_status = fields.Integer(allow_none=True)
+    response = fields.Raw(allow_none=True)
+    created_at = fields.DateTime()
+    expires_at = fields.DateTime()
