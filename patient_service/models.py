@@ -10,6 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.extensions import db
 from shared.batch import declare_idempotency_table
+from shared.events import declare_event_tables
 from shared.imports.models import declare_import_tables
 from shared.versioning import VersionedRecordMixin, VersionRowMixin
 
@@ -95,3 +96,5 @@ class Consent(db.Model):
 IMPORT_MODELS = declare_import_tables(SCHEMA, __name__)
 ImportRecord, Alert, ImporterState = IMPORT_MODELS.record, IMPORT_MODELS.alert, IMPORT_MODELS.state
 IdempotencyKey = declare_idempotency_table(SCHEMA, __name__)
+EVENT_MODELS = declare_event_tables(SCHEMA, __name__)
+OutboxEvent, EventRelayState = EVENT_MODELS.outbox, EVENT_MODELS.state

@@ -11,11 +11,13 @@ from flask import Flask, g, request, send_from_directory
 from flask_cors import CORS
 from flask_migrate import Migrate
 
+from shared import metrics
 from shared.auth import init_auth
 from shared.batch import BatchAdapter, batches_blp
 from shared.config import Settings
 from shared.db import ENGINE_OPTIONS
 from shared.errors import register_error_handlers
+from shared.events import relay as events_relay
 from shared.extensions import db
 from shared.http import Api, require_json_body
 from shared.imports import api as imports_api
@@ -96,12 +98,15 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
         api.register_blueprint(blueprint)
     app.extensions["batch"] = service.batch
     importer = imports.install(app, service.importer)
+    relay = events_relay.install(app)
+    metrics.declare_event_series(service.name)
 
     start, reason = should_start_importer(settings.IMPORTS_ENABLED)
     if start:
         importer.start()
+        relay.start()  # where the importer starts: a maintenance command or a test app publishes nothing
     else:
-        log.info("background importer not started: %s", reason)
+        log.info("background importer and event relay not started: %s", reason)
     return app
 
 

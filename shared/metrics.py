@@ -6,7 +6,8 @@ Two kinds:
   several workers each worker counts its own; with `PROMETHEUS_MULTIPROC_DIR` set (gunicorn.conf.py
   sets it up) prometheus-client keeps the values in files there and a scrape, answered by any
   worker, adds up every worker's (and drops dead workers' gauges).
-- *database metrics* — last successful import, source up, alerts pending, database up — are read
+- *database metrics* — last successful import, source up, alerts pending, database up, events
+  pending and the age of the oldest — are read
   from the service's tables at scrape time, so every worker and every replica gives the same answer.
 """
 from __future__ import annotations
@@ -44,6 +45,10 @@ FILES_WAITING = Gauge("curavani_import_files_waiting", "Files noticed in the imp
                       multiprocess_mode="livesum")
 LOCK_HELD = Gauge("curavani_importer_lock_held", "1 if this process holds the importer lock and imports; "
                   "in multiprocess mode one series per worker pid", ["service"], multiprocess_mode="liveall")
+EVENTS_PUBLISHED = Counter("curavani_events_published", "Domain events the broker acknowledged and the relay "
+                           "marked published (a re-send after a crash counts again)", ["service"])
+RELAY_LEADER = Gauge("curavani_event_relay_leader", "1 if this process holds the relay lock and publishes; "
+                     "in multiprocess mode one series per worker pid", ["service"], multiprocess_mode="liveall")
 
 
 # ---- what the app and the importer report -----------------------------------------------------
@@ -77,6 +82,20 @@ def observe_importer(service: str, *, leader: bool, files_waiting: int | None) -
         FILES_WAITING.labels(service).set(files_waiting)
 
 
+def observe_events_published(service: str, count: int) -> None:
+    EVENTS_PUBLISHED.labels(service).inc(count)
+
+
+def observe_relay(service: str, *, leader: bool) -> None:
+    RELAY_LEADER.labels(service).set(1 if leader else 0)
+
+
+def declare_event_series(service: str) -> None:
+    """The relay's series at zero from the start, so a dashboard sees 0 rather than nothing."""
+    EVENTS_PUBLISHED.labels(service)
+    RELAY_LEADER.labels(service)
+
+
 # ---- a scrape ---------------------------------------------------------------------------------
 
 def multiprocess_mode() -> bool:
@@ -94,7 +113,7 @@ class DatabaseCollector(Collector):
         up = GaugeMetricFamily("curavani_database_up", "1 if the database answered this scrape",
                                labels=["service"])
         try:
-            families = list(self._import_state())
+            families = list(self._import_state()) + list(self._event_state())
             up.add_metric([self.service], 1)
         except Exception as error:  # noqa: BLE001 — a scrape must answer even when the database does not
             db.session.rollback()
@@ -126,6 +145,24 @@ class DatabaseCollector(Collector):
                                            labels=["service"])
         alerts_pending.add_metric([self.service], pending or 0)
         return [last_success, source_up, alerts_pending]
+
+
+    def _event_state(self) -> Iterable[Metric]:
+        from shared.events.outbox import event_models  # the models register when a service is loaded
+
+        outbox = event_models(self.service).outbox
+        pending, age = db.session.execute(
+            select(func.count(), func.coalesce(func.extract("epoch", func.now() - func.min(outbox.created_at)), 0))
+            .where(outbox.published_at.is_(None))).one()
+        db.session.rollback()
+        pending_family = GaugeMetricFamily("curavani_events_pending", "Domain events in the outbox not yet "
+                                           "published", labels=["service"])
+        pending_family.add_metric([self.service], pending or 0)
+        age_family = GaugeMetricFamily("curavani_events_oldest_pending_age_seconds", "Age of the oldest "
+                                       "unpublished event (0 when none waits): alert when it grows",
+                                       labels=["service"])
+        age_family.add_metric([self.service], float(age or 0))
+        return [pending_family, age_family]
 
 
 class _ThisProcess(Collector):

@@ -1,7 +1,8 @@
 """Version rows: every change to a record writes its full representation (SPEC §5).
 
 Each service declares its version table from `VersionRowMixin`; `add_version`, `history`
-and `as_of` work on any such table.
+and `as_of` work on any such table. Every version written here also records its domain event in
+the outbox, in the same transaction (SPEC §9.1): write versions only through this module.
 """
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Collection
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, select
+from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, insert, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import page_of
 from shared.errors import Gone, NotFound, PreconditionFailed
+from shared.events import outbox
 from shared.extensions import db
 
 SOURCES = ("api", "batch", "import")
@@ -45,12 +47,21 @@ class VersionRowMixin:
 
 def add_version(model: type, record: Any, data: dict[str, Any], *, source: str, actor: str,
                 changed_at: datetime) -> None:
-    """Write `record`'s current state as its version `record.version`."""
+    """Write `record`'s current state as its version `record.version`, and its domain event."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}")
-    db.session.add(model(record_id=record.id, version=record.version, changed_at=changed_at,
-                         source=source, actor=actor, data=data,
-                         deleted=record.deleted_at is not None))
+    row = {"record_id": record.id, "version": record.version, "changed_at": changed_at, "source": source,
+           "actor": actor, "data": data, "deleted": record.deleted_at is not None}
+    db.session.add(model(**row))
+    outbox.record_versions(model, [row])
+
+
+def add_versions(model: type, rows: list[dict[str, Any]]) -> None:
+    """Version rows written in bulk (one multi-row INSERT; keys as the columns), and their events."""
+    if any(row["source"] not in SOURCES for row in rows):
+        raise ValueError("unknown source")
+    db.session.execute(insert(model), rows)
+    outbox.record_versions(model, rows)
 
 
 def history(model: type, record_id: int) -> list[Any]:

@@ -173,7 +173,7 @@ def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str, n
             for therapist_id, data, fingerprint in zip(reserve_ids(ID_SEQUENCE, len(items)), items,
                                                        fingerprints or [None] * len(items))]
     db.session.execute(insert(Therapist), rows)
-    db.session.execute(insert(TherapistVersion), [
+    versioning.add_versions(TherapistVersion, [
         {"record_id": row["id"], "version": 1, "changed_at": now, "source": source, "actor": actor,
          "data": representation(row), "deleted": False} for row in rows])
     return [row["id"] for row in rows]

@@ -1,0 +1,31 @@
+"""CloudEvents 1.0 in structured JSON mode (SPEC §9.2): the one shape every event has."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+SPECVERSION = "1.0"
+TYPE_PREFIX = "de.curavani."
+CONTENT_TYPE = "application/cloudevents+json; charset=UTF-8"  # the Kafka header of structured mode
+
+
+def event_type(aggregate: str, kind: str) -> str:
+    return f"{TYPE_PREFIX}{aggregate}.{kind}"
+
+
+def cloud_event(*, event_id: str, service: str, aggregate: str, kind: str, subject: str, sequence: int,
+                origin: str, actor: str, time: datetime, data: dict[str, Any]) -> dict[str, Any]:
+    """`sequence` is the record's version (an integer, so consumers compare it as a number)."""
+    return {
+        "specversion": SPECVERSION,
+        "id": event_id,
+        "source": f"/{service}",
+        "type": event_type(aggregate, kind),
+        "subject": subject,
+        "time": time.isoformat(),
+        "datacontenttype": "application/json",
+        "sequence": sequence,
+        "origin": origin,
+        "actor": actor,
+        "data": data,
+    }

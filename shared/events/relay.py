@@ -1,0 +1,400 @@
+"""The event relay (SPEC §9.3): one per service at a time, it publishes the outbox to Kafka.
+
+One thread per process. It stands by until it takes the service's relay lock (the importer's
+advisory-lock machinery, under its own name), then loops: read the oldest unpublished events
+(by outbox id, so one record's events go in the order they were recorded), produce them with an
+idempotent producer (`acks=all`, key = record id), wait for every delivery report, and mark the
+delivered ones published. An id cursor is never kept: ids commit out of order.
+
+While the broker is down nothing is marked, so nothing is lost: the relay backs off, raises one
+alert per outage and one on recovery, and `/ready` shows the outage (never a 503). Published
+events (without a broker: all events) older than `EVENTS_RETENTION_HOURS` are deleted in batches.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import datetime, timedelta
+from typing import Any, Sequence
+
+from flask import Flask
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from shared import metrics
+from shared.background import ComponentReport, Problem, register_component
+from shared.config import Settings
+from shared.db import unit_of_work
+from shared.events.cloudevents import CONTENT_TYPE
+from shared.events.outbox import EventModels, event_models
+from shared.extensions import db
+from shared.imports import alerts
+from shared.imports.alerts import AlertSender
+from shared.imports.locking import ImporterLock
+from shared.logs import describe_exception
+from shared.schemas import now_utc
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 500
+IDLE_POLL_SECONDS = 0.1  # an idle relay looks for new events this often: the commit-to-broker latency floor
+LOCK_RETRY_SECONDS = 1.0  # a standby tries the lock this often, so it takes over within about a second
+HEARTBEAT_SECONDS = 5.0
+RETENTION_EVERY_SECONDS = 600.0
+RETENTION_BATCH = 5000
+BACKOFF_SECONDS = (1, 2, 5, 10, 30)
+DELIVERY_TIMEOUT_SECONDS = 10.0  # librdkafka's message.timeout.ms: how long a broker outage takes to notice
+
+
+def topic_for(prefix: str, aggregate: str) -> str:
+    return f"{prefix}{aggregate}"
+
+
+class KafkaPublisher:
+    """Produce a batch and wait for its delivery reports. A batch that fails drops the producer:
+    the next attempt starts a fresh one (a broker that came back empty knows no producer ids)."""
+
+    def __init__(self, bootstrap: str, topic_prefix: str, *, client_id: str):
+        self.config = {
+            "bootstrap.servers": bootstrap,
+            "client.id": client_id,
+            "enable.idempotence": True,  # implies acks=all, in-order retries without duplicates
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": int(DELIVERY_TIMEOUT_SECONDS * 1000),
+            "reconnect.backoff.max.ms": 1000,
+            "logger": logging.getLogger("shared.events.kafka"),
+        }
+        self.topic_prefix = topic_prefix
+        self._producer: Any = None
+
+    def publish(self, events: Sequence[Any]) -> tuple[int, str | None]:
+        """Send `events` (outbox rows, in order). Returns how many from the start were delivered,
+        and the error kind that stopped the rest (None when all were)."""
+        from confluent_kafka import KafkaException, Producer
+
+        reports: dict[int, str | None] = {}
+
+        def delivered(position: int):
+            def report(error, _message):
+                reports[position] = None if error is None else (error.name() or str(error.code()))
+            return report
+
+        try:
+            if self._producer is None:
+                self._producer = Producer(self.config)
+            for position, event in enumerate(events):
+                self._produce(topic_for(self.topic_prefix, event.aggregate), event.record_id.encode(),
+                              event.document.encode(), delivered(position))
+            self._producer.flush(DELIVERY_TIMEOUT_SECONDS + 5)
+        except (KafkaException, BufferError) as error:
+            self.close()
+            return self._prefix(reports, len(events)), type(error).__name__
+        count = self._prefix(reports, len(events))
+        if count < len(events):
+            self.close()
+            return count, reports.get(count) or "no delivery report"
+        return count, None
+
+    def _produce(self, topic: str, key: bytes, value: bytes, on_delivery: Any) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, key=key, value=value, on_delivery=on_delivery,
+                                       headers=[("content-type", CONTENT_TYPE.encode())])
+                return
+            except BufferError:  # the local queue is full: let deliveries drain it
+                self._producer.poll(0.1)
+
+    @staticmethod
+    def _prefix(reports: dict[int, str | None], total: int) -> int:
+        """Delivered events before the first one that was not: only those may be marked, or a
+        record's earlier event would be sent again after its later one."""
+        for position in range(total):
+            if position not in reports or reports[position] is not None:
+                return position
+        return total
+
+    def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.purge()
+                producer.flush(0)
+            except Exception:  # noqa: BLE001 — a producer being dropped
+                pass
+
+
+class EventRelay:
+    """The app's background component "relay" (shared/background.py)."""
+
+    name = "relay"
+
+    def __init__(self, app: Flask):
+        self.app = app
+        self.settings: Settings = app.extensions["settings"]
+        self.service: str = app.config["SERVICE_NAME"]
+        self.models: EventModels = event_models(self.service)
+        self.alert_model = app.extensions["imports"].models.alert
+        self.alert_sender = AlertSender(self.settings, self.alert_model)
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.publisher = (KafkaPublisher(self.settings.EVENTS_KAFKA_BOOTSTRAP, self.settings.EVENTS_TOPIC_PREFIX,
+                                         client_id=f"{self.service}-relay")
+                          if self.settings.EVENTS_KAFKA_BOOTSTRAP else None)
+        with app.app_context():
+            engine = db.engine
+        self.lock = ImporterLock(engine, f"{self.service}:event-relay")
+        self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+        self.broker_down_since: datetime | None = None
+        self.failures = 0
+        self.next_attempt_at = 0.0
+        self.last_heartbeat = 0.0
+        self.last_retention = 0.0
+        self._fork_hook_installed = False
+
+    @property
+    def configured(self) -> bool:
+        return self.publisher is not None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.lock.held
+
+    # ---- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self.configured:
+            log.warning("EVENTS_KAFKA_BOOTSTRAP is unset: no relay; %s events stay in the outbox until "
+                        "EVENTS_RETENTION_HOURS removes them", self.service)
+        self.stopping.clear()
+        self.thread = threading.Thread(target=self._loop, name=f"event-relay-{self.service}", daemon=True)
+        self.thread.start()
+        if not self._fork_hook_installed:
+            os.register_at_fork(after_in_child=self._restart_in_child)  # threads do not survive a fork
+            atexit.register(self.stop)
+            self._fork_hook_installed = True
+        self.app.extensions["relay_stop"] = self.stop
+
+    def stop(self) -> None:
+        """Stop after the current batch and release the lock, so a standby takes over at once."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=DELIVERY_TIMEOUT_SECONDS + 10)
+            self.thread = None
+        if self.publisher is not None:
+            self.publisher.close()
+        self.lock.release()
+        metrics.observe_relay(self.service, leader=False)
+
+    def _restart_in_child(self) -> None:
+        if self.thread is None:
+            return
+        self.lock.forget_after_fork()
+        if self.publisher is not None:
+            self.publisher._producer = None  # the parent's; its threads did not come along
+        self.thread = None
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.start()
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            if not self._lead():
+                self.stopping.wait(LOCK_RETRY_SECONDS)
+                continue
+            busy = False
+            with self.app.app_context():
+                try:
+                    busy = self.step()
+                except Exception as error:  # noqa: BLE001 — the loop must go on; the database may be back soon
+                    db.session.rollback()
+                    log.warning("event relay: %s", describe_exception(error))
+                    self.stopping.wait(LOCK_RETRY_SECONDS)
+                finally:
+                    db.session.remove()
+            if not busy:
+                self.stopping.wait(IDLE_POLL_SECONDS)
+
+    def _lead(self) -> bool:
+        was_leader = self.lock.held
+        leader = self.lock.verify() if was_leader else self.lock.try_acquire()
+        if leader and not was_leader:
+            log.info("%s is now the event relay of %s", self.identity, self.service)
+            self.last_retention = 0.0  # what the previous holder left is looked at now
+            self.last_heartbeat = 0.0
+            with self.app.app_context():
+                self.broker_down_since = self._state().broker_down_since  # an outage already alerted
+                db.session.commit()
+        metrics.observe_relay(self.service, leader=leader)
+        return leader
+
+    def step(self) -> bool:
+        """One round, inside an app context: heartbeat, retention when due, one batch published.
+        True when there may be more to publish at once."""
+        clock = time.monotonic()
+        if clock - self.last_heartbeat >= HEARTBEAT_SECONDS:
+            self._heartbeat()
+            self.last_heartbeat = clock
+        if clock - self.last_retention >= RETENTION_EVERY_SECONDS:
+            self.remove_expired()
+            self.last_retention = clock
+        if self.publisher is None or clock < self.next_attempt_at:
+            return False
+        return self.publish_batch() == BATCH_SIZE
+
+    def publish_batch(self, limit: int = BATCH_SIZE) -> int:
+        """Publish the oldest unpublished events; returns how many were marked published."""
+        Outbox = self.models.outbox
+        events = db.session.execute(
+            select(Outbox.id, Outbox.aggregate, Outbox.record_id, Outbox.document)
+            .where(Outbox.published_at.is_(None)).order_by(Outbox.id).limit(limit)).all()
+        db.session.rollback()  # no transaction stays open while the broker is waited for
+        if not events:
+            return 0
+        delivered, error = self.publisher.publish(events)
+        if delivered:
+            with unit_of_work():
+                db.session.execute(update(Outbox).where(Outbox.id.in_([e.id for e in events[:delivered]]))
+                                   .values(published_at=func.now()))
+                db.session.execute(update(self.models.state).where(self.models.state.id == 1)
+                                   .values(last_published_at=func.now()))
+            metrics.observe_events_published(self.service, delivered)
+        if error is None:
+            self._broker_up()
+        else:
+            self._broker_down(error)
+        return delivered
+
+    def remove_expired(self) -> int:
+        """Delete published events (without a relay: recorded ones) older than the retention, in batches."""
+        Outbox = self.models.outbox
+        cutoff = now_utc() - timedelta(hours=self.settings.EVENTS_RETENTION_HOURS)
+        expired = Outbox.published_at < cutoff if self.configured else Outbox.created_at < cutoff
+        removed = 0
+        while not self.stopping.is_set():
+            with unit_of_work():
+                batch = select(Outbox.id).where(expired).order_by(Outbox.id).limit(RETENTION_BATCH)
+                count = db.session.execute(delete(Outbox).where(Outbox.id.in_(batch.scalar_subquery()))).rowcount
+            removed += count
+            if count < RETENTION_BATCH:
+                break
+        if removed:
+            log.info("event outbox: %s events past retention removed", removed)
+        return removed
+
+    # ---- outage and recovery ---------------------------------------------------------------------
+
+    def _broker_down(self, error_kind: str) -> None:
+        delay = BACKOFF_SECONDS[min(self.failures, len(BACKOFF_SECONDS) - 1)]
+        self.failures += 1
+        self.next_attempt_at = time.monotonic() + delay
+        log.warning("event relay: broker unavailable (%s); next attempt in %ss", error_kind, delay)
+        with unit_of_work():
+            state = self._state(for_update=True)
+            state.last_error = error_kind
+            if state.broker_down_since is None:
+                state.broker_down_since = now_utc()
+                alerts.enqueue(self.alert_model, f"relay:broker-down:{state.broker_down_since.isoformat()}",
+                               *self._alert(down=True, since=state.broker_down_since, error_kind=error_kind))
+            self.broker_down_since = state.broker_down_since
+        self._send_alerts()
+
+    def _broker_up(self) -> None:
+        self.failures = 0
+        self.next_attempt_at = 0.0
+        if self.broker_down_since is None:
+            return
+        with unit_of_work():
+            state = self._state(for_update=True)
+            since, state.broker_down_since, state.last_error = state.broker_down_since, None, None
+            if since is not None:
+                alerts.enqueue(self.alert_model, f"relay:broker-up:{since.isoformat()}",
+                               *self._alert(down=False, since=since))
+        self.broker_down_since = None
+        log.info("event relay: broker reachable again")
+        self._send_alerts()
+
+    def _alert(self, *, down: bool, since: datetime, error_kind: str | None = None) -> tuple[str, str]:
+        state = "unreachable" if down else "reachable again"
+        lines = [f"Service: {self.service}", f"Kafka bootstrap: {self.settings.EVENTS_KAFKA_BOOTSTRAP}",
+                 f"Unreachable since: {since.isoformat(timespec='seconds')}"]
+        if error_kind:
+            lines.append(f"Error: {error_kind}")
+        lines.append("Events wait in the outbox and none is lost; the relay publishes them once the broker "
+                     "answers. See the relay runbook in the README.")
+        return f"[{self.service}] event broker {state}", "\n".join(lines) + "\n"
+
+    def _send_alerts(self) -> None:
+        try:
+            sent = self.alert_sender.send_pending()
+            metrics.observe_alerts_sent(self.service, sent)
+        except Exception as error:  # noqa: BLE001 — mail never stops the relay; the importer retries too
+            db.session.rollback()
+            log.warning("event relay: alerts not sent (%s)", describe_exception(error))
+
+    # ---- state for every worker ------------------------------------------------------------------
+
+    def _state(self, *, for_update: bool = False) -> Any:
+        State = self.models.state
+        db.session.execute(insert(State).values(id=1).on_conflict_do_nothing(index_elements=["id"]))
+        query = select(State).where(State.id == 1)
+        return db.session.scalars(query.with_for_update() if for_update else query).one()
+
+    def _heartbeat(self) -> None:
+        with unit_of_work():
+            state = self._state(for_update=True)
+            state.holder = self.identity
+            state.heartbeat_at = now_utc()
+
+    def death(self) -> Problem | None:
+        """Started in this process, and its thread is gone: the process should be restarted."""
+        if self.thread is not None and not self.thread.is_alive() and not self.stopping.is_set():
+            return Problem("relay", "event relay thread dead")
+        return None
+
+    def report(self, *, database_ok: bool) -> ComponentReport:
+        state: dict[str, Any] = {"configured": self.configured, "started": self.thread is not None,
+                                 "leader": self.is_leader}
+        warnings: list[Problem] = []
+        if (death := self.death()) is not None:
+            warnings.append(death)
+        if not self.configured:
+            warnings.append(Problem("relay", "EVENTS_KAFKA_BOOTSTRAP is unset: events are not published"))
+        if database_ok:
+            try:
+                Outbox, State = self.models.outbox, self.models.state
+                row = db.session.execute(select(State.holder, State.heartbeat_at, State.broker_down_since,
+                                                State.last_error, State.last_published_at)
+                                         .where(State.id == 1)).first()
+                pending = db.session.execute(select(func.count(), func.min(Outbox.created_at))
+                                             .where(Outbox.published_at.is_(None))).one()
+                db.session.rollback()
+            except Exception as error:  # noqa: BLE001 — reported, not raised: the database check said why
+                db.session.rollback()
+                state["state_error"] = describe_exception(error)
+                return ComponentReport(state, warnings)
+            if row is not None:
+                state.update({key: value.isoformat() if hasattr(value, "isoformat") else value
+                              for key, value in row._asdict().items()})
+            state["pending"] = pending[0]
+            state["oldest_pending_at"] = pending[1].isoformat() if pending[1] else None
+            if self.configured and state.get("broker_down_since"):
+                warnings.append(Problem("broker", f"event broker unreachable since {state['broker_down_since']}; "
+                                                  f"{pending[0]} events wait in the outbox"))
+        return ComponentReport(state, warnings)
+
+
+def install(app: Flask) -> EventRelay:
+    """Hang the relay on the app (`app.extensions["relay"]`), for `/health`, `/ready` and the CLI."""
+    from shared.events.cli import events_cli
+
+    relay = EventRelay(app)
+    app.extensions["relay"] = relay
+    register_component(app, relay)
+    app.cli.add_command(events_cli)
+    return relay
