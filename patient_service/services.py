@@ -6,7 +6,6 @@ caller's unit of work does (one request, one batch, one imported file).
 """
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Collection
@@ -20,15 +19,11 @@ from shared.db import IdReserver, unique_or_duplicate
 from shared.errors import Conflict, Duplicate
 from shared.extensions import db
 from shared.schemas import now_utc
+from shared.text import fold
 
 _schema = PatientSchema()
 DATA_FIELDS = tuple(name for name, f in _schema.fields.items() if not f.dump_only)
 IDENTITY_INDEX = "uq_patients_identity"
-
-
-def fold(value: str) -> str:
-    """Trimmed, case-folded, NFC: how the duplicate rule compares names and e-mail addresses."""
-    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", value.strip()).casefold())
 
 
 def identity_of(data: dict[str, Any]) -> tuple[str, str, str]:
