@@ -27,7 +27,7 @@ from shared.config import Settings
 from shared.errors import DomainError, flatten_messages
 from shared.imports.backup import write_backup
 from shared.imports.parsing import decode
-from shared.imports.runner import InputError, Outcome, SourceFile, item_error
+from shared.imports.types import InputError, Outcome, SourceFile, item_error
 from shared.imports.service import ImporterSpec
 from shared.imports.sources.bucket import make_bucket
 

@@ -14,6 +14,7 @@ from sqlalchemy import Date, cast, func, select, true
 
 from shared.extensions import db
 from shared.imports.models import FAILED, PENDING, PROCESSING, QUARANTINED, STATUSES
+from shared.imports.types import WatchedSource
 
 RETRYABLE = (FAILED, QUARANTINED)
 
@@ -176,12 +177,13 @@ def importer_status(imports: Any) -> ImporterStatus:
         "last_success_at", "source_down_since", "run_requested_at")}
     running = worker is not None and worker.alive()
     observer = None
-    if source is not None and hasattr(source, "observer_alive") and worker is not None and worker.is_leader:
+    watched = isinstance(source, WatchedSource)
+    if watched and worker is not None and worker.is_leader:
         observer = source.observer_alive()
     return ImporterStatus(
         configured=imports.configured,
-        source_kind=getattr(source, "kind", None),
-        source_description=getattr(source, "description", None),
+        source_kind=source.kind if source is not None else None,
+        source_description=source.description if source is not None else None,
         poll_seconds=imports.poll_seconds,
         **shared_state,
         process_identity=worker.identity if worker is not None else None,
@@ -190,6 +192,6 @@ def importer_status(imports: Any) -> ImporterStatus:
         last_pass_at=worker.last_pass_at if worker is not None else None,
         next_poll_at=worker.next_poll_at() if running else None,
         observer_alive=observer,
-        files_waiting=source.waiting() if hasattr(source, "waiting") else None,
+        files_waiting=source.waiting() if watched else None,
         status_totals=status_totals(imports.models.record),
     )

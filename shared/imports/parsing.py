@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any
 
-from shared.imports.runner import InputError
+from shared.imports.types import InputError
 
 
 def decode(payload: bytes) -> Any:

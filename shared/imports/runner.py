@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, Callable, Protocol
+from datetime import timedelta
+from typing import Any, Callable
 
 from sqlalchemy import select
 
@@ -30,102 +30,14 @@ from shared.extensions import db
 from shared.imports import alerts
 from shared.imports.models import (DONE, FAILED, PARTIAL, PENDING, PROCESSING, QUARANTINED, SUCCEEDED,
                                    ImportModels, empty_counts, importer_state)
+from shared.imports.types import (Claim, Fetched, FileHandler, FileVanished, InputError, Outcome, Source, SourceFile,
+                                  SourceUnavailable, item_error)
 from shared.logs import describe_exception, import_context
 from shared.schemas import now_utc
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(hours=24)
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    """A file as the source lists it. `generation` is set by bucket sources only."""
-
-    name: str
-    generation: int | None = None
-    size: int | None = None
-    updated: datetime | None = None
-
-
-@dataclass
-class Fetched:
-    payload: bytes | None  # None when the file is larger than allowed
-    sha256: str | None  # None when a bucket object was too large to download
-    size: int
-
-
-class InputError(Exception):
-    """The file itself cannot be imported. `kind` is short and safe to mail; `detail` says why."""
-
-    def __init__(self, kind: str, detail: str, *, pointer: str = "/", index: int | None = None,
-                 ref: str | None = None, errors: list[dict[str, Any]] | None = None):
-        super().__init__(detail)
-        self.kind = kind
-        self.detail = detail
-        self.pointer = pointer
-        self.index = index
-        self.ref = ref
-        self.errors = errors  # several errors at once, e.g. every invalid field of a file
-
-    def as_errors(self) -> list[dict[str, Any]]:
-        if self.errors:
-            return self.errors
-        return [item_error(self.kind, self.detail, pointer=self.pointer, index=self.index, ref=self.ref)]
-
-
-class SourceUnavailable(Exception):
-    """The source could not be listed or read: an outage, not a property of the file."""
-
-
-class FileVanished(Exception):
-    """The file was deleted or replaced between listing and reading: nobody's error, no alert.
-    A replacement is a new version and gets a record of its own."""
-
-
-def item_error(kind: str, detail: str, *, pointer: str = "/", index: int | None = None,
-               ref: str | None = None) -> dict[str, Any]:
-    return {"index": index, "ref": ref, "pointer": pointer, "detail": detail, "kind": kind}
-
-
-@dataclass
-class Outcome:
-    """What a handler did with one file."""
-
-    counts: dict[str, int] = field(default_factory=empty_counts)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    warnings: list[dict[str, Any]] = field(default_factory=list)
-
-    def count(self, action: str) -> None:
-        self.counts[action] = self.counts.get(action, 0) + 1
-
-    @property
-    def status(self) -> str:
-        if not self.errors:
-            return SUCCEEDED
-        applied = sum(v for k, v in self.counts.items() if k != "failed")
-        return PARTIAL if applied else FAILED
-
-
-class Source(Protocol):
-    kind: str  # "gcs" or "folder": the record's `source`
-    description: str  # safe to log and mail
-
-    def list(self) -> list[SourceFile]: ...
-
-    def fetch(self, file: SourceFile, max_bytes: int) -> Fetched: ...
-
-    def finish(self, file: SourceFile) -> None: ...
-
-
-class FileHandler(Protocol):
-    """A service's mapping from one file to its service functions."""
-
-    def label(self, file: SourceFile) -> str: ...
-
-    def check_name(self, file: SourceFile) -> None: ...
-
-    def apply(self, payload: bytes, file: SourceFile, *, import_id: int) -> Outcome: ...
 
 
 @dataclass
@@ -180,7 +92,7 @@ class ImportRunner:
                 self._source_down(str(error))
                 return summary
             self._source_up()
-        remote = getattr(self.source, "finish_concurrency", 0)
+        remote = self.source.finish_concurrency
         self._finishing = ThreadPoolExecutor(remote, thread_name_prefix="finish") if remote else None
         downloads = ThreadPoolExecutor(1, thread_name_prefix="download") if remote else None
         try:
@@ -195,9 +107,9 @@ class ImportRunner:
                 if downloads is not None and position + 1 < len(files) and self._name_ok(files[position + 1]):
                     ahead = downloads.submit(self.source.fetch, files[position + 1], self.max_file_bytes)
                 status = self.process(file, downloaded=current)
-                if status is None:
+                if status is Claim.SKIP:
                     summary.skipped += 1
-                elif status == "finished":
+                elif status is Claim.FINISH_AGAIN:
                     summary.finished_again += 1
                 else:
                     summary.add(status)
@@ -214,24 +126,24 @@ class ImportRunner:
 
     # ---- one file ----------------------------------------------------------------------------
 
-    def process(self, file: SourceFile, downloaded: Future | None = None) -> str | None:
-        """Import one file; returns its new status, "finished", or None when skipped.
-        `downloaded`: the bucket object's download, started ahead (its errors surface here)."""
+    def process(self, file: SourceFile, downloaded: Future | None = None) -> str | Claim:
+        """Import one file; returns its new status, or the claim when it was not imported
+        (`Claim.SKIP`, `Claim.FINISH_AGAIN`). `downloaded`: the bucket object's download, started
+        ahead (its errors surface here)."""
         fetched = None
         try:
             if file.generation is None:  # a folder file: its version is its content
                 fetched = self.source.fetch(file, self.max_file_bytes)
-            record = self._claim(file, fetched)
+            claim, record = self._claim(file, fetched)
         except FileVanished:
-            return None
+            return Claim.SKIP
         except SourceUnavailable as error:
             log.warning("%s: cannot read %s (%s)", self.service, self.handler.label(file), error)
-            return None
-        if record is None:
-            return None
-        if record == "finished":
+            return Claim.SKIP
+        if claim is Claim.FINISH_AGAIN:
             self._finish_at_source(file)
-            return "finished"
+        if claim is not Claim.IMPORT:
+            return claim
         with import_context(record.id):  # every line logged from here on carries the import id
             log.info("%s: import #%s started (%s, attempt %s)", self.service, record.id, record.label,
                      record.attempts)
@@ -276,7 +188,8 @@ class ImportRunner:
             return False  # never downloaded: it fails on its name when its turn comes
         return True
 
-    def _claim(self, file: SourceFile, fetched: Fetched | None) -> Any:
+    def _claim(self, file: SourceFile, fetched: Fetched | None) -> tuple[Claim, Any]:
+        """The decision for this file, and with `Claim.IMPORT` its record, marked processing."""
         Record = self.models.record
         now = now_utc()
         with unit_of_work():
@@ -288,11 +201,11 @@ class ImportRunner:
                 else latest.sha256 == fetched.sha256)
             if same_version:
                 if latest.status in DONE:
-                    return "finished"
+                    return Claim.FINISH_AGAIN, latest
                 if latest.status == QUARANTINED:
-                    return None
+                    return Claim.SKIP, latest
                 if latest.status == FAILED and (latest.next_attempt_at is None or latest.next_attempt_at > now):
-                    return None
+                    return Claim.SKIP, latest
                 record = latest  # pending (retry asked), failed and due, or processing (its runner died)
             else:
                 if latest is not None and latest.status not in DONE:
@@ -309,7 +222,7 @@ class ImportRunner:
             record.finished_at = None
             record.next_attempt_at = None
             db.session.flush()
-        return record
+        return Claim.IMPORT, record
 
     def _locked_record(self, record_id: int) -> Any:
         return db.session.scalars(select(self.models.record).where(self.models.record.id == record_id)

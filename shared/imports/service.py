@@ -22,7 +22,8 @@ from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports.alerts import AlertSender
 from shared.imports.models import ImportModels, importer_state
-from shared.imports.runner import FileHandler, ImportRunner, PassSummary, Source, retry_record
+from shared.imports.runner import ImportRunner, PassSummary, retry_record
+from shared.imports.types import FileHandler, Source
 from shared.logs import describe_exception
 from shared.schemas import now_utc
 

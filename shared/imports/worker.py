@@ -30,6 +30,7 @@ from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports import alerts
 from shared.imports.locking import ImporterLock
+from shared.imports.types import WatchedSource
 from shared.logs import describe_exception
 from shared.schemas import now_utc
 
@@ -144,7 +145,7 @@ class BackgroundImporter:
                 self._note_leadership()
                 self._pick_up_run_request()
                 source = self.imports.source
-                if hasattr(source, "observer_alive"):
+                if isinstance(source, WatchedSource):
                     self._watch_observer(source)
                     ready = source.ready_files()
                     if ready:
@@ -160,19 +161,19 @@ class BackgroundImporter:
             return
         if self.lock.try_acquire():
             log.info("%s is now the importer of %s", self.identity, self.imports.service)
-            if hasattr(self.imports.source, "start_watching"):
+            if isinstance(self.imports.source, WatchedSource):
                 self.imports.source.start_watching()
             self.request_full_pass()  # files present at start, or left by the previous holder
 
     def _report(self) -> None:
         """This process's importer gauges (lock held, files waiting) for /metrics."""
-        waiting = None
-        if hasattr(self.imports.source, "waiting"):  # the folder source; nobody watches a bucket
+        waiting = None  # nobody watches a bucket
+        if isinstance(self.imports.source, WatchedSource):
             waiting = self.imports.source.waiting() if self.lock.held else 0
         metrics.observe_importer(self.imports.service, leader=self.lock.held, files_waiting=waiting)
 
     def _step_down(self) -> None:
-        if hasattr(self.imports.source, "stop_watching"):
+        if isinstance(self.imports.source, WatchedSource):
             self.imports.source.stop_watching()
 
     def _note_leadership(self) -> None:
@@ -193,7 +194,7 @@ class BackgroundImporter:
             self.last_request_seen = requested
             self.request_full_pass()
 
-    def _watch_observer(self, source: Any) -> None:
+    def _watch_observer(self, source: WatchedSource) -> None:
         if source.observer_alive():
             return
         self.observer_restarts += 1

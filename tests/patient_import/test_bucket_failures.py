@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import text
 
 from conftest import AUTH
-from shared.imports.runner import SourceFile
+from shared.imports.types import SourceFile
 
 from .support import (JUERGEN, MAX, encode, imports, object_name, patients, registration, run_pass, sample,
                       sample_bytes, the_import)

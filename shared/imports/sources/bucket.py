@@ -20,7 +20,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from shared.imports.runner import Fetched, FileVanished, SourceFile, SourceUnavailable
+from shared.imports.types import Fetched, FileVanished, SourceFile, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class GcsBucket:
 
 class LocalBucket:
     kind = "folder"
+    finish_concurrency = 0  # a local delete is quick: done in line
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()

@@ -19,7 +19,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from shared.imports.runner import Fetched, SourceFile, SourceUnavailable
+from shared.imports.types import Fetched, SourceFile, SourceUnavailable, WatchedSource
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ class _Enqueue(FileSystemEventHandler):
             self.folder.notice(event.dest_path)
 
 
-class FolderSource:
+class FolderSource(WatchedSource):
     kind = "folder"
+    finish_concurrency = 0  # local reads: nothing to overlap, and files are never deleted
 
     def __init__(self, root: str | Path, *, settle_seconds: float, polling: bool = False):
         self.root = Path(root).resolve()
