@@ -23,7 +23,7 @@ from shared.config import Settings
 from shared.extensions import db
 from shared.errors import DomainError, StaleUpdate, flatten_messages
 from shared.imports.parsing import decode
-from shared.imports.runner import InputError, Outcome, SourceFile, item_error
+from shared.imports.types import InputError, Outcome, SourceFile, item_error
 from shared.imports.service import ImporterSpec
 from shared.imports.sources.folder import FolderSource
 from therapist_service import services
