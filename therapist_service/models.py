@@ -4,8 +4,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, Index, String, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import DateTime, ForeignKey, Index, String, Text, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.extensions import db
@@ -31,6 +31,12 @@ class Therapist(VersionedRecordMixin, db.Model):
     # A hash of the scraped entry as last imported (status and last_modified left out); any other
     # write clears it. An entry with the same fingerprint is unchanged without loading it again.
     import_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # Ids the scraper gave this therapist before it changed them (SPEC §7.2.6), oldest first.
+    previous_external_ids: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False,
+                                                             server_default=text("'{}'::text[]"))
+    # First and last name, postcode, street and house number, trimmed and case-folded in Python
+    # (case folding is not lower()): how an entry under an unknown id finds its therapist (§7.2.6).
+    practice_identity: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index("uq_therapists_external_id", "external_id", unique=True),
@@ -39,6 +45,8 @@ class Therapist(VersionedRecordMixin, db.Model):
         Index("ix_therapists_last_name", text("lower(basic_info ->> 'last_name')")),
         Index("ix_therapists_therapy_methods", text("(professional_info -> 'therapy_methods')"),
               postgresql_using="gin"),
+        Index("ix_therapists_previous_external_ids", "previous_external_ids", postgresql_using="gin"),
+        Index("ix_therapists_practice_identity", "practice_identity"),
         {"schema": SCHEMA},
     )
 
