@@ -1,4 +1,5 @@
-"""Columns of the import tables. Each service declares the concrete tables in its own schema."""
+"""Columns of the import tables. Each service declares the concrete tables in its own schema:
+`class ImportRecord(ImportRecordMixin, db.Model)` with `__table_args__ = ImportRecordMixin.table_args(SCHEMA)`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,6 +30,13 @@ class ImportRecordMixin:
     logs and alerts may say about the file: never a patient file name.
     """
 
+    __tablename__ = "imports"
+
+    @staticmethod
+    def table_args(schema: str) -> tuple[Any, ...]:
+        return (Index("ix_imports_source_name", "source", "name", "id"), Index("ix_imports_status", "status"),
+                {"schema": schema})
+
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     source: Mapped[str] = mapped_column(String(16), nullable=False)
     name: Mapped[str] = mapped_column(Text, nullable=False)
@@ -54,6 +62,12 @@ class AlertMixin:
     `key` is unique: the same failure cannot be alerted twice, whichever worker sees it.
     """
 
+    __tablename__ = "alerts"
+
+    @staticmethod
+    def table_args(schema: str) -> tuple[Any, ...]:
+        return ({"schema": schema},)
+
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     key: Mapped[str] = mapped_column(String(200), nullable=False, unique=True)
     subject: Mapped[str] = mapped_column(Text, nullable=False)
@@ -67,6 +81,12 @@ class AlertMixin:
 class ImporterStateMixin:
     """One row per service: what every worker must agree on about the importer."""
 
+    __tablename__ = "importer_state"
+
+    @staticmethod
+    def table_args(schema: str) -> tuple[Any, ...]:
+        return ({"schema": schema},)
+
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_pass_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -79,27 +99,11 @@ class ImporterStateMixin:
 
 @dataclass
 class ImportModels:
-    record: type
-    alert: type
-    state: type
+    """A service's three import tables, handed to the import framework."""
 
-
-def declare_import_tables(schema: str, module: str) -> ImportModels:
-    """The `imports`, `alerts` and `importer_state` tables of one service, in its own schema."""
-
-    def model(name: str, mixin: type, table: str, *indexes: Index) -> type:
-        return type(name, (mixin, db.Model), {
-            "__tablename__": table, "__module__": module,
-            "__table_args__": (*indexes, {"schema": schema}),
-        })
-
-    return ImportModels(
-        record=model("ImportRecord", ImportRecordMixin, "imports",
-                     Index("ix_imports_source_name", "source", "name", "id"),
-                     Index("ix_imports_status", "status")),
-        alert=model("Alert", AlertMixin, "alerts"),
-        state=model("ImporterState", ImporterStateMixin, "importer_state"),
-    )
+    record: type[ImportRecordMixin]
+    alert: type[AlertMixin]
+    state: type[ImporterStateMixin]
 
 
 def importer_state(model: type, *, for_update: bool = False) -> Any:
