@@ -1,14 +1,16 @@
 """REST endpoints for patients (SPEC §6.1). Each view: loaded arguments in, one service call, result out."""
 from __future__ import annotations
 
-from flask import url_for
+from flask import current_app, url_for
 from flask.views import MethodView
 
-from patient_service import services
+from patient_service import privacy, services
 from patient_service.models import IdempotencyKey
-from patient_service.schemas import (ConsentSchema, PatientBatchItemSchema, PatientQuerySchema, PatientSchema,
+from patient_service.schemas import (AccessLogEntrySchema, ConsentSchema, ErasureRequestSchema, ErasureSchema,
+                                     PatientBatchItemSchema, PatientExportSchema, PatientQuerySchema, PatientSchema,
                                      RegistrationSchema)
 from shared import batch
+from shared.batch.schemas import batch_request_schema
 from shared.db import atomic
 from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_versions
 from shared.schemas import AsOfQuerySchema, VersionSchema
@@ -17,6 +19,14 @@ blp = Blueprint("patients", __name__, url_prefix="/api/patients",
                 description="Patients looking for a therapy place. Health data: responses are never cached.")
 
 DUPLICATE = {409: "Duplicate: `existing_id` names the patient who exists"}
+ERASED = {410: "Deleted (type `gone`), or erased (type `erased`, with `erasure_id`)"}
+
+
+@blp.after_request
+def contains_phi(response):
+    """SPEC §10.5: every answer of this blueprint may carry health data."""
+    response.headers["X-Contains-PHI"] = "true"
+    return response
 
 
 def _respond(patient, status=200, headers=None):
@@ -29,10 +39,11 @@ class Patients(MethodView):
     @blp.response(200, PatientSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=100)
     @blp.problems(401)
+    @atomic
     def get(self, filters, pagination_parameters):
-        """List patients (newest id last), filtered."""
-        items, total = services.list_patients(filters, page=pagination_parameters.page,
-                                              page_size=pagination_parameters.page_size)
+        """List patients (newest id last), filtered. Each patient listed is a read in its access log."""
+        items, total = privacy.read_list(filters, page=pagination_parameters.page,
+                                         page_size=pagination_parameters.page_size, actor=current_actor())
         pagination_parameters.item_count = total
         return items
 
@@ -50,13 +61,13 @@ class Patients(MethodView):
 class Patient(MethodView):
     @blp.arguments(AsOfQuerySchema, location="query")
     @blp.response(200, PatientSchema)
-    @blp.problems(401, 404, 410)
+    @blp.problems(401, 404, 410, descriptions=ERASED)
+    @atomic
     def get(self, args, patient_id):
         """Read a patient; with `?at=` as it was then."""
         if "at" in args:
-            data = services.get_patient_as_of(patient_id, args["at"])
-            return as_stored(data)
-        return _respond(services.get_patient(patient_id))
+            return as_stored(privacy.read_patient_as_of(patient_id, args["at"], actor=current_actor()))
+        return _respond(privacy.read_patient(patient_id, actor=current_actor()))
 
     @blp.arguments(PatientSchema)
     @blp.response(200, PatientSchema)
@@ -90,26 +101,72 @@ class Patient(MethodView):
 @blp.route("/<int:patient_id>/history")
 class PatientHistory(MethodView):
     @blp.response(200, VersionSchema(many=True))
-    @blp.problems(401, 404)
+    @blp.problems(401, 404, 410, descriptions=ERASED)
+    @atomic
     def get(self, patient_id):
         """Every version of a patient, newest first."""
-        return services.patient_history(patient_id)
+        return privacy.read_history(patient_id, actor=current_actor())
 
 
 @blp.route("/<int:patient_id>/consents")
 class PatientConsents(MethodView):
     @blp.response(200, ConsentSchema(many=True))
+    @blp.problems(401, 404, 410, descriptions=ERASED)
+    @atomic
     def get(self, patient_id):
         """The patient's consent records, each with the registration's `consent_metadata` in full."""
-        return services.patient_consents(patient_id)
+        return privacy.read_consents(patient_id, actor=current_actor())
 
 
 @blp.route("/<int:patient_id>/registrations")
 class PatientRegistrations(MethodView):
     @blp.response(200, RegistrationSchema(many=True))
+    @blp.problems(401, 404, 410, descriptions=ERASED)
+    @atomic
     def get(self, patient_id):
         """The registrations (bucket files) that created or updated this patient."""
-        return services.patient_registrations(patient_id)
+        return privacy.read_registrations(patient_id, actor=current_actor())
+
+
+@blp.route("/<int:patient_id>/erasure")
+class PatientErasure(MethodView):
+    @blp.arguments(ErasureRequestSchema)
+    @blp.response(200, ErasureSchema)
+    @blp.problems(400, 401, 404, 410, 412, descriptions=ERASED)
+    def post(self, body, patient_id):
+        """Erase a patient (GDPR Art. 17): the record, its versions, consents and registrations, the
+        stored answers of idempotent batches that named it, its name in import records, and the
+        backup copies of its files. Honours `If-Match`. The answer is the erasure record, which holds
+        no personal data; later reads of the id answer 410 `erased`."""
+        return privacy.erase(patient_id, reason=body["reason"], expected_versions=expected_versions(patient_id),
+                             actor=current_actor(),
+                             backup_dir=current_app.extensions["settings"].PATIENT_IMPORT_BACKUP_DIR)
+
+
+@blp.route("/<int:patient_id>/export")
+class PatientExport(MethodView):
+    @blp.response(200, PatientExportSchema)
+    @blp.problems(401, 404, 410, descriptions=ERASED)
+    @atomic
+    def get(self, patient_id):
+        """Everything stored about a patient (GDPR Art. 15, 20), as a file to hand to the person:
+        the record, its versions, consents, registrations, import records and access log."""
+        export = privacy.export(patient_id, actor=current_actor())
+        return export, 200, {"Content-Disposition": f'attachment; filename="patient-{patient_id}-export.json"'}
+
+
+@blp.route("/<int:patient_id>/access-log")
+class PatientAccessLog(MethodView):
+    @blp.response(200, AccessLogEntrySchema(many=True))
+    @blp.paginate(page_size=50, max_page_size=100)
+    @blp.problems(401, 404)
+    def get(self, patient_id, pagination_parameters):
+        """Who read this patient's data, when, and what (newest first). Ids, actors and times
+        only; kept `ACCESS_LOG_RETENTION_DAYS`, also after an erasure."""
+        entries, total = privacy.access_log(patient_id, page=pagination_parameters.page,
+                                            page_size=pagination_parameters.page_size)
+        pagination_parameters.item_count = total
+        return entries
 
 
 BATCH = batch.BatchAdapter(item_schema=PatientBatchItemSchema(), upsert=services.upsert_patient,
@@ -119,7 +176,7 @@ BATCH = batch.BatchAdapter(item_schema=PatientBatchItemSchema(), upsert=services
 
 @blp.route("/batch")
 class PatientBatch(MethodView):
-    @blp.arguments(batch.BatchRequestSchema)
+    @blp.arguments(batch_request_schema(PatientBatchItemSchema))
     @blp.response(200, batch.BatchResponseSchema)
     @blp.alt_response(201, schema=batch.BatchResponseSchema, description="At least one patient was created")
     @blp.alt_response(204, description="`Prefer: return=minimal` and nothing was created")

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from marshmallow import ValidationError
 
-from patient_service import services
+from patient_service import privacy, services
 from patient_service.models import IMPORT_MODELS
 from patient_service.schemas import REGISTRATION_TIMESTAMP_FORMAT, RegistrationFileSchema
 from shared.config import Settings
@@ -141,4 +141,8 @@ def spec(settings: Settings) -> ImporterSpec:
         poll_seconds=lambda s: s.PATIENT_IMPORT_INTERVAL_SECONDS,
         retry_input_errors=True,
         missing_source_hint="set PATIENT_IMPORT_SOURCE to gs://bucket[/prefix] or a local folder",
+        # SPEC §10: backup copies erasures still owe, after every pass; retention, daily.
+        after_pass=privacy.Housekeeping(settings.PATIENT_IMPORT_BACKUP_DIR,
+                                        settings.PATIENT_IMPORT_BACKUP_RETENTION_DAYS,
+                                        settings.ACCESS_LOG_RETENTION_DAYS),
     )

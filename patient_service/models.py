@@ -4,14 +4,14 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Date, DateTime, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.extensions import db
-from shared.batch import IdempotencyKeyMixin
+from shared.batch import declare_idempotency_table
 from shared.events import declare_event_tables
-from shared.imports.models import AlertMixin, ImporterStateMixin, ImportModels, ImportRecordMixin
+from shared.imports.models import declare_import_tables
 from shared.versioning import VersionedRecordMixin, VersionRowMixin
 
 SCHEMA = "patient_service"
@@ -93,27 +93,55 @@ class Consent(db.Model):
     __table_args__ = ({"schema": SCHEMA},)
 
 
-# ---- tables every service has, their columns shared (shared/imports/models.py, shared/batch) ----
-
-class ImportRecord(ImportRecordMixin, db.Model):
-    __table_args__ = ImportRecordMixin.table_args(SCHEMA)
-
-
-class Alert(AlertMixin, db.Model):
-    __table_args__ = AlertMixin.table_args(SCHEMA)
-
-
-class ImporterState(ImporterStateMixin, db.Model):
-    __table_args__ = ImporterStateMixin.table_args(SCHEMA)
-
-
-IMPORT_MODELS = ImportModels(record=ImportRecord, alert=Alert, state=ImporterState)
-
-
-class IdempotencyKey(IdempotencyKeyMixin, db.Model):
-    __tablename__ = "idempotency_keys"
-    __table_args__ = (UniqueConstraint("actor", "key", name="uq_idempotency_keys_actor_key"), {"schema": SCHEMA})
-
-
+IMPORT_MODELS = declare_import_tables(SCHEMA, __name__)
+ImportRecord, Alert, ImporterState = IMPORT_MODELS.record, IMPORT_MODELS.alert, IMPORT_MODELS.state
+IdempotencyKey = declare_idempotency_table(SCHEMA, __name__)
 EVENT_MODELS = declare_event_tables(SCHEMA, __name__)
 OutboxEvent, EventRelayState = EVENT_MODELS.outbox, EVENT_MODELS.state
+
+
+# ---- data protection (SPEC §10): hold ids, actors, times and counts only, never personal data ----
+
+class Erasure(db.Model):
+    """A patient's erasure (SPEC §10.1): who erased which id when, why, and how much was removed."""
+
+    __tablename__ = "erasures"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    rows_removed: Mapped[dict[str, int]] = mapped_column(JSONB)  # table → rows deleted or scrubbed
+    files_removed: Mapped[int] = mapped_column(Integer)
+    files_pending: Mapped[int] = mapped_column(Integer)
+    __table_args__ = ({"schema": SCHEMA},)
+
+
+class BackupDeletion(db.Model):
+    """A backup copy an erasure still has to delete. Written in the erasure's transaction and
+    removed once the file is gone, so a crash after the commit leaves the work on record."""
+
+    __tablename__ = "backup_deletions"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    erasure_id: Mapped[int] = mapped_column(ForeignKey(f"{SCHEMA}.erasures.id", ondelete="CASCADE"), index=True)
+    file_name: Mapped[str] = mapped_column(Text)  # `<token>-<generation>.json`: no name in it
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __table_args__ = ({"schema": SCHEMA},)
+
+
+class AccessLogEntry(db.Model):
+    """One read of one patient's data (SPEC §10.3). No foreign key: the log outlives an erasure."""
+
+    __tablename__ = "access_log"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    read_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(200))
+    patient_id: Mapped[int] = mapped_column(BigInteger)
+    what: Mapped[str] = mapped_column(String(20))
+    __table_args__ = (
+        Index("ix_access_log_patient_read_at", "patient_id", "read_at"),
+        Index("ix_access_log_read_at", "read_at"),
+        {"schema": SCHEMA},
+    )

@@ -6,7 +6,7 @@ from datetime import date, datetime
 from marshmallow import INCLUDE, ValidationError, fields, post_load, validate, validates
 
 from shared.schemas import (POSTCODE, Nested, StrictBoolean, StrictSchema, TrimmedString, UtcDateTime,
-                            optional_string, weekly_hours)
+                            VersionSchema, optional_string, weekly_hours)
 
 ANREDEN = ("Herr", "Frau", "Divers")
 GESCHLECHTER = ("männlich", "weiblich", "divers", "keine_angabe")
@@ -143,3 +143,58 @@ class PatientBatchItemSchema(PatientSchema):
     """A batch item: a patient, optionally with our `id` to match on."""
 
     id = fields.Integer(strict=True, load_default=None, allow_none=True)
+
+
+# ---- data protection (SPEC §10) ------------------------------------------------------------------
+
+class ErasureRequestSchema(StrictSchema):
+    reason = TrimmedString(required=True, validate=validate.Length(1, 500), metadata={
+        "description": "why the data are erased, e.g. `Art. 17 request of 2026-11-29`; it is kept, so it "
+                       "must not name the person"})
+
+
+class ErasureSchema(StrictSchema):
+    """An erasure record: what was removed, never whose data they were."""
+
+    id = fields.Integer()
+    patient_id = fields.Integer()
+    erased_at = fields.DateTime()
+    actor = fields.String()
+    reason = fields.String()
+    rows_removed = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
+        "description": "rows deleted (patients, patient_versions, consents, registrations) or scrubbed "
+                       "(imports: name replaced by the label; idempotency_keys: stored answer replaced), per table"})
+    files_removed = fields.Integer(metadata={"description": "backup copies deleted"})
+    files_pending = fields.Integer(metadata={"description": "backup copies not yet deleted: retried, alerted"})
+
+
+class AccessLogEntrySchema(StrictSchema):
+    id = fields.Integer()
+    read_at = fields.DateTime()
+    actor = fields.String()
+    patient_id = fields.Integer()
+    what = fields.String(metadata={"description": "record, as-of, history, consents, registrations, export or list"})
+
+
+class ExportedImportSchema(StrictSchema):
+    """An import record of one of the patient's files (its name holds the patient's name)."""
+
+    id = fields.Integer()
+    name = fields.String()
+    status = fields.String()
+    generation = fields.Integer(allow_none=True)
+    created_at = fields.DateTime()
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class PatientExportSchema(StrictSchema):
+    """Everything stored about one patient (SPEC §10.2)."""
+
+    exported_at = fields.DateTime()
+    patient = fields.Nested(PatientSchema)
+    deleted_at = fields.DateTime(allow_none=True)
+    versions = fields.List(fields.Nested(VersionSchema))
+    consents = fields.List(fields.Nested(ConsentSchema))
+    registrations = fields.List(fields.Nested(RegistrationSchema))
+    imports = fields.List(fields.Nested(ExportedImportSchema))
+    access_log = fields.List(fields.Nested(AccessLogEntrySchema))

@@ -12,11 +12,11 @@ from typing import Any, Collection
 
 from sqlalchemy import select
 
-from patient_service.models import Consent, Patient, PatientVersion, Registration
+from patient_service.models import Consent, Erasure, Patient, PatientVersion, Registration
 from patient_service.schemas import PatientSchema
 from shared import versioning
 from shared.db import IdReserver, unique_or_duplicate
-from shared.errors import Conflict, Duplicate
+from shared.errors import Conflict, Duplicate, Gone, NotFound
 from shared.extensions import db
 from shared.schemas import now_utc
 from shared.text import fold
@@ -41,7 +41,27 @@ def field_values(patient: Patient) -> dict[str, Any]:
 
 # ---- reads -------------------------------------------------------------------------------------
 
-PATIENTS = versioning.VersionedStore(Patient, PatientVersion, "patient")
+class Erased(Gone):
+    """The patient's data were erased (SPEC §10.1): reads and writes of its id answer 410 `erased`."""
+
+    status, type, title = 410, "erased", "Erased"
+
+
+class PatientStore(versioning.VersionedStore):
+    """The shared reads, where an id whose patient was erased is `Erased` rather than not found."""
+
+    def get(self, record_id: int, *, for_update: bool = False, include_deleted: bool = False) -> Any:
+        try:
+            return super().get(record_id, for_update=for_update, include_deleted=include_deleted)
+        except NotFound:
+            erasure = db.session.scalars(select(Erasure).where(Erasure.patient_id == record_id)).first()
+            if erasure is None:
+                raise
+            raise Erased(f"patient {record_id} was erased at {erasure.erased_at.isoformat()}",
+                         erasure_id=erasure.id) from None
+
+
+PATIENTS = PatientStore(Patient, PatientVersion, "patient")
 
 
 def get_patient(patient_id: int, *, for_update: bool = False, include_deleted: bool = False) -> Patient:

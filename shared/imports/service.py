@@ -39,6 +39,9 @@ class ImporterSpec:
     poll_seconds: Callable[[Settings], float]
     retry_input_errors: bool  # bucket files are retried; a bad folder file waits for a new version
     missing_source_hint: str
+    # Upkeep after every full pass, in the process that imports (the patient service's pending
+    # erasure deletions and retention): its failure is logged and never stops the importer.
+    after_pass: Callable[[], Any] | None = None
 
 
 class ImportsExtension:
@@ -69,7 +72,14 @@ class ImportsExtension:
             on_record_finished=lambda record, seconds: metrics.observe_import(self.service, record, seconds))
 
     def run_pass(self, files: Any = None, *, still_leader: Callable[[], bool] = lambda: True) -> PassSummary:
-        return self.runner(still_leader).run_pass(files)
+        summary = self.runner(still_leader).run_pass(files)
+        if files is None and self.spec.after_pass is not None and still_leader():
+            try:
+                self.spec.after_pass()
+            except Exception as error:  # noqa: BLE001 — upkeep is retried after the next pass
+                db.session.rollback()
+                log.error("%s: upkeep after the import pass failed: %s", self.service, describe_exception(error))
+        return summary
 
     def send_alerts(self) -> int:
         sent = self.alert_sender.send_pending()

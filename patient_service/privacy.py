@@ -1,0 +1,369 @@
+"""Data protection for patient records (SPEC §10): erasure that reaches every copy, the export of
+everything stored about a patient, the access log of reads, and retention of backups and log."""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Collection
+
+from sqlalchemy import delete, func, insert, or_, select, text
+
+from patient_service import services
+from patient_service.models import (AccessLogEntry, Alert, BackupDeletion, Consent, Erasure, IdempotencyKey,
+                                    ImportRecord, Patient, PatientVersion, Registration)
+from shared.db import page_of, unit_of_work
+from shared.errors import NotFound
+from shared.events import record_erasure
+from shared.extensions import db
+from shared.imports import alerts
+from shared.imports.backup import safe_file_name
+from shared.logs import describe_exception
+from shared.schemas import now_utc
+
+log = logging.getLogger(__name__)
+
+SERVICE = "patient_service"
+REGISTRATION_LABEL = "registration "  # an import record's label: `registration <token>`
+PRUNE_BATCH = 10_000
+
+# ---- where patient data can be, and what an erasure does there ------------------------------------
+# Every column of the `patient_service` schema whose type could hold a name, an address or a date
+# is listed here; tests/data_protection/test_coverage.py fails for one that is not. "*": the
+# patient's rows are deleted, so every column of them goes.
+ERASED = "erased: the patient's rows are deleted"
+SCRUBBED = "scrubbed: the patient's rows stay, this column is overwritten"
+NOT_PERSONAL = "kept: holds no personal data"
+
+COVERAGE: dict[str, dict[str, str]] = {
+    "patients": {"*": ERASED},
+    "patient_versions": {"*": ERASED},
+    "consents": {"*": ERASED},
+    "registrations": {"*": ERASED},
+    # The object name is `{nachname}_{vorname}_{date}_{token}.json`; it becomes the label.
+    # errors and warnings hold kinds, pointers, tokens, ids and messages that never echo a value.
+    "imports": {"name": SCRUBBED, "source": NOT_PERSONAL, "label": NOT_PERSONAL, "sha256": NOT_PERSONAL,
+                "status": NOT_PERSONAL, "counts": NOT_PERSONAL, "errors": NOT_PERSONAL,
+                "warnings": NOT_PERSONAL},
+    # The request itself is never stored, only a SHA-256 of it; the answer lists ids per item.
+    "idempotency_keys": {"response_body": SCRUBBED, "response_headers": SCRUBBED, "actor": NOT_PERSONAL,
+                         "key": NOT_PERSONAL, "request_hash": NOT_PERSONAL, "status": NOT_PERSONAL,
+                         "path": NOT_PERSONAL},
+    "alerts": {"key": NOT_PERSONAL, "subject": NOT_PERSONAL, "body": NOT_PERSONAL,  # §7.3: ids only
+               "last_error": NOT_PERSONAL},
+    "importer_state": {"lock_holder": NOT_PERSONAL},
+    # Patient events are thin (§9.2): id, version and the names of the changed fields.
+    "event_outbox": {"event_id": NOT_PERSONAL, "aggregate": NOT_PERSONAL, "record_id": NOT_PERSONAL,
+                     "type": NOT_PERSONAL, "document": NOT_PERSONAL},
+    "event_relay_state": {"holder": NOT_PERSONAL, "last_error": NOT_PERSONAL},
+    # Ours: ids, actors, times, counts and `<token>-<generation>.json` file names.
+    "erasures": {"actor": NOT_PERSONAL, "reason": NOT_PERSONAL, "rows_removed": NOT_PERSONAL},
+    "backup_deletions": {"file_name": NOT_PERSONAL, "last_error": NOT_PERSONAL},
+    "access_log": {"actor": NOT_PERSONAL, "what": NOT_PERSONAL},
+}
+
+ERASED_BATCH_ANSWER = {
+    "type": "erased", "title": "Erased", "status": 410,
+    "detail": "the stored answer of this batch named a patient whose data were erased; it was removed",
+}
+
+
+# ---- erasure (SPEC §10.1) --------------------------------------------------------------------------
+
+def erase(patient_id: int, *, reason: str, expected_versions: Collection[int] | None, actor: str,
+          backup_dir: str | None, now: datetime | None = None) -> Erasure:
+    """Erase a patient in one transaction, then delete its backup copies. A copy that cannot be
+    deleted stays on record (`backup_deletions`), is alerted, and is retried by the importer."""
+    with unit_of_work():
+        erasure_id = erase_patient(patient_id, reason=reason, expected_versions=expected_versions, actor=actor,
+                                   backup_dir=backup_dir, now=now).id
+    if backup_dir:
+        delete_pending_backups(backup_dir, erasure_id=erasure_id)
+    return db.session.get(Erasure, erasure_id)
+
+
+def erase_patient(patient_id: int, *, reason: str, expected_versions: Collection[int] | None, actor: str,
+                  backup_dir: str | None, now: datetime | None = None) -> Erasure:
+    """The erasure's database part, in the caller's unit of work: every table of `COVERAGE`, the
+    erasure record, the files still to delete, and the `patient.erased` event.
+
+    Locks are taken in the importer's order (import record, registration, patient), so an import
+    of one of the patient's files running at the same time waits or is waited for, never deadlocks.
+    """
+    now = now or now_utc()
+    known_tokens = _tokens_of(patient_id)
+    records = _import_records(known_tokens)
+    db.session.execute(select(Registration.id).where(Registration.patient_id == patient_id)
+                       .order_by(Registration.id).with_for_update())
+    patient = services.get_patient(patient_id, for_update=True, include_deleted=True)  # 404, 410 erased
+    services.PATIENTS.check_version(patient, expected_versions)
+    tokens = _tokens_of(patient_id)  # none can be added now: a registration's insert needs the patient
+    if set(tokens) - set(known_tokens):
+        records = _import_records(tokens)
+
+    rows = {
+        "consents": _delete(Consent, Consent.patient_id == patient_id),
+        "registrations": _delete(Registration, Registration.patient_id == patient_id),
+        "patient_versions": _delete(PatientVersion, PatientVersion.record_id == patient_id),
+        "imports": len(records),
+        "idempotency_keys": _scrub_batch_answers(patient_id),
+    }
+    for record in records:
+        record.name = record.label
+    version = patient.version
+    db.session.expunge(patient)
+    rows["patients"] = _delete(Patient, Patient.id == patient_id)
+
+    files = sorted({safe_file_name(f"{r.label.removeprefix(REGISTRATION_LABEL)}-{r.generation}.json")
+                    for r in records if r.generation is not None}) if backup_dir else []
+    erasure = Erasure(patient_id=patient_id, erased_at=now, actor=actor, reason=reason, rows_removed=rows,
+                      files_removed=0, files_pending=len(files))
+    db.session.add(erasure)
+    db.session.flush()
+    if files:
+        db.session.execute(insert(BackupDeletion), [
+            {"erasure_id": erasure.id, "file_name": name, "attempts": 0, "created_at": now} for name in files])
+    # The event's sequence follows the last version's, so consumers order it after every change.
+    record_erasure(SERVICE, "patient", patient_id, version=version + 1, actor=actor, time=now)
+    return erasure
+
+
+def _tokens_of(patient_id: int) -> list[str]:
+    return list(db.session.scalars(select(Registration.token).where(Registration.patient_id == patient_id)))
+
+
+def _import_records(tokens: list[str]) -> list[Any]:
+    """The import records of the patient's files (every attempt, every generation), locked."""
+    if not tokens:
+        return []
+    return list(db.session.scalars(select(ImportRecord).where(
+        ImportRecord.label.in_([REGISTRATION_LABEL + token for token in tokens]))
+        .order_by(ImportRecord.id).with_for_update()))
+
+
+def _delete(model: type, condition: Any) -> int:
+    return db.session.execute(delete(model).where(condition)).rowcount
+
+
+def _scrub_batch_answers(patient_id: int) -> int:
+    """Replace the stored answer of every idempotent batch whose results name the patient (as the
+    item's id, or as a duplicate's `existing_id`). The key stays claimed, so a retry of that batch
+    replays the 410 instead of writing the erased patient again."""
+    names_patient = text(
+        "jsonb_path_exists(CAST(response_body AS jsonb), "
+        "'$.results[*] ? (@.id == $id || @.errors[*].existing_id == $id)', jsonb_build_object('id', :id))"
+    ).bindparams(id=patient_id)
+    return db.session.execute(
+        IdempotencyKey.__table__.update()
+        .where(IdempotencyKey.response_body.is_not(None), IdempotencyKey.response_body.like("{%"), names_patient)
+        .values(response_status=410, response_body=json.dumps(ERASED_BATCH_ANSWER),
+                response_headers={"Content-Type": "application/problem+json"})).rowcount
+
+
+def delete_pending_backups(backup_dir: str, *, erasure_id: int | None = None) -> int:
+    """Delete the backup copies erasures still owe (those of one erasure, or all); each in a
+    transaction of its own. A copy that cannot be deleted keeps its row and raises one alert per
+    erasure; it is tried again on the next pass. Returns how many are still pending."""
+    query = select(BackupDeletion.id).order_by(BackupDeletion.id)
+    if erasure_id is not None:
+        query = query.where(BackupDeletion.erasure_id == erasure_id)
+    pending = 0
+    for deletion_id in list(db.session.scalars(query)):
+        db.session.rollback()
+        with unit_of_work():
+            deletion = db.session.scalars(select(BackupDeletion).where(BackupDeletion.id == deletion_id)
+                                          .with_for_update(skip_locked=True)).first()
+            if deletion is None:  # done meanwhile, or being done by another process
+                continue
+            erasure = db.session.scalars(select(Erasure).where(Erasure.id == deletion.erasure_id)
+                                         .with_for_update()).one()
+            try:
+                (Path(backup_dir) / deletion.file_name).unlink()
+                erasure.files_removed += 1
+            except FileNotFoundError:
+                pass  # already gone (retention, or by hand)
+            except OSError as error:
+                deletion.attempts += 1
+                deletion.last_error = _safe_os_error(error)
+                _alert_undeleted(erasure, deletion)
+                log.warning("erasure %s: backup copy %s not deleted (%s); will retry", erasure.id,
+                            deletion.file_name, deletion.last_error)
+                pending += 1
+                continue
+            db.session.delete(deletion)
+            erasure.files_pending -= 1
+    return pending
+
+
+def _safe_os_error(error: OSError) -> str:
+    code = errno.errorcode.get(error.errno or 0, "")
+    return f"{describe_exception(error)}{f' ({code})' if code else ''}"
+
+
+def _alert_undeleted(erasure: Erasure, deletion: BackupDeletion) -> None:
+    subject = f"[{SERVICE}] erasure #{erasure.id}: backup copy not deleted"
+    body = "\n".join([
+        f"Service: {SERVICE}",
+        f"Erasure: #{erasure.id} (patient id {erasure.patient_id}, erased {erasure.erased_at.isoformat(timespec='seconds')})",
+        f"Backup copy: {deletion.file_name} in PATIENT_IMPORT_BACKUP_DIR",
+        f"Error: {deletion.last_error}",
+        "The database part of the erasure is done. The copy is tried again after every import pass",
+        "until it is gone; fix what stops its deletion (see the runbook in the README, Data protection).",
+    ]) + "\n"
+    alerts.enqueue(Alert, f"erasure:{erasure.id}:backup-not-deleted", subject, body)
+
+
+def erasure_of(patient_id: int) -> Erasure | None:
+    return db.session.scalars(select(Erasure).where(Erasure.patient_id == patient_id)).first()
+
+
+# ---- the access log (SPEC §10.3) -----------------------------------------------------------------
+
+READ_KINDS = ("record", "as-of", "history", "consents", "registrations", "export", "list")
+# bench/api_crud.py turns this off for its baseline (GET latency without the log); nothing else does.
+RECORDING = True
+
+
+def record_access(actor: str, patient_ids: Collection[int], what: str, *, now: datetime | None = None) -> None:
+    """Log reads of these patients in the caller's transaction. Its commit does not wait for the
+    disk (`synchronous_commit = off`): a read costs one INSERT, and an entry can be lost only if
+    PostgreSQL itself crashes within a fraction of a second (wal_writer_delay) of the read."""
+    if not RECORDING or not patient_ids:
+        return
+    if what not in READ_KINDS:
+        raise ValueError(f"unknown kind of read {what!r}")
+    now = now or now_utc()
+    db.session.execute(text("SET LOCAL synchronous_commit = off"))
+    db.session.execute(insert(AccessLogEntry), [
+        {"read_at": now, "actor": actor, "patient_id": patient_id, "what": what} for patient_id in patient_ids])
+
+
+def read_patient(patient_id: int, *, actor: str) -> Patient:
+    patient = services.get_patient(patient_id)
+    record_access(actor, [patient_id], "record")
+    return patient
+
+
+def read_patient_as_of(patient_id: int, at: datetime, *, actor: str) -> dict[str, Any]:
+    data = services.get_patient_as_of(patient_id, at)
+    record_access(actor, [patient_id], "as-of")
+    return data
+
+
+def read_history(patient_id: int, *, actor: str) -> list[PatientVersion]:
+    versions = services.patient_history(patient_id)
+    record_access(actor, [patient_id], "history")
+    return versions
+
+
+def read_consents(patient_id: int, *, actor: str) -> list[Consent]:
+    consents = services.patient_consents(patient_id)
+    record_access(actor, [patient_id], "consents")
+    return consents
+
+
+def read_registrations(patient_id: int, *, actor: str) -> list[Registration]:
+    registrations = services.patient_registrations(patient_id)
+    record_access(actor, [patient_id], "registrations")
+    return registrations
+
+
+def read_list(filters: dict[str, Any], *, page: int, page_size: int, actor: str) -> tuple[list[Patient], int]:
+    patients, total = services.list_patients(filters, page=page, page_size=page_size)
+    record_access(actor, [p.id for p in patients], "list")
+    return patients, total
+
+
+def access_log(patient_id: int, *, page: int, page_size: int) -> tuple[list[AccessLogEntry], int]:
+    """Reads of one patient, newest first; also after its erasure (the log has no personal data)."""
+    exists = db.session.scalar(select(func.count()).select_from(Patient).where(Patient.id == patient_id))
+    if not exists and erasure_of(patient_id) is None:
+        raise NotFound(f"patient {patient_id} does not exist")
+    query = select(AccessLogEntry).where(AccessLogEntry.patient_id == patient_id)
+    return page_of(query, order_by=AccessLogEntry.id.desc(),
+                   page=page, page_size=page_size)
+
+
+# ---- access and portability (SPEC §10.2) ---------------------------------------------------------
+
+def export(patient_id: int, *, actor: str, now: datetime | None = None) -> dict[str, Any]:
+    """Everything stored about the patient, also a soft-deleted one (its data are still held)."""
+    now = now or now_utc()
+    patient = services.get_patient(patient_id, include_deleted=True)
+    record_access(actor, [patient_id], "export", now=now)
+    tokens = _tokens_of(patient_id)
+    return {
+        "exported_at": now,
+        "patient": patient,
+        "deleted_at": patient.deleted_at,
+        "versions": services.patient_history(patient_id),
+        "consents": services.patient_consents(patient_id),
+        "registrations": services.patient_registrations(patient_id),
+        "imports": list(db.session.scalars(select(ImportRecord).where(
+            ImportRecord.label.in_([REGISTRATION_LABEL + t for t in tokens])).order_by(ImportRecord.id)))
+        if tokens else [],
+        "access_log": list(db.session.scalars(select(AccessLogEntry).where(
+            AccessLogEntry.patient_id == patient_id).order_by(AccessLogEntry.read_at, AccessLogEntry.id))),
+    }
+
+
+# ---- storage limitation (SPEC §10.3, §10.4) ------------------------------------------------------
+
+def prune_backups(backup_dir: str, days: int, *, now: datetime | None = None) -> int:
+    """Delete backup copies (and crash-left temporaries) last written more than `days` ago."""
+    folder = Path(backup_dir)
+    if not folder.is_dir():
+        return 0
+    cutoff = ((now or now_utc()) - timedelta(days=days)).timestamp()
+    removed = 0
+    for path in folder.iterdir():
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+        except OSError as error:  # tried again tomorrow
+            log.warning("backup retention: %s not deleted (%s)", path.name, _safe_os_error(error))
+    return removed
+
+
+def prune_access_log(days: int, *, now: datetime | None = None) -> int:
+    """Delete access log entries older than `days`, a batch per transaction (no long lock)."""
+    cutoff = (now or now_utc()) - timedelta(days=days)
+    removed = 0
+    while True:
+        with unit_of_work():
+            batch = select(AccessLogEntry.id).where(AccessLogEntry.read_at < cutoff).limit(PRUNE_BATCH)
+            count = db.session.execute(delete(AccessLogEntry).where(AccessLogEntry.id.in_(batch))).rowcount
+        removed += count
+        if count < PRUNE_BATCH:
+            return removed
+
+
+@dataclass
+class Housekeeping:
+    """Run by the importer after each of its passes (so only in the process that imports): backup
+    copies erasures still owe, every pass; retention of backups and of the access log, daily."""
+
+    backup_dir: str | None
+    backup_retention_days: int | None
+    access_log_retention_days: int
+    retention_every: timedelta = timedelta(days=1)
+    last_retention_at: datetime | None = None
+
+    def __call__(self, now: datetime | None = None) -> None:
+        now = now or now_utc()
+        if self.backup_dir:
+            delete_pending_backups(self.backup_dir)
+        if self.last_retention_at is not None and now - self.last_retention_at < self.retention_every:
+            return
+        self.last_retention_at = now
+        backups = (prune_backups(self.backup_dir, self.backup_retention_days, now=now)
+                   if self.backup_dir and self.backup_retention_days else 0)
+        entries = prune_access_log(self.access_log_retention_days, now=now)
+        if backups or entries:
+            log.info("retention: %s backup copies and %s access log entries deleted", backups, entries)
