@@ -13,11 +13,11 @@ What the hooks do:
 - metrics: every worker counts into files in `PROMETHEUS_MULTIPROC_DIR` (a private temporary
   folder when unset), emptied when the master starts; a dead worker's gauges are dropped;
 - `post_fork`: a worker forked from a master that loaded the app (`--preload`) drops the
-  database connections it inherited and starts its own importer; without `--preload` each worker
-  creates the app itself and there is nothing to drop;
-- `worker_exit` / `on_exit`: the importer stops cleanly (the current file finishes, the advisory
-  lock is released at once, so a standby takes over within a second instead of waiting for the
-  connection to die).
+  database connections it inherited and starts its own importer and event relay; without
+  `--preload` each worker creates the app itself and there is nothing to drop;
+- `worker_exit` / `on_exit`: the importer and the event relay stop cleanly (the current file or
+  batch finishes, the advisory locks are released at once, so a standby takes over within a
+  second instead of waiting for the connection to die).
 """
 from __future__ import annotations
 
@@ -119,6 +119,10 @@ def when_ready(server) -> None:
     if stop is not None:
         stop()
         app.extensions["importer_start_after_fork"] = True
+    stop_relay = app.extensions.get("relay_stop")  # the event relay likewise: one per worker, not the master
+    if stop_relay is not None:
+        stop_relay()
+        app.extensions["relay_start_after_fork"] = True
     _dispose_engine(app, close=True)
 
 
@@ -131,6 +135,8 @@ def post_fork(server, worker) -> None:
     _dispose_engine(app, close=False)
     if app.extensions.pop("importer_start_after_fork", False):
         app.extensions["imports"].start()
+    if app.extensions.pop("relay_start_after_fork", False):
+        app.extensions["relay"].start()
 
 
 def _dispose_engine(app, *, close: bool) -> None:
@@ -143,16 +149,18 @@ def _dispose_engine(app, *, close: bool) -> None:
 def worker_exit(server, worker) -> None:
     """In the worker, on its way out: stop its importer so the lock is released now."""
     app = getattr(worker, "wsgi", None)
-    stop = app.extensions.get("importer_stop") if hasattr(app, "extensions") else None
-    if stop is not None:
-        stop()
+    for name in ("importer_stop", "relay_stop"):
+        stop = app.extensions.get(name) if hasattr(app, "extensions") else None
+        if stop is not None:
+            stop()
 
 
 def on_exit(server) -> None:
     """In the master, last: the importer a preloaded master may still run, and our metrics folder."""
     app = _loaded_app(server)
-    stop = app.extensions.get("importer_stop") if hasattr(app, "extensions") else None
-    if stop is not None:
-        stop()
+    for name in ("importer_stop", "relay_stop"):
+        stop = app.extensions.get(name) if hasattr(app, "extensions") else None
+        if stop is not None:
+            stop()
     if os.environ.get("CURAVANI_METRICS_DIR_OWNED") and os.environ.get(METRICS_DIR):
         shutil.rmtree(os.environ[METRICS_DIR], ignore_errors=True)

@@ -101,9 +101,10 @@ def make_app(migrated) -> Callable[..., Any]:
 
     yield factory
     for app in apps:
-        stop = app.extensions.get("importer_stop")
-        if stop:
-            stop()
+        for name in ("importer_stop", "relay_stop"):
+            stop = app.extensions.get(name)
+            if stop:
+                stop()
         with app.app_context():
             from shared.extensions import db
 

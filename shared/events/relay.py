@@ -247,12 +247,12 @@ class EventRelay:
             return False
         return self.publish_batch() == BATCH_SIZE
 
-    def publish_batch(self, limit: int = BATCH_SIZE) -> int:
+    def publish_batch(self, limit: int | None = None) -> int:
         """Publish the oldest unpublished events; returns how many were marked published."""
         Outbox = self.models.outbox
         events = db.session.execute(
             select(Outbox.id, Outbox.aggregate, Outbox.record_id, Outbox.document)
-            .where(Outbox.published_at.is_(None)).order_by(Outbox.id).limit(limit)).all()
+            .where(Outbox.published_at.is_(None)).order_by(Outbox.id).limit(limit or BATCH_SIZE)).all()
         db.session.rollback()  # no transaction stays open while the broker is waited for
         if not events:
             return 0
@@ -363,8 +363,6 @@ class EventRelay:
         warnings: list[Problem] = []
         if (death := self.death()) is not None:
             warnings.append(death)
-        if not self.configured:
-            warnings.append(Problem("relay", "EVENTS_KAFKA_BOOTSTRAP is unset: events are not published"))
         if database_ok:
             try:
                 Outbox, State = self.models.outbox, self.models.state
