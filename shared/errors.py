@@ -58,6 +58,16 @@ class Conflict(DomainError):
     status, type, title = 409, "conflict", "Conflict"
 
 
+class Overlap(DomainError):
+    """The time is taken: `conflicting_id` names the appointment holding it (None if gone since)."""
+
+    status, type, title = 409, "overlap", "Overlap"
+
+    def __init__(self, detail: str, conflicting_id: str | None):
+        super().__init__(detail, conflicting_id=conflicting_id)
+        self.conflicting_id = conflicting_id
+
+
 class InvalidData(DomainError):
     """Validation failed below the schema (or a schema error re-raised by a service)."""
 

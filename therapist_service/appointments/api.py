@@ -1,0 +1,99 @@
+"""REST endpoints for appointments (SPEC §6.5). Each view: loaded arguments in, one service call, result out."""
+from __future__ import annotations
+
+from flask import url_for
+from flask.views import MethodView
+
+from shared import batch
+from shared.db import atomic
+from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_versions
+from shared.schemas import AsOfQuerySchema, VersionSchema
+from therapist_service.appointments import services
+from therapist_service.appointments.schemas import (AppointmentQuerySchema, AppointmentSchema,
+                                                    AppointmentWriteSchema, WriteResultSchema)
+from therapist_service.models import IdempotencyKey
+
+blp = Blueprint("appointments", __name__, url_prefix="/api/appointments",
+                description="Appointments pushed by practice calendars: latest `updatedAt` wins, "
+                            "no two active appointments of one organisation overlap.")
+
+OVERLAP = {409: "`overlap`: the time is taken by another active appointment of the organisation, "
+                "named by `conflicting_id`"}
+
+
+@blp.route("")
+class Appointments(MethodView):
+    @blp.arguments(AppointmentQuerySchema, location="query")
+    @blp.response(200, AppointmentSchema(many=True))
+    @blp.paginate(page_size=50, max_page_size=100)
+    @blp.problems(401)
+    def get(self, filters, pagination_parameters):
+        """An organisation's appointments ordered by start: now, or with `at` as they were then."""
+        items, total = services.list_appointments(filters, page=pagination_parameters.page,
+                                                  page_size=pagination_parameters.page_size)
+        pagination_parameters.item_count = total
+        return items
+
+    @blp.arguments(AppointmentWriteSchema)
+    @blp.response(200, WriteResultSchema, description="Updated, or `ignored-stale` (nothing written)")
+    @blp.alt_response(201, schema=WriteResultSchema, description="Created")
+    @blp.problems(400, 401, 409, 413, descriptions=OVERLAP)
+    @atomic
+    def post(self, data):
+        """Create or update the appointment (`orgId`, `id`); `updatedAt` not newer than the stored one is ignored."""
+        appointment, action = services.upsert_appointment(data, source="api", actor=current_actor())
+        if action == services.IGNORED_STALE:
+            return {"status": "ignored-stale"}
+        headers = {"ETag": etag_for(appointment.id, appointment.version)}
+        if action == services.CREATED:
+            headers["Location"] = url_for("appointments.Appointment", appointment_id=appointment.id)
+        body = {"status": "ok", "id": str(appointment.id), "version": appointment.version}
+        return body, 201 if action == services.CREATED else 200, headers
+
+
+@blp.route("/<uuid:appointment_id>")
+class Appointment(MethodView):
+    @blp.arguments(AsOfQuerySchema, location="query")
+    @blp.response(200, AppointmentSchema)
+    @blp.problems(401, 404, 410)
+    def get(self, args, appointment_id):
+        """Read an appointment (410 once cancelled); with `?at=` as it was then."""
+        if "at" in args:
+            return as_stored(services.get_appointment_as_of(appointment_id, args["at"]))
+        appointment = services.get_appointment(appointment_id)
+        return services.representation(appointment), 200, {"ETag": etag_for(appointment.id, appointment.version)}
+
+    @blp.response(204)
+    @blp.problems(401, 404, 410, 412)
+    @atomic
+    def delete(self, appointment_id):
+        """Cancel an appointment: its time is free again, reads answer 410. Honours `If-Match`."""
+        services.cancel_appointment(appointment_id, expected_versions=expected_versions(appointment_id),
+                                    source="api", actor=current_actor())
+
+
+@blp.route("/<uuid:appointment_id>/history")
+class AppointmentHistory(MethodView):
+    @blp.response(200, VersionSchema(many=True))
+    @blp.problems(401, 404)
+    def get(self, appointment_id):
+        """Every version of an appointment, newest first."""
+        return services.appointment_history(appointment_id)
+
+
+BATCH = batch.BatchAdapter(item_schema=AppointmentWriteSchema(), upsert=services.upsert_batch_item,
+                           delete=None, key_model=IdempotencyKey, prepare=services.prepare_batch)
+
+
+@blp.route("/batch")
+class AppointmentBatch(MethodView):
+    @blp.arguments(batch.BatchRequestSchema)
+    @blp.response(200, batch.BatchResponseSchema)
+    @blp.alt_response(201, schema=batch.BatchResponseSchema, description="At least one appointment was created")
+    @blp.alt_response(204, description="`Prefer: return=minimal` and nothing was created")
+    @blp.problems(400, 401, 409, 413, descriptions=batch.PROBLEMS)
+    def post(self, body):
+        """Create or update many appointments at once, each as `POST /api/appointments` would:
+        per item `created`, `updated`, `ignored_stale`, or an error (an `overlap` names the
+        appointment holding the time, which may be an earlier item of the same batch)."""
+        return batch.handle(BATCH, body, actor=current_actor())

@@ -1,0 +1,259 @@
+"""The appointment service layer: the only code that writes appointments (SPEC §6.5).
+
+REST views and batch requests call these functions with data loaded by `AppointmentWriteSchema`.
+Nothing here commits: the caller's unit of work does.
+
+Rules:
+- *Latest wins*: an appointment is keyed on (`org_id`, `external_id`); a write whose `updatedAt`
+  is older than or equal to the stored one is `ignored_stale` and writes nothing. A newer one is
+  applied and versioned, even when only `updatedAt` moved (it is part of the representation, and
+  keeping it is what makes a later, older write stale), and brings a cancelled appointment back.
+- *No overlaps within an organisation*: the exclusion constraint `ex_appointments_no_overlap`
+  decides; its violation (23P01) becomes `Overlap` naming the conflicting appointment.
+- *One writer per organisation at a time*: every write first takes its organisations'
+  transaction-scoped advisory locks, sorted. Two inserts of overlapping ranges can otherwise
+  wait for each other inside the exclusion check (each sees the other's index entry) and end in a
+  deadlock (40P01) instead of one 201 and one 409; and two writes of one appointment could not
+  both read the stored `updatedAt` before either writes, so the highest always wins.
+"""
+from __future__ import annotations
+
+import uuid
+import zlib
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Collection, Iterable, Iterator
+
+from sqlalchemy import DateTime, cast, select, text
+from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.exc import IntegrityError
+
+from shared import versioning
+from shared.db import page_of
+from shared.errors import Overlap
+from shared.extensions import db
+from shared.schemas import now_utc
+from therapist_service.appointments.models import NO_OVERLAP, Appointment, AppointmentVersion
+
+CREATED, UPDATED, IGNORED_STALE = "created", "updated", "ignored_stale"
+
+APPOINTMENTS = versioning.VersionedStore(Appointment, AppointmentVersion, "appointment")
+
+
+def _int4(value: int) -> int:
+    return value - 2**32 if value >= 2**31 else value
+
+
+# The first key of every appointment lock (advisory locks are one namespace per database).
+LOCK_NAMESPACE = _int4(zlib.crc32(b"therapist_service.appointments"))
+
+
+def utc_text(value: datetime | None) -> str | None:
+    """`2020-10-10T20:20:00.000Z`: the calendar API's form of an instant."""
+    if value is None:
+        return None
+    value = value.astimezone(timezone.utc)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def representation(appointment: Appointment) -> dict[str, Any]:
+    """What `AppointmentSchema` describes: the list's, a read's and a version's `data`."""
+    return {"id": str(appointment.id), "orgId": appointment.org_id, "externalId": appointment.external_id,
+            "start": utc_text(appointment.start), "end": utc_text(appointment.end),
+            "payloadCreatedAt": utc_text(appointment.payload_created_at),
+            "payloadUpdatedAt": utc_text(appointment.payload_updated_at), "version": appointment.version}
+
+
+# ---- locks ---------------------------------------------------------------------------------------
+
+def lock_organisations(org_ids: Iterable[str]) -> None:
+    """Wait for, and hold until the transaction ends, the write lock of each organisation, in
+    one order for everyone (so two writers never hold one each and wait for the other)."""
+    keys = sorted({_int4(zlib.crc32(org_id.encode())) for org_id in org_ids})
+    if keys:  # unnest yields the keys in array order: the locks are taken sorted
+        db.session.execute(text("SELECT pg_advisory_xact_lock(:namespace, key) "
+                                "FROM unnest(CAST(:keys AS integer[])) AS key"),
+                           {"namespace": LOCK_NAMESPACE, "keys": keys})
+
+
+# ---- reads ---------------------------------------------------------------------------------------
+
+def get_appointment(appointment_id: uuid.UUID) -> Appointment:
+    return APPOINTMENTS.get(appointment_id)
+
+
+def get_appointment_as_of(appointment_id: uuid.UUID, at: datetime) -> dict[str, Any]:
+    return APPOINTMENTS.as_of(appointment_id, at)
+
+
+def appointment_history(appointment_id: uuid.UUID) -> list[AppointmentVersion]:
+    return APPOINTMENTS.history(appointment_id)
+
+
+def list_appointments(filters: dict[str, Any], *, page: int, page_size: int) -> tuple[list[dict[str, Any]], int]:
+    """An organisation's active appointments ordered by start, now or (`at`) as they were then;
+    `window_from` / `window_to` keep those overlapping that window."""
+    if "at" in filters:
+        return _list_as_of(filters, page=page, page_size=page_size)
+    query = select(Appointment).where(Appointment.org_id == filters["org"], Appointment.deleted_at.is_(None))
+    if "window_from" in filters:
+        query = query.where(Appointment.end > filters["window_from"])
+    if "window_to" in filters:
+        query = query.where(Appointment.start < filters["window_to"])
+    appointments, total = page_of(query.order_by(Appointment.start), order_by=Appointment.id,
+                                  page=page, page_size=page_size)
+    return [representation(appointment) for appointment in appointments], total
+
+
+def _list_as_of(filters: dict[str, Any], *, page: int, page_size: int) -> tuple[list[dict[str, Any]], int]:
+    """From the versions: each appointment's latest version written by `at`, unless a cancellation."""
+    current_versions = (select(AppointmentVersion.id)
+                        .join(Appointment, Appointment.id == AppointmentVersion.record_id)
+                        .where(Appointment.org_id == filters["org"], AppointmentVersion.changed_at <= filters["at"])
+                        .ext(distinct_on(AppointmentVersion.record_id))
+                        .order_by(AppointmentVersion.record_id, AppointmentVersion.version.desc()))
+    start = cast(AppointmentVersion.data["start"].astext, DateTime(timezone=True))
+    end = cast(AppointmentVersion.data["end"].astext, DateTime(timezone=True))
+    query = select(AppointmentVersion).where(AppointmentVersion.id.in_(current_versions),
+                                             AppointmentVersion.deleted.is_(False))
+    if "window_from" in filters:
+        query = query.where(end > filters["window_from"])
+    if "window_to" in filters:
+        query = query.where(start < filters["window_to"])
+    versions, total = page_of(query.order_by(start), order_by=AppointmentVersion.record_id,
+                              page=page, page_size=page_size)
+    return [version.data for version in versions], total
+
+
+def _stored(org_id: str, external_id: str) -> Appointment | None:
+    """Read afresh (`populate_existing`): a batch redoing its items may hold a copy from before
+    its locks were released with the savepoint."""
+    return db.session.scalars(select(Appointment).where(Appointment.org_id == org_id,
+                                                        Appointment.external_id == external_id)
+                              .execution_options(populate_existing=True)).first()
+
+
+# ---- writes --------------------------------------------------------------------------------------
+
+def _record(appointment: Appointment, *, source: str, actor: str, now: datetime) -> None:
+    versioning.add_version(AppointmentVersion, appointment, representation(appointment),
+                           source=source, actor=actor, changed_at=now)
+
+
+def _conflicting_id(own_id: uuid.UUID, org_id: str, start: datetime, end: datetime) -> str | None:
+    """The active appointment of `org_id` other than `own_id` whose time overlaps [start, end).
+    Asked after a 23P01, whose DETAIL would name it too but carries row values: it is never read
+    or logged. None if that appointment is gone again by now."""
+    with db.session.no_autoflush:
+        found = db.session.scalar(
+            select(Appointment.id).where(Appointment.org_id == org_id, Appointment.id != own_id,
+                                         Appointment.deleted_at.is_(None), Appointment.start < end,
+                                         Appointment.end > start)
+            .order_by(Appointment.start).limit(1))
+    return str(found) if found is not None else None
+
+
+@contextmanager
+def _overlap_guarded(own_id: uuid.UUID, data: dict[str, Any]) -> Iterator[None]:
+    """A savepoint in which the changes made inside are flushed; an overlap becomes `Overlap`
+    and leaves the caller's transaction usable (a batch goes on with its other items)."""
+    try:
+        with db.session.begin_nested():
+            yield
+            db.session.flush()
+    except IntegrityError as error:
+        if getattr(getattr(error.orig, "diag", None), "constraint_name", None) != NO_OVERLAP:
+            raise
+        conflicting_id = _conflicting_id(own_id, data["org_id"], data["start"], data["end"])
+        raise Overlap(f"appointment {data['external_id']!r} overlaps another active appointment of "
+                      f"organisation {data['org_id']!r}", conflicting_id=conflicting_id) from None
+
+
+@dataclass
+class BatchContext:
+    """What a batch knows before it writes: its organisations locked, their stored appointments
+    it names looked up in one query. Writes made with it are flushed by the caller, all together."""
+
+    by_key: dict[tuple[str, str], Appointment]
+
+
+def prepare_batch(items: list[dict[str, Any]]) -> BatchContext:
+    keys = {(item["org_id"], item["external_id"]) for item in items}
+    lock_organisations(org_id for org_id, _ in keys)
+    stored = db.session.scalars(select(Appointment).where(
+        Appointment.org_id.in_({org_id for org_id, _ in keys}),
+        Appointment.external_id.in_({external_id for _, external_id in keys}))) if keys else []
+    return BatchContext({key: a for a in stored if (key := (a.org_id, a.external_id)) in keys})
+
+
+def _apply(appointment: Appointment, data: dict[str, Any]) -> None:
+    appointment.start = data["start"]
+    appointment.end = data["end"]
+    appointment.payload_created_at = data["payload_created_at"]
+    appointment.payload_updated_at = data["payload_updated_at"]
+
+
+def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
+                       context: BatchContext | None = None) -> tuple[Appointment, str]:
+    """Create or update the appointment (`org_id`, `external_id`); returns it and `created`,
+    `updated` or `ignored_stale` (nothing written). An overlap raises `Overlap`.
+
+    With a batch `context` the organisation is locked and the match looked up already, and the
+    write is left to the batch's one flush (whose overlap makes the batch redo its items singly)."""
+    key = (data["org_id"], data["external_id"])
+    if context is None:
+        lock_organisations([data["org_id"]])
+        appointment = _stored(*key)
+    else:
+        appointment = context.by_key.get(key)
+    if appointment is not None and data["payload_updated_at"] <= appointment.payload_updated_at:
+        return appointment, IGNORED_STALE
+    now = now or now_utc()
+    own_id = appointment.id if appointment is not None else uuid.uuid4()
+    with _overlap_guarded(own_id, data) if context is None else nullcontext():
+        if appointment is None:
+            appointment = Appointment(id=own_id, org_id=data["org_id"], external_id=data["external_id"],
+                                      version=1, created_at=now, updated_at=now, deleted_at=None)
+            _apply(appointment, data)
+            db.session.add(appointment)
+            action = CREATED
+        else:
+            _apply(appointment, data)
+            appointment.version += 1
+            appointment.updated_at = now
+            appointment.deleted_at = None  # the calendar's newer word brings a cancelled one back
+            action = UPDATED
+    if context is not None:  # later items of the batch see this one
+        context.by_key[key] = appointment
+    _record(appointment, source=source, actor=actor, now=now)
+    return appointment, action
+
+
+@dataclass(frozen=True)
+class BatchItemRecord:
+    """What a batch answer says of an item's appointment: its id, as text (the answer is plain JSON)."""
+
+    id: str
+
+
+def upsert_batch_item(data: dict[str, Any], *, source: str, actor: str,
+                      context: BatchContext | None = None) -> tuple[BatchItemRecord, str]:
+    appointment, action = upsert_appointment(data, source=source, actor=actor, context=context)
+    return BatchItemRecord(str(appointment.id)), action
+
+
+def cancel_appointment(appointment_id: uuid.UUID, *, expected_versions: Collection[int] | None = None,
+                       source: str, actor: str, now: datetime | None = None) -> Appointment:
+    """Cancel: a version is written, its time is free again, reads give 410."""
+    org_id = db.session.scalar(select(Appointment.org_id).where(Appointment.id == appointment_id))
+    if org_id is not None:
+        lock_organisations([org_id])  # before its row: the order every writer takes them in
+    appointment = APPOINTMENTS.get(appointment_id, for_update=True)  # 404, 410
+    APPOINTMENTS.check_version(appointment, expected_versions)
+    now = now or now_utc()
+    appointment.deleted_at = now
+    appointment.updated_at = now
+    appointment.version += 1
+    _record(appointment, source=source, actor=actor, now=now)
+    return appointment
