@@ -3,8 +3,9 @@
 From a fresh clone this starts an embedded PostgreSQL under `./var/postgres` (unless
 `DATABASE_URL` is set), makes a development token once (`./var/dev-token`), applies both
 services' migrations, and runs each service under gunicorn with its importer on a folder under
-`./var/`. Ctrl-C (or SIGTERM) stops both services, then PostgreSQL. A second run reuses the data
-and the token. Variables already set in the environment win over these development defaults.
+`./var/`, and an embedded Kafka-protocol broker for the domain events (unless
+`EVENTS_KAFKA_BOOTSTRAP` is set). Ctrl-C (or SIGTERM) stops both services, then the broker and
+PostgreSQL. A second run reuses the data and the token (the broker keeps events in memory only). Variables already set in the environment win over these development defaults.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from shared.devdb import ensure_database, start_embedded
+from shared.events.broker import EmbeddedBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
@@ -30,6 +32,7 @@ DATABASE_NAME = "curavani"
 TOKEN_FILE = VAR / "dev-token"
 STARTUP_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 15
+BROKER_PORT = 9092  # the embedded broker's, on loopback
 
 # Folders the importers and alerts use, and the variable that names each (SPEC §3, §4).
 FOLDERS = {
@@ -60,13 +63,16 @@ class StartupFailed(Exception):
 
 def main() -> int:
     _stop_on(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    server = None
+    server = broker = None
     try:
         host = os.environ.get("HOST") or "127.0.0.1"
         check_ports_free(host)
         database_url, server = start_database()
+        broker = start_broker()
         token = None if os.environ.get("API_TOKENS") else development_token()
         env = development_environment(database_url, token)
+        if broker is not None:
+            env["EVENTS_KAFKA_BOOTSTRAP"] = broker.bootstrap
         apply_migrations(env)
         for service in SERVICES:
             service.process = start_service(service, host, env)
@@ -82,6 +88,9 @@ def main() -> int:
     finally:
         _ignore_signals()  # a second Ctrl-C must not cut the shutdown short
         stop_services()
+        if broker is not None:
+            broker.stop()
+            print("devserver: event broker stopped", file=sys.stderr)
         stop_database(server)
 
 
@@ -111,6 +120,19 @@ def start_database():
     print(f"devserver: starting PostgreSQL with data in {VAR / 'postgres'} …", file=sys.stderr)
     server = start_embedded(VAR / "postgres")
     return ensure_database(server.get_uri(), DATABASE_NAME), server
+
+
+def start_broker() -> EmbeddedBroker | None:
+    """The embedded broker we started (None with EVENTS_KAFKA_BOOTSTRAP: use that one)."""
+    if os.environ.get("EVENTS_KAFKA_BOOTSTRAP"):
+        return None
+    print(f"devserver: starting the event broker (Tansu, in memory) on 127.0.0.1:{BROKER_PORT} …", file=sys.stderr)
+    VAR.mkdir(exist_ok=True)
+    try:
+        return EmbeddedBroker(BROKER_PORT, VAR / "broker.log").start()
+    except (OSError, RuntimeError) as error:
+        raise StartupFailed(f"the event broker did not start ({error}); is port {BROKER_PORT} in use? "
+                            "Set EVENTS_KAFKA_BOOTSTRAP to use another broker") from None
 
 
 def development_token() -> str:
@@ -226,13 +248,26 @@ def print_banner(host: str, env: dict[str, str], token: str | None) -> None:
         f"  token              {shown_token}" + (f"   (kept in {TOKEN_FILE})" if token else ""),
         f"  importers read     {env['PATIENT_IMPORT_SOURCE']}",
         f"                     {env['THERAPIST_IMPORT_DIR']}",
+        f"  events go to       {env.get('EVENTS_KAFKA_BOOTSTRAP') or 'nowhere (EVENTS_KAFKA_BOOTSTRAP is unset)'}",
         "",
         "Try:",
         f'  curl -H "Authorization: Bearer {shown_token}" '
         f"{base_url(host, patients.port)}{patients.example_path}",
         "",
+        "Watch the events of both services (in another terminal):",
+        f"  {watch_events_command(env, token)}",
+        "",
     ]
     print("\n".join(lines), flush=True)
+
+
+def watch_events_command(env: dict[str, str], token: str | None) -> str:
+    """`flask events tail` with what `create_app` needs; values the user set stay references."""
+    database = "\"$DATABASE_URL\"" if os.environ.get("DATABASE_URL") else f"'{env['DATABASE_URL']}'"
+    tokens = "\"$API_TOKENS\"" if token is None else f"dev:{token}"
+    bootstrap = env.get("EVENTS_KAFKA_BOOTSTRAP") or "<host:port>"
+    return (f"DATABASE_URL={database} API_TOKENS={tokens} EVENTS_KAFKA_BOOTSTRAP={bootstrap} "
+            f"{BIN / 'flask'} --app patient_service events tail")
 
 
 def _without_password(database_url: str) -> str:
