@@ -15,6 +15,7 @@ from shared import metrics
 from shared.auth import init_auth
 from shared.batch import BatchAdapter, batches_blp
 from shared.config import Settings
+from shared.dashboard import init_dashboard
 from shared.db import ENGINE_OPTIONS
 from shared.errors import register_error_handlers
 from shared.events import relay as events_relay
@@ -98,6 +99,7 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
         api.register_blueprint(blueprint)
     app.extensions["batch"] = service.batch
     importer = imports.install(app, service.importer)
+    init_dashboard(app)  # /imports: the pages on-call reads, over the imports extension
     relay = events_relay.install(app)
     metrics.declare_event_series(service.name)
 

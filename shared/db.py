@@ -69,6 +69,11 @@ def page_of(query: Any, *, order_by: Any, page: int, page_size: int) -> tuple[li
     return list(db.session.scalars(query.order_by(order_by).limit(page_size).offset(offset))), total
 
 
+def page_count(total: int, page_size: int) -> int:
+    """How many pages `total` items fill: 0 for none."""
+    return -(-total // page_size)
+
+
 def reserve_ids(sequence: str, count: int) -> list[int]:
     """`count` fresh values of `sequence` in one round trip: ids for records created in bulk,
     whose version rows need the id before anything is flushed."""

@@ -71,6 +71,19 @@ class JsonLineFormatter(JsonFormatter):
         return datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
 
 
+class TextLineFormatter(logging.Formatter):
+    """`time LEVEL [service] logger: message`, and `[service import 7]` on lines logged while a
+    file is imported, as JSON lines carry `import_id`."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s [%(service)s%(import_tag)s] %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        import_id = record.__dict__.get("import_id")
+        record.import_tag = f" import {import_id}" if import_id is not None else ""
+        return super().format(record)
+
+
 class StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is at the time: a stream captured when the app was made
     (by pytest, say) may be closed by the time a late line, such as an atexit hook's, arrives."""
@@ -93,8 +106,7 @@ def configure_logging(level: str, fmt: str, service: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonLineFormatter(service))
     else:
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s [%(service)s] %(name)s: %(message)s"))
+        handler.setFormatter(TextLineFormatter())
     handler.addFilter(ContextFilter(service))
     for old in [h for h in root.handlers if getattr(h, "_curavani", False)]:
         root.removeHandler(old)

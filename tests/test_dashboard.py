@@ -246,6 +246,22 @@ def test_detail_page_lists_every_error_and_warning(signed_in, app):
     assert missing.mimetype == "text/html"
 
 
+def test_detail_page_pages_the_errors_of_a_big_file(signed_in, app):
+    import_id = add_record(app, status="failed", errors=[
+        {"index": i, "ref": f"ref-{i:04d}", "pointer": f"/therapists/{i}/id", "detail": "d", "kind": "validation"}
+        for i in range(250)])
+
+    first = signed_in.get(f"/imports/{import_id}").text
+    assert "ref-0000" in first and "ref-0099" in first and "ref-0100" not in first
+    assert "errors 1–100 of 250 · page 1 of 3" in first
+    assert f'href="/imports/{import_id}?page=2"' in first
+    last = signed_in.get(f"/imports/{import_id}?page=3").text
+    assert "ref-0200" in last and "ref-0249" in last and "ref-0199" not in last
+    assert "errors 201–250 of 250 · page 3 of 3" in last
+    beyond = signed_in.get(f"/imports/{import_id}?page=9")
+    assert beyond.status_code == 200 and "No errors on this page." in beyond.text
+
+
 def test_patient_dashboard_shows_the_label_never_the_file_name(make_app):
     app = make_app("patient")
     client = app.test_client()

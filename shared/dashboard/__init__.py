@@ -1,8 +1,9 @@
 """The import dashboard at `/imports`: server-rendered pages for on-call, behind the API tokens.
 
 Plain Jinja templates, one local stylesheet, charts drawn as inline SVG on the server: no build
-step, no script, nothing fetched from the internet. Mounted by both services through
-`shared.imports.service.install`.
+step, no script, nothing fetched from the internet. Mounted by `shared.app_factory.build_app`
+for both services; it reads through `shared.imports` (the queries in `shared.imports.dashboard`),
+which knows nothing of it.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from shared.imports import dashboard as queries
 from shared.imports.models import STATUSES
 
 PAGE_SIZE = 25
+ERRORS_PAGE_SIZE = 100  # a bad scrape can carry thousands
 CHART_DAYS = 14
 
 bp = Blueprint("imports_dashboard", __name__, url_prefix="/imports",
@@ -96,7 +97,10 @@ def detail(import_id: int):
     record = queries.get_import(_imports().models.record, import_id)
     if record is None:
         abort(404, description=f"Import {import_id} does not exist.")
+    page = max(1, request.args.get("page", 1, type=int))
     return render_template("imports_dashboard/detail.html", record=record,
+                           errors=queries.import_errors(_imports().models.record, import_id, page=page,
+                                                        page_size=ERRORS_PAGE_SIZE),
                            duration=queries.duration(record.status, record.started_at, record.finished_at),
                            retryable=record.status in queries.RETRYABLE)
 

@@ -11,9 +11,11 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import Date, cast, func, select, true
+from sqlalchemy.orm import defer
 
+from shared.db import page_count, page_of
 from shared.extensions import db
-from shared.imports.models import FAILED, PENDING, PROCESSING, QUARANTINED, STATUSES
+from shared.imports.models import FAILED, PENDING, PROCESSING, QUARANTINED, STATUSES, ImportRecordMixin
 from shared.imports.types import WatchedSource
 
 RETRYABLE = (FAILED, QUARANTINED)
@@ -47,15 +49,17 @@ class ImportRow:
 
 
 @dataclass(frozen=True)
-class ImportPage:
-    rows: list[ImportRow]
+class Page:
+    """One page of a longer list (imports, or one import's errors)."""
+
+    rows: list[Any]
     total: int
     page: int
     page_size: int
 
     @property
     def total_pages(self) -> int:
-        return max(1, -(-self.total // self.page_size))
+        return page_count(self.total, self.page_size)
 
 
 @dataclass(frozen=True)
@@ -103,27 +107,25 @@ def duration(status: str, started_at: datetime | None, finished_at: datetime | N
     return finished_at - started_at
 
 
-def recent_imports(record_model: type, *, status: str | None = None, page: int = 1,
-                   page_size: int = 25) -> ImportPage:
+def recent_imports(record_model: type[ImportRecordMixin], *, status: str | None = None, page: int = 1,
+                   page_size: int = 25) -> Page:
     """Imports newest first, optionally of one status; one page with the kinds of their errors."""
     Record = record_model
-    where = [Record.status == status] if status else []
-    total = db.session.scalar(select(func.count()).select_from(Record).where(*where))
+    ids, total = page_of(select(Record.id).where(*([Record.status == status] if status else [])),
+                         order_by=Record.id.desc(), page=page, page_size=page_size)
     rows = db.session.execute(
         select(Record.id, Record.label, Record.source, Record.status, Record.attempts,
                Record.next_attempt_at, Record.created_at, Record.started_at, Record.finished_at,
                Record.counts,
                func.jsonb_array_length(Record.errors).label("error_count"),
                func.jsonb_array_length(Record.warnings).label("warning_count"))
-        .where(*where).order_by(Record.id.desc())
-        .limit(page_size).offset((page - 1) * page_size)).all()
-    kinds = error_kinds(Record, [row.id for row in rows])
-    return ImportPage(
-        rows=[ImportRow(**row._asdict(), error_kinds=kinds.get(row.id, [])) for row in rows],
-        total=total, page=page, page_size=page_size)
+        .where(Record.id.in_(ids)).order_by(Record.id.desc())).all()
+    kinds = error_kinds(Record, ids)
+    return Page(rows=[ImportRow(**row._asdict(), error_kinds=kinds.get(row.id, [])) for row in rows],
+                total=total, page=page, page_size=page_size)
 
 
-def error_kinds(record_model: type, ids: list[int]) -> dict[int, list[tuple[str, int]]]:
+def error_kinds(record_model: type[ImportRecordMixin], ids: list[int]) -> dict[int, list[tuple[str, int]]]:
     """{import id: [(error kind, count), ...]}, counted in the database: an import of a big file
     can carry thousands of errors, and the list needs only their kinds."""
     if not ids:
@@ -140,11 +142,23 @@ def error_kinds(record_model: type, ids: list[int]) -> dict[int, list[tuple[str,
     return found
 
 
-def get_import(record_model: type, import_id: int) -> Any | None:
-    return db.session.get(record_model, import_id)
+def get_import(record_model: type[ImportRecordMixin], import_id: int) -> Any | None:
+    """One import without its errors, which can be thousands: `import_errors` pages them."""
+    return db.session.get(record_model, import_id, options=[defer(record_model.errors)])
 
 
-def imports_per_day(record_model: type, *, days: int = 14, today: date | None = None) -> list[DayCounts]:
+def import_errors(record_model: type[ImportRecordMixin], import_id: int, *, page: int = 1,
+                  page_size: int = 100) -> Page:
+    """One page of one import's errors, in the order they were recorded, sliced in the database."""
+    Record = record_model
+    error = func.jsonb_array_elements(Record.errors).table_valued("value", with_ordinality="position") \
+        .render_derived(name="error").lateral()
+    query = select(error.c.value).select_from(Record).join(error, true()).where(Record.id == import_id)
+    errors, total = page_of(query, order_by=error.c.position, page=page, page_size=page_size)
+    return Page(rows=errors, total=total, page=page, page_size=page_size)
+
+
+def imports_per_day(record_model: type[ImportRecordMixin], *, days: int = 14, today: date | None = None) -> list[DayCounts]:
     """How many imports were created on each of the last `days` UTC days, by status; every day
     present, oldest first. One GROUP BY."""
     today = today or datetime.now(timezone.utc).date()
@@ -162,7 +176,7 @@ def imports_per_day(record_model: type, *, days: int = 14, today: date | None = 
     return [DayCounts(day=when, by_status=by_status) for when, by_status in counts.items()]
 
 
-def status_totals(record_model: type) -> dict[str, int]:
+def status_totals(record_model: type[ImportRecordMixin]) -> dict[str, int]:
     Record = record_model
     found = dict(db.session.execute(select(Record.status, func.count()).group_by(Record.status)).all())
     return {status: found.get(status, 0) for status in STATUSES}

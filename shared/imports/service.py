@@ -158,12 +158,10 @@ class ImportsExtension:
 
 
 def install(app: Flask, spec: ImporterSpec) -> ImportsExtension:
-    from shared.dashboard import init_dashboard
     from shared.imports.cli import imports_cli
 
     extension = ImportsExtension(app, spec)
     app.extensions["imports"] = extension
     register_component(app, extension)
     app.cli.add_command(imports_cli)
-    init_dashboard(app)  # /imports: the pages on-call reads
     return extension

@@ -140,3 +140,23 @@ def test_lines_logged_in_a_request_carry_its_request_id(make_app, capsys):
     assert entry["request_id"] == "req-1234"
     assert entry["logger"] == "tests"
     assert entry["service"] == "therapist_service"
+
+
+def test_text_lines_name_the_import_they_were_logged_in(make_app, tmp_path, capsys):
+    inbox = tmp_path / "inbox"
+    copy_samples([THERAPIST_SAMPLE], inbox)
+    app = make_app("therapist", LOG_FORMAT="text", THERAPIST_IMPORT_DIR=str(inbox), THERAPIST_IMPORT_SETTLE_SECONDS=0)
+    capsys.readouterr()
+
+    with app.app_context():
+        app.extensions["imports"].run_pass()
+        logging.getLogger("tests").info("after the import")
+
+    lines = capsys.readouterr().err.splitlines()
+    started = [line for line in lines if re.search(r"therapist_service: import #\d+ started", line)]
+    assert started
+    for line in started:
+        import_id = re.search(r"import #(\d+) started", line)[1]
+        assert f" INFO [therapist_service import {import_id}] shared.imports.runner: " in line
+    [after] = [line for line in lines if line.endswith("after the import")]
+    assert " INFO [therapist_service] tests: " in after  # outside an import: no id
