@@ -17,6 +17,7 @@ from marshmallow import INCLUDE, Schema, fields
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import BadRequest
 
+from shared.db import page_count
 from shared.errors import PROBLEM_MIMETYPE
 
 MAX_SQL_OFFSET = 2**63 - 1  # OFFSET is a bigint
@@ -106,8 +107,8 @@ class Blueprint(SmorestBlueprint):
 
     @staticmethod
     def _make_pagination_metadata(page: int, page_size: int, item_count: int) -> dict[str, int]:
-        total_pages = 0 if item_count == 0 else (item_count - 1) // page_size + 1
-        return {"total": item_count, "page": page, "page_size": page_size, "total_pages": total_pages}
+        return {"total": item_count, "page": page, "page_size": page_size,
+                "total_pages": page_count(item_count, page_size)}
 
     def problems(self, *statuses: int, descriptions: dict[int, str] | None = None) -> Callable:
         """Document the problem-details responses a view can give besides its success."""
