@@ -67,6 +67,19 @@ def representation(appointment: Appointment) -> dict[str, Any]:
 
 # ---- locks ---------------------------------------------------------------------------------------
 
+_PLANNED = "appointment_organisations_planned"
+
+
+def _planned_organisations() -> frozenset[str]:
+    """The organisations a batch in this transaction named in `prepare_batch`. A batch redone item
+    by item (after an overlap) lost their locks with its savepoint: its first item takes them all
+    again, sorted, rather than each item its own in item order, which could deadlock against
+    another batch holding them sorted."""
+    session = db.session()
+    held = session.info.get(_PLANNED)
+    return held[1] if held is not None and held[0] is session.get_transaction() else frozenset()
+
+
 def lock_organisations(org_ids: Iterable[str]) -> None:
     """Wait for, and hold until the transaction ends, the write lock of each organisation, in
     one order for everyone (so two writers never hold one each and wait for the other)."""
@@ -180,9 +193,12 @@ class BatchContext:
 
 def prepare_batch(items: list[dict[str, Any]]) -> BatchContext:
     keys = {(item["org_id"], item["external_id"]) for item in items}
-    lock_organisations(org_id for org_id, _ in keys)
+    organisations = frozenset(org_id for org_id, _ in keys)
+    session = db.session()
+    session.info[_PLANNED] = (session.get_transaction(), organisations)
+    lock_organisations(organisations)
     stored = db.session.scalars(select(Appointment).where(
-        Appointment.org_id.in_({org_id for org_id, _ in keys}),
+        Appointment.org_id.in_(organisations),
         Appointment.external_id.in_({external_id for _, external_id in keys}))) if keys else []
     return BatchContext({key: a for a in stored if (key := (a.org_id, a.external_id)) in keys})
 
@@ -203,7 +219,7 @@ def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, now: da
     write is left to the batch's one flush (whose overlap makes the batch redo its items singly)."""
     key = (data["org_id"], data["external_id"])
     if context is None:
-        lock_organisations([data["org_id"]])
+        lock_organisations({data["org_id"], *_planned_organisations()})
         appointment = _stored(*key)
     else:
         appointment = context.by_key.get(key)
