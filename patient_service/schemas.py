@@ -5,8 +5,8 @@ from datetime import date, datetime
 
 from marshmallow import INCLUDE, ValidationError, fields, post_load, validate, validates
 
-from shared.schemas import (POSTCODE, Nested, StrictBoolean, StrictSchema, TrimmedString, UtcDateTime,
-                            VersionSchema, optional_string, weekly_hours)
+from shared.schemas import (POSTCODE, SERVER_RULE, Nested, StrictBoolean, StrictSchema, TrimmedString,
+                            UtcDateTime, VersionSchema, optional_string, weekly_hours)
 
 ANREDEN = ("Herr", "Frau", "Divers")
 GESCHLECHTER = ("männlich", "weiblich", "divers", "keine_angabe")
@@ -38,10 +38,13 @@ class PatientSchema(StrictSchema):
     geschlecht = fields.String(load_default=None, allow_none=True, validate=_one_of(GESCHLECHTER))
     vorname = TrimmedString(required=True, validate=validate.Length(1, 100))
     nachname = TrimmedString(required=True, validate=validate.Length(1, 100))
-    geburtsdatum = fields.Date(required=True)
+    geburtsdatum = fields.Date(required=True, metadata={
+        SERVER_RULE: f"not in the future, at most {MAX_AGE_YEARS} years ago"})
     email = TrimmedString(required=True, validate=[validate.Length(max=320), validate.Email()])
+    # Checked after trimming, so it neither starts nor ends with a space: written so, the published
+    # pattern also refuses a blank number, as the server does.
     telefon = optional_string(validate=[validate.Length(max=50), validate.Regexp(
-        r"^[0-9 +\-/()]+$", error="may contain only digits, spaces and + - / ( )")])
+        r"^[0-9+\-/()]([0-9 +\-/()]*[0-9+\-/()])?$", error="may contain only digits, spaces and + - / ( )")])
     strasse = optional_string(validate=validate.Length(max=200))
     plz = optional_string(validate=POSTCODE)
     ort = optional_string(validate=validate.Length(max=200))

@@ -4,21 +4,22 @@ document that tells the truth about error bodies (problem details) and `X-Pagina
 from __future__ import annotations
 
 import re
+from functools import cache
 from http import HTTPStatus
 from typing import Callable
 
-from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.ext.marshmallow.common import resolve_schema_cls
 from flask import Response, g, jsonify, request
 from flask_smorest import Api as SmorestApi
 from flask_smorest import Blueprint as SmorestBlueprint
 from flask_smorest import abort
-from marshmallow import INCLUDE, Schema, fields
+from marshmallow import INCLUDE, Schema, fields, validate
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import BadRequest
 
 from shared.db import page_count
 from shared.errors import PROBLEM_MIMETYPE
+from shared.schemas import RulesPlugin
 
 MAX_SQL_OFFSET = 2**63 - 1  # OFFSET is a bigint
 _ETAG_RE = re.compile(r'^(?:W/)?"(?P<id>\d+)\.(?P<version>\d+)"$')
@@ -68,7 +69,7 @@ class Api(SmorestApi):
 
     def __init__(self, app=None, **kwargs):
         spec_kwargs = kwargs.setdefault("spec_kwargs", {})
-        spec_kwargs.setdefault("marshmallow_plugin", MarshmallowPlugin(schema_name_resolver=schema_name))
+        spec_kwargs.setdefault("marshmallow_plugin", RulesPlugin(schema_name_resolver=schema_name))
         super().__init__(app, **kwargs)
 
     def _register_responses(self):
@@ -90,20 +91,40 @@ class Api(SmorestApi):
         }, lazy=True)
 
 
-class PaginationParser(FlaskParser):
-    """flask-smorest's pagination arguments, refusing a page PostgreSQL could not OFFSET to (422)."""
+@cache
+def bounded_pages(schema_cls: type[Schema]) -> type[Schema]:
+    """flask-smorest's pagination arguments with `page` bounded by the last page PostgreSQL could
+    OFFSET to at the largest page size: documented as `maximum`, refused above it (422)."""
+    page, page_size = schema_cls._declared_fields["page"], schema_cls._declared_fields["page_size"]
+    largest_page_size = max(v.max for v in page_size.validators if isinstance(v, validate.Range))
+    last_page = MAX_SQL_OFFSET // largest_page_size + 1
+    bounded_page = fields.Integer(load_default=page.load_default, validate=validate.Range(
+        min=1, max=last_page, error=f"must be between 1 and {last_page}"))
+    return type(schema_cls.__name__, (schema_cls,), {"page": bounded_page})
 
-    def parse(self, *args, **kwargs):
-        parameters = super().parse(*args, **kwargs)
-        if parameters.first_item > MAX_SQL_OFFSET:
-            abort(422, messages={"query": {"page": ["is beyond any page there can be"]}})
-        return parameters
+
+class PaginationParser(FlaskParser):
+    """Parses pagination arguments with `page` bounded (see `bounded_pages`)."""
+
+    def parse(self, argmap, *args, **kwargs):
+        return super().parse(bounded_pages(argmap), *args, **kwargs)
 
 
 class Blueprint(SmorestBlueprint):
     """flask-smorest blueprint whose `X-Pagination` is exactly `{total, page, page_size, total_pages}`."""
 
     PAGINATION_ARGUMENTS_PARSER = PaginationParser()
+
+    def paginate(self, *args, **kwargs) -> Callable:
+        """flask-smorest's `paginate`, documenting the bounded `page` the parser enforces."""
+        paginate = super().paginate(*args, **kwargs)
+
+        def decorator(view: Callable) -> Callable:
+            wrapper = paginate(view)
+            parameters = wrapper._apidoc["pagination"]["parameters"]
+            parameters["schema"] = bounded_pages(parameters["schema"])
+            return wrapper
+        return decorator
 
     @staticmethod
     def _make_pagination_metadata(page: int, page_size: int, item_count: int) -> dict[str, int]:
@@ -149,6 +170,8 @@ def require_json_body() -> None:
     if request.method not in ("POST", "PUT", "PATCH") or not request.path.startswith("/api/"):
         return
     if not request.get_data(cache=True):
+        if request.method in ("PUT", "PATCH"):  # their body is required, as documented
+            abort(400, message="the request body is required (JSON)")
         return  # no body at all: /api/imports/run needs none; a schema reports missing fields
     if not request.is_json:
         abort(400, message="the request body must be JSON (Content-Type: application/json)")

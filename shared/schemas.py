@@ -10,12 +10,16 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
 
 WEEKDAYS = ("montag", "dienstag", "mittwoch", "donnerstag", "freitag", "samstag", "sonntag")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _UNSTORABLE_JSON = re.compile(r"\\u0000|[\ud800-\udfff]")  # the same, as json.dumps writes it
-_TIME_RANGE = re.compile(r"^(?P<sh>[01]\d|2[0-3]):(?P<sm>[0-5]\d)-(?P<eh>[01]\d|2[0-4]):(?P<em>[0-5]\d)$")
+# An OpenAPI extension naming a rule JSON Schema cannot say (also written into the description);
+# the contract test accepts a 422 only for properties that carry it.
+SERVER_RULE = "x-server-rule"
+_TIME_RANGE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 
 
 def _unstorable_strings(value: Any) -> Any:
@@ -79,6 +83,8 @@ class TrimmedString(fields.String):
 class UtcDateTime(fields.DateTime):
     """ISO-8601 date-time; a value without a zone is UTC (SPEC §8.2)."""
 
+    openapi = {SERVER_RULE: "a value without a zone is UTC; it must lie after 0001-01-01T00:00Z in UTC"}
+
     def _deserialize(self, value, attr, data, **kwargs):
         result = super()._deserialize(value, attr, data, **kwargs)
         if result.tzinfo is None:
@@ -90,22 +96,31 @@ class UtcDateTime(fields.DateTime):
 
 
 def validate_time_range(value: str) -> None:
+    """`HH:MM-HH:MM`, the end after the start and at most 24:00."""
     match = _TIME_RANGE.match(value)
     if not match:
         raise ValidationError(f"{value!r} is not a time range HH:MM-HH:MM")
-    start = int(match["sh"]) * 60 + int(match["sm"])
-    end = int(match["eh"]) * 60 + int(match["em"])
+    start_hour, start_minute, end_hour, end_minute = map(int, match.groups())
+    start, end = start_hour * 60 + start_minute, end_hour * 60 + end_minute
     if end > 24 * 60 or end <= start:
         raise ValidationError(f"{value!r}: the end must be after the start, at most 24:00")
 
 
-def weekly_hours(**kwargs) -> fields.Dict:
+validate_time_range.openapi = {  # type: ignore[attr-defined]
+    "pattern": _TIME_RANGE.pattern,
+    SERVER_RULE: "the end is after the start, at most 24:00"}
+
+
+# Named weekday keys rather than a free-keyed dict: an error points into the document
+# (`/zeitliche_verfuegbarkeit/montag/1`), OpenAPI lists the keys, and any other key is unknown (422).
+WeeklyHoursSchema = StrictSchema.from_dict(
+    {day: fields.List(fields.String(validate=validate_time_range)) for day in WEEKDAYS},
+    name="WeeklyHoursSchema")
+
+
+def weekly_hours(**kwargs) -> Nested:
     """`{"montag": ["09:00-12:00"], ...}` — the shape of patients' and therapists' time slots."""
-    return fields.Dict(
-        keys=fields.String(validate=validate.OneOf(WEEKDAYS, error="must be a weekday montag … sonntag")),
-        values=fields.List(fields.String(validate=validate_time_range)),
-        **kwargs,
-    )
+    return Nested(WeeklyHoursSchema, **kwargs)
 
 
 POSTCODE = validate.Regexp(r"^\d{5}$", error="must be 5 digits")
@@ -140,3 +155,65 @@ class StrictBoolean(fields.Boolean):
         if not isinstance(value, bool):
             raise ValidationError("must be true or false")
         return value
+
+
+# ---- how a rule becomes OpenAPI ----------------------------------------------------------------
+# Decided here once for every schema: a field class or validator that JSON Schema's built-in
+# mapping misses carries an `openapi` dict (merged into the property); the rest is below.
+
+_NO_NUL = "^[^\\x00]*$"
+# What `str.strip()` removes, spelled out: `\s` differs between Python and ECMAScript regexes.
+_WHITESPACE = "".join(f"\\u{c:04x}" for c in range(0x10000) if chr(c).isspace())
+_NOT_BLANK = f"^[^\\x00]*[^\\x00{_WHITESPACE}][^\\x00]*$"  # a trimmed string: more than whitespace
+
+
+def openapi_rules(converter, field: fields.Field, ret: dict, **_kwargs) -> dict:
+    """apispec attribute function (runs after the built-in ones): the rules of our fields and
+    validators that apispec does not translate, written into the property `ret`."""
+    for rule in (getattr(field, "openapi", None), *(getattr(v, "openapi", None) for v in field.validators)):
+        if rule:
+            ret.update(rule)
+    if isinstance(field, AnyOfSchemas):
+        ret["anyOf"] = [converter.resolve_nested_schema(schema) for schema in field.schemas]
+    if any(isinstance(v, validate.Email) for v in field.validators):
+        ret["format"] = "email"
+    if SERVER_RULE in ret:
+        _describe(ret, f"Also: {ret[SERVER_RULE]}.")
+    if (ret.get("type") == "string" and isinstance(field.root, StrictSchema)  # loads input
+            and not ({"pattern", "format", "enum"} & ret.keys())):
+        # PostgreSQL stores no NUL character (422). A trimmed string with a minimum length must
+        # hold more than whitespace (trimming happens before the length rule).
+        trimmed_non_empty = isinstance(field, TrimmedString) and ret.get("minLength", 0) >= 1
+        ret["pattern"] = _NOT_BLANK if trimmed_non_empty else _NO_NUL
+    if isinstance(field, TrimmedString):
+        _describe(ret, "Surrounding whitespace is removed before the rules apply.")
+    if ret.get("nullable") is None and "anyOf" in ret and {"type": "object", "nullable": True} in ret["anyOf"]:
+        # apispec's nullable nested group allows any object in OpenAPI 3.0; say "this group or null".
+        ret["allOf"] = [branch for branch in ret.pop("anyOf") if branch != {"type": "object", "nullable": True}]
+        ret["nullable"] = True
+    return {}
+
+
+class AnyOfSchemas(fields.Raw):
+    """A value one of `schemas` loads, loaded later by whoever consumes it (a batch item, so that one
+    bad item is reported as that item's error); documented as `anyOf` those schemas. Not null."""
+
+    def __init__(self, *schemas: type[Schema], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.schemas = schemas
+
+
+def _describe(prop: dict, sentence: str) -> None:
+    """Append a sentence to a property's description."""
+    before = prop.get("description", "").rstrip()
+    if before and not before.endswith("."):
+        before += "."
+    prop["description"] = f"{before} {sentence}".lstrip()
+
+
+class RulesPlugin(MarshmallowPlugin):
+    """apispec's marshmallow plugin with `openapi_rules` added to its field conversion."""
+
+    def init_spec(self, spec) -> None:
+        super().init_spec(spec)
+        self.converter.add_attribute_function(openapi_rules)

@@ -5,6 +5,7 @@ from flask import url_for
 from flask.views import MethodView
 
 from shared import batch
+from shared.batch.schemas import batch_request_schema
 from shared.db import atomic
 from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_versions
 from shared.schemas import AsOfQuerySchema, VersionSchema
@@ -101,7 +102,7 @@ BATCH = batch.BatchAdapter(item_schema=TherapistSchema(), upsert=services.upsert
 
 @blp.route("/batch")
 class TherapistBatch(MethodView):
-    @blp.arguments(batch.BatchRequestSchema)
+    @blp.arguments(batch_request_schema(TherapistSchema))
     @blp.response(200, batch.BatchResponseSchema)
     @blp.alt_response(201, schema=batch.BatchResponseSchema, description="At least one therapist was created")
     @blp.alt_response(204, description="`Prefer: return=minimal` and nothing was created")

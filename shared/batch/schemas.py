@@ -1,9 +1,9 @@
 """Wire shapes of batch requests: the request body, per-item results and stored outcomes."""
 from __future__ import annotations
 
-from marshmallow import fields, validate
+from marshmallow import Schema, fields, validate
 
-from shared.schemas import StrictSchema
+from shared.schemas import AnyOfSchemas, StrictSchema
 
 ACTIONS = ("created", "updated", "unchanged", "ignored_stale", "deleted", "error")
 PROBLEMS = {409: "A request with this `Idempotency-Key` is still running",
@@ -19,6 +19,15 @@ class BatchRequestSchema(StrictSchema):
 class DeleteItemSchema(StrictSchema):
     op = fields.String(required=True, validate=validate.Equal("delete"))
     id = fields.Integer(required=True, strict=True)
+
+
+def batch_request_schema(item_schema: type[Schema]) -> type[BatchRequestSchema]:
+    """The body of one resource's batch endpoint: `BatchRequestSchema` whose OpenAPI names the
+    item shapes (that resource's item, or a delete); each item is still loaded one by one."""
+    items = fields.List(AnyOfSchemas(item_schema, DeleteItemSchema), required=True,
+                        validate=validate.Length(min=1, error="must not be empty"))
+    resource = item_schema.__name__.removesuffix("Schema").removesuffix("BatchItem")
+    return type(f"{resource}BatchRequestSchema", (BatchRequestSchema,), {"items": items})
 
 
 class ItemErrorSchema(StrictSchema):
