@@ -9,10 +9,16 @@ POST /api/patients at 50 requests/s. The load is open-loop: every request is sen
 scheduled time whether or not earlier ones have answered, and its latency is counted from that
 scheduled time, so a slow server cannot hide its queue (no coordinated omission). It prints the
 rate achieved, p50/p99/max latency per phase, and whether GET p99 ≤ 20 ms at 200 requests/s (the
-target from the issue), then stops gunicorn and the database.
+target from the issue).
+
+Then the cost of the access log (SPEC §10.3): a second gunicorn serves the same database with the
+log not written (`create_app_without_access_log`, this bench's own baseline), and GET phases
+alternate between the two, ROUNDS each; it prints both p99s and their ratio against the target of
+at most 20 % slower. Then it stops gunicorn and the database.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -39,6 +45,8 @@ SEED_PATIENTS = 1000
 GET_RATE, POST_RATE, DURATION_SECONDS = 200, 50, 15
 CLIENT_THREADS = 32
 TARGET_P99_MS = 20.0
+ROUNDS, ROUND_SECONDS = 3, 10  # the access log comparison: alternating phases per server
+TARGET_LOG_RATIO = 1.20
 
 
 @dataclass
@@ -71,12 +79,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_patient_service(database_url: str, token: str, port: int, log_file) -> subprocess.Popen:
+def create_app_without_access_log():
+    """The patient service with its access log not written: the baseline of the comparison only."""
+    from patient_service import create_app, privacy
+
+    privacy.RECORDING = False
+    return create_app()
+
+
+def start_patient_service(database_url: str, token: str, port: int, log_file, *,
+                          access_log: bool = True) -> subprocess.Popen:
     env = {**os.environ, "DATABASE_URL": database_url, "API_TOKENS": f"bench:{token}",
            "IMPORTS_ENABLED": "false", "LOG_LEVEL": "WARNING"}
     subprocess.run([str(BIN / "flask"), "--app", "patient_service", "db", "upgrade"],
                    env=env, cwd=ROOT, check=True, stdout=log_file, stderr=log_file)
-    command = [str(BIN / "gunicorn"), "patient_service.app:create_app()",
+    app = ("patient_service.app:create_app()" if access_log
+           else "api_crud:create_app_without_access_log()")
+    command = [str(BIN / "gunicorn"), app, "--pythonpath", str(ROOT / "bench"),
                "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS), "--threads", str(THREADS),
                "--no-control-socket"]
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=log_file, stderr=log_file,
@@ -91,7 +110,7 @@ def wait_until_healthy(base_url: str, process: subprocess.Popen, timeout: float 
         try:
             if requests.get(f"{base_url}/health", timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up yet, or a busy machine
             pass
         time.sleep(0.2)
     raise RuntimeError("the patient service did not answer /health in time")
@@ -124,6 +143,11 @@ class Client:
 
     def get_patient(self, patient_id: int) -> int:
         return self.session().get(f"{self.base_url}/api/patients/{patient_id}", timeout=10).status_code
+
+    def access_log_total(self, patient_id: int) -> int:
+        response = self.session().get(f"{self.base_url}/api/patients/{patient_id}/access-log", timeout=10)
+        response.raise_for_status()
+        return json.loads(response.headers["X-Pagination"])["total"]
 
     def create_patient(self, number: int) -> requests.Response:
         return self.session().post(f"{self.base_url}/api/patients", json=patient(number), timeout=10)
@@ -186,6 +210,36 @@ def run_open_loop(name: str, send, rate: int, duration: int) -> Phase:
     return Phase(name, successes, count - len(successes), max(finished_at) - start)
 
 
+# ---- the access log's cost ----------------------------------------------------------------------
+
+def compare_access_log(logged: Client, unlogged: Client, ids: list[int]) -> None:
+    """GET p99 with the access log and without it, in alternating phases on one database."""
+    picks = random.Random(7)
+    latencies: dict[str, list[float]] = {"with": [], "without": []}
+    failures = {"with": 0, "without": 0}
+    for patient_id in ids[:200]:
+        unlogged.get_patient(patient_id)  # its warm-up, as the logged server had
+    for round_number in range(ROUNDS):
+        order = [("with", logged), ("without", unlogged)]
+        for variant, client in order if round_number % 2 == 0 else order[::-1]:
+            chosen = [picks.choice(ids) for _ in range(GET_RATE * ROUND_SECONDS)]
+            phase = run_open_loop(f"GET {variant} access log", lambda i: client.get_patient(chosen[i]),
+                                  GET_RATE, ROUND_SECONDS)
+            latencies[variant] += phase.latencies_ms
+            failures[variant] += phase.failures
+    pooled = {variant: Phase(variant, values, failures[variant], 0.0) for variant, values in latencies.items()}
+    for variant in ("without", "with"):
+        phase = pooled[variant]
+        print(f"GET {variant + ' access log':<22} {ROUNDS} × {ROUND_SECONDS} s at {GET_RATE}/s: "
+              f"{len(phase.latencies_ms)} ok, {phase.failures} failed   p50 {phase.percentile(0.50):.1f} ms   "
+              f"p99 {phase.percentile(0.99):.1f} ms")
+    ratio = pooled["with"].percentile(0.99) / pooled["without"].percentile(0.99)
+    met = ratio <= TARGET_LOG_RATIO and not any(failures.values())
+    print(f"access log cost: GET p99 with / without = {ratio:.2f} "
+          f"(target <= {TARGET_LOG_RATIO:.2f}): {'met' if met else 'NOT met'}; "
+          f"entries for patient {ids[0]}: {logged.access_log_total(ids[0])}")
+
+
 # ---- the run -----------------------------------------------------------------------------------
 
 def main() -> int:
@@ -194,7 +248,7 @@ def main() -> int:
     base_url = f"http://127.0.0.1:{port}"
     log_path = VAR / "bench-gunicorn.log"
     server = start_embedded(VAR / "bench-postgres")
-    gunicorn = None
+    gunicorn = baseline = None
     try:
         drop_database(server.get_uri(), DATABASE_NAME)  # every run starts from an empty database
         database_url = ensure_database(server.get_uri(), DATABASE_NAME)
@@ -225,8 +279,15 @@ def main() -> int:
             met = p99 <= TARGET_P99_MS and gets.failures == 0
             print(f"target GET p99 <= {TARGET_P99_MS:.0f} ms at {GET_RATE} requests/s: "
                   f"{'met' if met else 'NOT met'} (p99 {p99:.1f} ms, {gets.failures} failed)")
+
+            baseline_port = free_port()
+            baseline = start_patient_service(database_url, token, baseline_port, log_file, access_log=False)
+            wait_until_healthy(f"http://127.0.0.1:{baseline_port}", baseline)
+            compare_access_log(client, Client(f"http://127.0.0.1:{baseline_port}", token), ids)
         return 0
     finally:
+        if baseline is not None:
+            stop(baseline)
         if gunicorn is not None:
             stop(gunicorn)
         drop_database(server.get_uri(), DATABASE_NAME)
