@@ -142,6 +142,6 @@ class AccessLogEntry(db.Model):
     what: Mapped[str] = mapped_column(String(20))
     __table_args__ = (
         Index("ix_access_log_patient_read_at", "patient_id", "read_at"),
-        Index("ix_access_log_read_at", "read_at"),
+        Index("ix_access_log_read_at", "read_at", postgresql_using="brin"),  # append-only: tiny, cheap to keep
         {"schema": SCHEMA},
     )

@@ -56,7 +56,8 @@ def upgrade():
     )
     op.create_index('ix_access_log_patient_read_at', 'access_log', ['patient_id', 'read_at'], unique=False,
                     schema=SCHEMA)
-    op.create_index('ix_access_log_read_at', 'access_log', ['read_at'], unique=False, schema=SCHEMA)
+    op.create_index('ix_access_log_read_at', 'access_log', ['read_at'], unique=False, schema=SCHEMA,
+                    postgresql_using='brin')
 
 
 def downgrade():
