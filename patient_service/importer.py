@@ -10,19 +10,18 @@ copies name the registration token instead.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from concurrent.futures import ThreadPoolExecutor, wait
-from datetime import datetime, timezone
-from pathlib import PurePosixPath
-from typing import Any
-from zoneinfo import ZoneInfo
+from dataclasses import dataclass
+from datetime import datetime
 
 from marshmallow import ValidationError
 
 from patient_service import privacy, services
 from patient_service.models import IMPORT_MODELS
-from patient_service.schemas import REGISTRATION_TIMESTAMP_FORMAT, RegistrationFileSchema
+from patient_service.schemas import RegistrationFileSchema
 from shared.config import Settings
 from shared.errors import DomainError, flatten_messages
 from shared.imports.backup import write_backup
@@ -32,13 +31,31 @@ from shared.imports.service import ImporterSpec
 from shared.imports.sources.bucket import make_bucket
 
 NAME = re.compile(r"^(?P<nachname>[^_]+)_(?P<vorname>[^_]+)_(?P<date>\d{8})_(?P<token>[A-Za-z0-9-]+)\.json$")
-BERLIN = ZoneInfo("Europe/Berlin")
 _schema = RegistrationFileSchema()
 
 
-def token_in_name(name: str) -> str | None:
-    match = NAME.match(PurePosixPath(name).name)
-    return match["token"] if match else None
+@dataclass(frozen=True)
+class ObjectName:
+    token: str | None  # the registration token, when the last segment has the expected form
+    problem: str | None  # why the name is refused; None for a good name
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_object_name(name: str) -> ObjectName:
+    """The one check of an object name; label, name check and import all ask it (cached: they ask
+    about the same file one after another)."""
+    parts = name.replace("\\", "/").split("/")
+    match = NAME.match(parts[-1])
+    token = match["token"] if match else None
+    if any(part in ("..", ".") for part in parts) or "\\" in name:
+        return ObjectName(token, "the object name contains a '..' or '.' path segment or a backslash")
+    if not match:
+        return ObjectName(None, "the object name must be {nachname}_{vorname}_{YYYYMMDD}_{token}.json")
+    try:
+        datetime.strptime(match["date"], "%Y%m%d")
+    except ValueError:
+        return ObjectName(token, "the date in the object name is not a valid YYYYMMDD date")
+    return ObjectName(token, None)
 
 
 class RegistrationFileHandler:
@@ -49,28 +66,21 @@ class RegistrationFileHandler:
         self._backups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup")
 
     def label(self, file: SourceFile) -> str:
-        token = token_in_name(file.name)
+        token = parse_object_name(file.name).token
         if token and ".." not in file.name:
             return f"registration {token}"
         return f"object {hashlib.sha256(file.name.encode()).hexdigest()[:12]} (name not in the expected form)"
 
     def check_name(self, file: SourceFile) -> None:
-        parts = file.name.replace("\\", "/").split("/")
-        if any(part in ("..", ".") for part in parts) or "\\" in file.name:
-            raise InputError("bad-name", "the object name contains a '..' or '.' path segment or a backslash")
-        match = NAME.match(parts[-1])
-        if not match:
-            raise InputError("bad-name", "the object name must be {nachname}_{vorname}_{YYYYMMDD}_{token}.json")
-        try:
-            datetime.strptime(match["date"], "%Y%m%d")
-        except ValueError:
-            raise InputError("bad-name", "the date in the object name is not a valid YYYYMMDD date") from None
+        problem = parse_object_name(file.name).problem
+        if problem is not None:
+            raise InputError("bad-name", problem)
 
     def apply(self, payload: bytes, file: SourceFile, *, import_id: int) -> Outcome:
         """Back the file up and import it. The backup is written (and fsynced) while the file is
         validated and imported, and waited for before returning, so it is on disk before the
         import commits — and an import whose backup failed does not commit."""
-        token = token_in_name(file.name)
+        token = parse_object_name(file.name).token
         backup = (self._backups.submit(write_backup, self.backup_dir, f"{token}-{file.generation}.json", payload)
                   if self.backup_dir else None)
         try:
@@ -98,34 +108,18 @@ class RegistrationFileHandler:
             raise InputError("token-mismatch", "the token in the object name is not the file's registration_token",
                              pointer="/registration_token")
 
-        consent = dict(document["consent_metadata"])  # kept in full, exactly as sent
-        registered_at = _berlin_to_utc(registration["registration_timestamp"], token)
         outcome = Outcome()
         try:
             patient, action, warnings = services.import_registration(
-                registration["patient_data"], consent, token=token,
-                registered_at=registered_at,
-                consent_given_at=_consent_time(consent), import_id=import_id,
+                registration["patient_data"], dict(document["consent_metadata"]),  # kept in full, exactly as sent
+                token=token, registered_at=registration["registration_timestamp"],
+                consent_given_at=registration["consent_metadata"]["timestamp_utc"], import_id=import_id,
                 sha256=hashlib.sha256(payload).hexdigest(), source="import", actor=f"import:{import_id}")
         except DomainError as error:
             raise InputError(error.type, error.detail) from None
         outcome.count(action)
         outcome.warnings += [item_error("possible-duplicate", warning, index=0, ref=token) for warning in warnings]
         return outcome
-
-
-def _berlin_to_utc(local: str, token: str) -> datetime:
-    try:
-        return datetime.strptime(local, REGISTRATION_TIMESTAMP_FORMAT).replace(tzinfo=BERLIN).astimezone(timezone.utc)
-    except OverflowError:  # 0001-01-01 00:30 in Berlin is before year 1 in UTC
-        raise InputError("validation", "1 field(s) invalid", errors=[item_error(
-            "validation", "is outside the range of supported date-times", pointer="/registration_timestamp",
-            index=0, ref=token)]) from None
-
-
-def _consent_time(consent: dict[str, Any]) -> datetime:
-    given = datetime.fromisoformat(consent["timestamp_utc"].replace("Z", "+00:00"))
-    return given if given.tzinfo else given.replace(tzinfo=timezone.utc)
 
 
 def _source(settings: Settings):

@@ -1,7 +1,8 @@
 """The patient's one shape (SPEC §6.1), used by the REST API, batch requests and the importer."""
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timezone
+from zoneinfo import ZoneInfo
 
 from marshmallow import INCLUDE, ValidationError, fields, post_load, validate, validates
 
@@ -16,10 +17,27 @@ THERAPEUTENGESCHLECHT = ("männlich", "weiblich", "egal")
 VERKEHRSMITTEL = ("Auto", "ÖPNV")
 MAX_AGE_YEARS = 120
 REGISTRATION_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
+BERLIN = ZoneInfo("Europe/Berlin")
 
 
 def _one_of(choices):
     return validate.OneOf(choices, error="must be one of: " + ", ".join(choices))
+
+
+class BerlinLocalDateTime(fields.Field):
+    """`YYYY-MM-DD HH:MM:SS` in Berlin's local time (SPEC §8.1), loaded as the moment in UTC."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> datetime:
+        try:
+            local = datetime.strptime(value, REGISTRATION_TIMESTAMP_FORMAT) if isinstance(value, str) else None
+        except ValueError:
+            local = None
+        if local is None:
+            raise ValidationError("must be local time YYYY-MM-DD HH:MM:SS (Europe/Berlin)")
+        try:
+            return local.replace(tzinfo=BERLIN).astimezone(timezone.utc)
+        except OverflowError:  # 0001-01-01 00:30 in Berlin is before year 1 in UTC
+            raise ValidationError("is outside the range of supported date-times") from None
 
 
 class RaeumlicheVerfuegbarkeitSchema(StrictSchema):
@@ -103,26 +121,14 @@ class ConsentMetadataSchema(StrictSchema):
 
 
 class RegistrationFileSchema(StrictSchema):
-    """A registration file from the bucket (SPEC §8.1); `patient_data` is a `PatientSchema`."""
+    """A registration file from the bucket (SPEC §8.1); `patient_data` is a `PatientSchema`.
+    Loaded, `registration_timestamp` and `consent_metadata.timestamp_utc` are moments in UTC."""
 
     patient_data = Nested(PatientSchema, required=True)
-    consent_metadata = fields.Dict(required=True)
-    registration_timestamp = fields.String(required=True)
+    consent_metadata = Nested(ConsentMetadataSchema, required=True)
+    registration_timestamp = BerlinLocalDateTime(required=True)
     registration_token = TrimmedString(required=True, validate=[
         validate.Length(1, 100), validate.Regexp(r"^[A-Za-z0-9-]+$", error="may contain only letters, digits and -")])
-
-    @validates("consent_metadata")
-    def _consent_has_proof(self, value, **_kwargs):
-        errors = ConsentMetadataSchema().validate(value)
-        if errors:
-            raise ValidationError(errors)
-
-    @validates("registration_timestamp")
-    def _local_timestamp(self, value, **_kwargs):
-        try:
-            datetime.strptime(value, REGISTRATION_TIMESTAMP_FORMAT)
-        except ValueError:
-            raise ValidationError("must be local time YYYY-MM-DD HH:MM:SS (Europe/Berlin)") from None
 
 
 class ConsentSchema(StrictSchema):
