@@ -3,7 +3,7 @@
 Whole-file problems — not UTF-8, not JSON, truncated, the wrong shape, an item that is not an
 object, the same id twice — fail the file and write nothing. A therapist that fails validation
 is reported with its index and id while the rest of the file is imported (`partial`).
-Each therapist goes through `TherapistSchema` and the functions of `therapist_service.services`,
+Each therapist goes through `TherapistImportItemSchema` and the functions of `therapist_service.services`,
 with `source="import"` and the import's id as the actor.
 """
 from __future__ import annotations
@@ -28,12 +28,11 @@ from shared.imports.service import ImporterSpec
 from shared.imports.sources.folder import FolderSource
 from therapist_service import services
 from therapist_service.models import IMPORT_MODELS
-from therapist_service.schemas import TherapistSchema
+from therapist_service.schemas import TherapistImportItemSchema
 
 NAME = re.compile(r"^\d{5}\.json$")
-STATUSES = ("new", "modified", "unchanged", "deleted")
 FLUSH_EVERY = 2000
-_schema = TherapistSchema()
+_schema = TherapistImportItemSchema()
 
 
 def _check_shape(document: Any) -> tuple[dict[str, Any], list[Any]]:
@@ -62,27 +61,10 @@ def _pointer(index: int, within: str = "/") -> str:
     return f"/therapists/{index}" + ("" if within == "/" else within)
 
 
-def _load(index: int, item: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """One scraped therapist → (status, loaded data). Raises `ValidationError` with pointers."""
-    problems: dict[str, Any] = {}
-    external_id = item.get("id")
-    if not isinstance(external_id, str) or not external_id.strip():
-        problems["id"] = ["required: a non-empty string"]
-    status = item.get("status")
-    if status not in STATUSES:
-        problems["status"] = ["must be one of: " + ", ".join(STATUSES)]
-    body = {key: value for key, value in item.items() if key not in ("id", "status")}
-    body["external_id"] = external_id if isinstance(external_id, str) else None
-    try:
-        data = _schema.load(body)
-    except ValidationError as error:
-        messages = dict(error.messages) if isinstance(error.messages, dict) else {"_schema": error.messages}
-        if "external_id" in messages:
-            problems.setdefault("id", messages.pop("external_id"))
-        problems.update(messages)
-    if problems:
-        raise ValidationError(problems)
-    return status, data
+def _load(item: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """One scraped therapist → (status, loaded data). Raises `ValidationError`, keyed as in the file."""
+    data = _schema.load(item)
+    return data.pop("status"), data
 
 
 class TherapistFileHandler:
@@ -113,7 +95,7 @@ class TherapistFileHandler:
                 outcome.count(services.UNCHANGED)  # the very entry imported last time: nothing to load
                 continue
             try:
-                status, data = _load(index, item)
+                status, data = _load(item)
             except ValidationError as error:
                 outcome.count("failed")
                 outcome.errors.extend(item_error("validation", e["detail"], pointer=_pointer(index, e["pointer"]),

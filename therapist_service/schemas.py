@@ -1,6 +1,7 @@
 """The therapist's one shape (SPEC §6.2 / §8.2), used by the REST API, batch requests and the importer.
 
-A scraped therapist with `id` renamed `external_id` and `status` left out loads with `TherapistSchema`.
+A scraped therapist loads with `TherapistImportItemSchema`: the same shape, its `id` being our
+`external_id`, and its `status`.
 A missing or null group is read as an empty one, so every stored group has all its keys.
 """
 from __future__ import annotations
@@ -13,6 +14,9 @@ from shared.schemas import (POSTCODE, Nested, StrictBoolean, StrictSchema, Trimm
 from therapist_service.models import GROUPS
 
 INSURANCE = ("gesetzlich", "privat", "selbstzahler")
+IMPORT_STATUSES = ("new", "modified", "unchanged", "deleted")
+_ID_RULE = "required: a non-empty string of at most 200 characters"
+_STATUS_RULE = "must be one of: " + ", ".join(IMPORT_STATUSES)
 
 
 def _string_list():
@@ -79,6 +83,19 @@ class TherapistSchema(StrictSchema):
                 if data.get(group) is None:
                     data[group] = {}
         return data
+
+
+class TherapistImportItemSchema(TherapistSchema):
+    """One therapist of a scrape file (SPEC §8.2): `id` is the scraper's id (our `external_id`),
+    `status` what the scraper says happened to the entry."""
+
+    class Meta(TherapistSchema.Meta):
+        exclude = ("id",)  # our id is not in a scrape; the scraper's `id` is external_id
+
+    external_id = TrimmedString(data_key="id", required=True, validate=validate.Length(1, 200, error=_ID_RULE),
+                                error_messages={key: _ID_RULE for key in ("required", "null", "invalid")})
+    status = fields.String(required=True, load_only=True, validate=validate.OneOf(IMPORT_STATUSES, error=_STATUS_RULE),
+                           error_messages={key: _STATUS_RULE for key in ("required", "null", "invalid")})
 
 
 class TherapistQuerySchema(StrictSchema):
