@@ -13,17 +13,20 @@ Per file:
 
 Failures leave the file where it is, with specific errors on the record, a retry time with
 exponential back-off, quarantine after `max_attempts`, and an alert on the first failure and on
-quarantine — once, whatever the number of workers and passes.
+quarantine — once, whatever the number of workers and passes. A transient failure (a lost
+database connection, an I/O error) backs off in seconds instead, and the pass names the file and
+its retry time (`PassSummary.retries`) so the worker tries it again then, not at the next poll.
 """
 from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from shared.db import unit_of_work
 from shared.extensions import db
@@ -38,6 +41,15 @@ from shared.schemas import now_utc
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(hours=24)
+TRANSIENT_BACKOFF = timedelta(seconds=2)  # doubled per attempt, never above the regular back-off
+
+
+def is_transient(error: BaseException) -> bool:
+    """A lost database connection (or another operational database error) or an I/O error: not
+    the file's fault, and likely gone in seconds."""
+    if isinstance(error, DBAPIError):
+        return error.connection_invalidated or isinstance(error, (OperationalError, InterfaceError))
+    return isinstance(error, (OSError, SourceUnavailable))
 
 
 @dataclass
@@ -47,6 +59,7 @@ class PassSummary:
     finished_again: int = 0
     skipped: int = 0
     source_error: str | None = None
+    retries: list[tuple[SourceFile, datetime]] = field(default_factory=list)  # transient failures
 
     def add(self, status: str) -> None:
         self.files += 1
@@ -77,12 +90,13 @@ class ImportRunner:
         self.still_leader = still_leader
         self.on_record_finished = on_record_finished
         self._finishing: ThreadPoolExecutor | None = None
+        self.retries: list[tuple[SourceFile, datetime]] = []
 
     # ---- a pass ------------------------------------------------------------------------------
 
     def run_pass(self, files: list[SourceFile] | None = None) -> PassSummary:
         """Import `files`, or everything the source lists. Call inside an app context."""
-        summary = PassSummary()
+        summary = PassSummary(retries=self.retries)
         self._touch_state(last_pass_started_at=now_utc())
         if files is None:
             try:
@@ -151,6 +165,7 @@ class ImportRunner:
 
     def _import(self, file: SourceFile, record: Any, fetched: Fetched | None, downloaded: Future | None) -> str:
         started = now_utc()
+        transient = False
         try:
             self.handler.check_name(file)
             if fetched is None:
@@ -162,21 +177,25 @@ class ImportRunner:
         except InputError as error:
             status = self._fail(record.id, error.as_errors(), input_error=True, fetched=fetched)
         except SourceUnavailable as error:
+            transient = True
             status = self._fail(record.id, [item_error("source-error", str(error))], input_error=False,
-                                fetched=fetched)
+                                fetched=fetched, transient=True)
         except FileVanished as error:
             status = self._vanished(record.id, str(error))
         except Exception as error:  # noqa: BLE001 — the service must outlive any file
             db.session.rollback()
+            transient = is_transient(error)
             # The class and place only: a database error's text can hold row values.
             log.error("%s: import #%s failed unexpectedly: %s", self.service, record.id,
                       describe_exception(error))
             status = self._fail(record.id, [item_error(
                 "internal-error", f"{describe_exception(error)}; the file is kept and will be retried")],
-                input_error=False, fetched=fetched)
+                input_error=False, fetched=fetched, transient=transient)
+        finished = db.session.get(self.models.record, record.id)
+        if transient and finished.status == FAILED and finished.next_attempt_at is not None:
+            self.retries.append((file, finished.next_attempt_at))
         if self.on_record_finished:
-            self.on_record_finished(db.session.get(self.models.record, record.id),
-                                    (now_utc() - started).total_seconds())
+            self.on_record_finished(finished, (now_utc() - started).total_seconds())
         if status in DONE:
             self._finish_at_source(file)
         return status
@@ -256,7 +275,7 @@ class ImportRunner:
         record.next_attempt_at = None
 
     def _fail(self, record_id: int, errors: list[dict[str, Any]], *, input_error: bool,
-              fetched: Fetched | None, outcome: Outcome | None = None) -> str:
+              fetched: Fetched | None, outcome: Outcome | None = None, transient: bool = False) -> str:
         db.session.rollback()
         with unit_of_work():
             record = self._locked_record(record_id)
@@ -270,6 +289,8 @@ class ImportRunner:
                 record.status = QUARANTINED
             elif retry:
                 delay = min(self.retry_base * (2 ** (record.attempts - 1)), MAX_BACKOFF)
+                if transient:
+                    delay = min(TRANSIENT_BACKOFF * (2 ** (record.attempts - 1)), delay)
                 record.next_attempt_at = record.finished_at + delay
             if record.status == QUARANTINED or record.attempts == 1:
                 self._alert(record)

@@ -8,6 +8,9 @@
 - `alerts` (every 30 s) sends alerts the SMTP server refused earlier.
 - The worker thread runs passes one after another, only while this process holds the lock.
   Only it imports, so jobs never wait on an import and never pile up.
+- A file that failed for a transient reason (lost database connection, I/O error) is handed to
+  the worker again at its retry time, seconds later (a one-off `retry:<name>` job); a pass that
+  broke off for such a reason is run again after 2, 4, 8 … seconds (at most `poll_seconds`).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports import alerts
 from shared.imports.locking import ImporterLock
+from shared.imports.runner import TRANSIENT_BACKOFF, is_transient
 from shared.imports.types import WatchedSource
 from shared.logs import describe_exception
 from shared.schemas import now_utc
@@ -58,6 +62,7 @@ class BackgroundImporter:
         self.last_request_seen: datetime | None = None
         self.last_leader_note: datetime | None = None
         self.observer_restarts = 0
+        self.broken_passes = 0  # passes in a row that broke off for a transient reason
         self._fork_hook_installed = False
 
     # ---- life cycle ----------------------------------------------------------------------------
@@ -238,12 +243,32 @@ class BackgroundImporter:
                     summary = self.imports.run_pass(None if item == FULL_PASS else item,
                                                     still_leader=self._still_leader)
                     self.last_pass_at = now_utc()
+                    self.broken_passes = 0
+                    for file, when in summary.retries:
+                        self._hand_over_at(when, [file], job_id=f"retry:{file.name}")
                     if summary.files or summary.source_error:
                         log.info("%s import pass: %s", self.imports.service, summary)
                     self._send_alerts_soon()
                 except Exception as error:  # noqa: BLE001 — a pass may fail; the thread must not
                     db.session.rollback()
                     log.error("import pass failed: %s", describe_exception(error))
+                    if is_transient(error):
+                        self.broken_passes += 1
+                        delay = min(TRANSIENT_BACKOFF.total_seconds() * 2 ** (self.broken_passes - 1),
+                                    self.imports.poll_seconds)
+                        self._hand_over_at(now_utc() + timedelta(seconds=delay), item, job_id="retry-pass")
+
+    def _hand_over_at(self, when: datetime, item: Any, *, job_id: str) -> None:
+        """Give the worker `item` (files, or a full pass) again at `when`, if this process still leads."""
+        if self.scheduler is not None and not self.stopping.is_set():
+            self.scheduler.add_job(self._hand_over, "date", run_date=when, args=[item], id=job_id,
+                                   replace_existing=True)
+
+    def _hand_over(self, item: Any) -> None:
+        if item == FULL_PASS:
+            self.request_full_pass()
+        elif self.lock.held and not self.stopping.is_set():
+            self.work.put(item)
 
     def _still_leader(self) -> bool:
         return self.lock.held and not self.stopping.is_set()
