@@ -27,7 +27,7 @@ class OutboxEventMixin:
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(36), nullable=False)
     aggregate: Mapped[str] = mapped_column(String(20), nullable=False)
-    record_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    record_id: Mapped[str] = mapped_column(String(200), nullable=False)  # participant ids are up to 200 characters
     sequence: Mapped[int] = mapped_column(Integer, nullable=False)
     type: Mapped[str] = mapped_column(String(80), nullable=False)
     # The CloudEvent as sent: serialised once when recorded, so the relay sends these exact bytes

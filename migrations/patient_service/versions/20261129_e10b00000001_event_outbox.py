@@ -22,7 +22,7 @@ def upgrade():
     sa.Column('id', sa.BigInteger(), nullable=False),
     sa.Column('event_id', sa.String(length=36), nullable=False),
     sa.Column('aggregate', sa.String(length=20), nullable=False),
-    sa.Column('record_id', sa.String(length=64), nullable=False),
+    sa.Column('record_id', sa.String(length=200), nullable=False),
     sa.Column('sequence', sa.Integer(), nullable=False),
     sa.Column('type', sa.String(length=80), nullable=False),
     sa.Column('document', sa.Text(), nullable=False),
