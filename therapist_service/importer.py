@@ -103,34 +103,51 @@ class TherapistFileHandler:
                 continue
             loaded.append((index, status, data, entry_print))
 
+        statuses = {item["id"]: item.get("status") for item in items if isinstance(item.get("id"), str)}
         try:
             with db.session.begin_nested():
-                return self._write(loaded, copy.deepcopy(outcome), f"import:{import_id}", bulk=True)
+                return self._write(loaded, statuses, copy.deepcopy(outcome), f"import:{import_id}", bulk=True)
         except IntegrityError:  # an external_id was created meanwhile by someone else: one by one
-            return self._write(loaded, outcome, f"import:{import_id}", bulk=False)
+            return self._write(loaded, statuses, outcome, f"import:{import_id}", bulk=False)
 
-    def _write(self, loaded: list[tuple[int, str, dict[str, Any], str]], outcome: Outcome, actor: str, *,
-               bulk: bool) -> Outcome:
+    def _write(self, loaded: list[tuple[int, str, dict[str, Any], str]], statuses: dict[str, Any],
+               outcome: Outcome, actor: str, *, bulk: bool) -> Outcome:
         """Write the valid therapists through the service functions.
 
         `bulk`: new therapists are created `FLUSH_EVERY` at a time by `create_therapists` (one
         INSERT per table), and changed ones flushed and let go of as often, so memory stays flat;
         a clash on `external_id` then fails the whole attempt. Otherwise each therapist is created
         by `create_therapist` in a savepoint of its own, and a clash is that therapist's error.
+
+        Entries under unknown ids are first looked up by practice identity, all in one query
+        (SPEC §7.2.6); when every id is known, that costs nothing. `statuses`: every entry's
+        status by id, those skipped by fingerprint too (they say which stored therapists the file
+        keeps and which it marks deleted).
         """
         existing = services.find_by_external_ids(data["external_id"] for _, _, data, _ in loaded)
+        unknown = [data for _, status, data, _ in loaded if status != "deleted" and data["external_id"] not in existing]
+        identities = services.match_unknown_ids(
+            unknown, marked_deleted={i for i, status in statuses.items() if status == "deleted"},
+            kept={i for i, status in statuses.items() if status in ("new", "modified", "unchanged")}) if unknown else {}
+        taken_over = {m.therapist.external_id: m.therapist for m in identities.values() if m.therapist is not None}
         write = {"source": "import", "actor": actor}
         new: list[tuple[dict[str, Any], str]] = []
 
         def write_pending() -> None:
             services.create_therapists([data for data, _ in new], fingerprints=[p for _, p in new], **write)
             new.clear()
-            services.flush_and_release()
+            services.flush_and_release(keep=[*existing.values(), *taken_over.values()])
 
         for position, (index, status, data, entry_print) in enumerate(loaded, start=1):
             therapist = existing.pop(data["external_id"], None)
+            match = identities.get(data["external_id"]) if therapist is None else None
+            taking_over = match is not None and match.therapist is not None
             try:
-                if therapist is None and status != "deleted":
+                if status == "deleted" and data["external_id"] in taken_over:
+                    action, warning = services.UNCHANGED, None  # it lives on under its new id
+                elif taking_over:
+                    action, warning = self._take_over(status, data, match.therapist, write, entry_print)
+                elif therapist is None and status != "deleted":
                     if bulk:
                         new.append((data, entry_print))
                     else:
@@ -145,13 +162,31 @@ class TherapistFileHandler:
                 continue
             outcome.count(action)
             if warning:
-                outcome.warnings.append(item_error("content-differs" if action == "updated" else "not-found",
-                                                   warning, pointer=_pointer(index), index=index,
+                kind = "id-changed" if taking_over else "content-differs" if action == "updated" else "not-found"
+                outcome.warnings.append(item_error(kind, warning, pointer=_pointer(index), index=index,
                                                    ref=data["external_id"]))
+            if match is not None and not taking_over:
+                outcome.warnings.append(item_error(
+                    "possible-duplicate", services.describe_possible_duplicate(data["external_id"],
+                                                                               match.possible_duplicates),
+                    pointer=_pointer(index), index=index, ref=data["external_id"]))
             if bulk and position % FLUSH_EVERY == 0:
                 write_pending()
         write_pending()
         return outcome
+
+    @staticmethod
+    def _take_over(status: str, data: dict[str, Any], therapist: Any, write: dict[str, str],
+                   entry_print: str) -> tuple[str, str | None]:
+        """SPEC §7.2.6: the entry is `therapist` under a new id. The action and the `id-changed`
+        warning, which names both ids and ours, never a name."""
+        previous_external_id = therapist.external_id
+        try:
+            action = services.take_over(therapist, data, stale_if_equal=status != "unchanged",
+                                        fingerprint=entry_print, **write)
+        except StaleUpdate:
+            return services.IGNORED_STALE, None
+        return action, services.describe_id_change(previous_external_id, therapist)
 
     @staticmethod
     def _apply_one(status: str, data: dict[str, Any], therapist: Any, write: dict[str, str],

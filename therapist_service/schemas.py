@@ -62,6 +62,7 @@ class AvailabilitySchema(StrictSchema):
 class TherapistSchema(StrictSchema):
     id = fields.Integer(dump_only=True)
     external_id = optional_string(validate=validate.Length(1, 200))
+    previous_external_ids = fields.List(fields.String(), dump_only=True)  # SPEC §7.2.6: read-only
     last_modified = UtcDateTime(load_default=None, allow_none=True)
     deleted_at = fields.DateTime(dump_only=True, allow_none=True)
     version = fields.Integer(dump_only=True)

@@ -9,15 +9,21 @@ Rules (SPEC §6.2, §7.2.3):
 - *Latest wins*: a write that changes content but carries a `last_modified` older than or
   equal to the stored one is refused (`StaleUpdate`). A write without `last_modified` (a hand
   edit) is applied and keeps the stored source timestamp.
+- *A changed scraper id* (§7.2.6): an upsert under an unknown `external_id` looks for the
+  therapist by practice identity (`match_unknown_ids`, one query for all unknown ids) and, on
+  one released match, takes it over (`take_over`) instead of creating a second record.
 """
 from __future__ import annotations
 
 import json
+import logging
+import unicodedata
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Collection, Iterable
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, or_, select
 
 from shared import versioning
 from shared.db import reserve_ids, unique_or_duplicate
@@ -25,6 +31,8 @@ from shared.errors import StaleUpdate
 from shared.extensions import db
 from shared.schemas import now_utc
 from therapist_service.models import GROUPS, Therapist, TherapistVersion
+
+log = logging.getLogger(__name__)
 
 EXTERNAL_ID_INDEX = "uq_therapists_external_id"
 ID_SEQUENCE = f"{Therapist.__table__.schema}.therapists_id_seq"
@@ -41,7 +49,9 @@ def representation(therapist: Therapist | dict[str, Any]) -> dict[str, Any]:
     def iso(value: datetime | None) -> str | None:
         return value.isoformat() if value is not None else None
 
-    return {"id": get("id"), "external_id": get("external_id"), "last_modified": iso(get("last_modified")),
+    return {"id": get("id"), "external_id": get("external_id"),
+            "previous_external_ids": list(get("previous_external_ids") or []),
+            "last_modified": iso(get("last_modified")),
             "deleted_at": iso(get("deleted_at")), "version": get("version"),
             "created_at": iso(get("created_at")), "updated_at": iso(get("updated_at")),
             **{group: get(group) for group in GROUPS}}
@@ -59,6 +69,23 @@ def canonical(value: Any) -> Any:
 
 def content_of(data: dict[str, Any]) -> dict[str, Any]:
     return {"external_id": data.get("external_id"), **{g: canonical(data.get(g) or {}) for g in GROUPS}}
+
+
+def fold(value: str) -> str:
+    """Trimmed, case-folded, NFC (as the patient service's duplicate rule compares names)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", value.strip()).casefold())
+
+
+def practice_identity(data: dict[str, Any]) -> str | None:
+    """SPEC §7.2.6: first and last name, postcode, street and house number, folded, as one text
+    (a JSON list: readable in psql, and no two different identities give the same text).
+    None when a part is missing: a name without a full address identifies no practice."""
+    basic_info, location = data.get("basic_info") or {}, data.get("location") or {}
+    parts = [basic_info.get("first_name"), basic_info.get("last_name"), location.get("postcode"),
+             location.get("street"), location.get("house_number")]
+    if not all(isinstance(part, str) and part.strip() for part in parts):
+        return None
+    return json.dumps([fold(part) for part in parts], ensure_ascii=False)
 
 
 def same_content(therapist: Therapist, data: dict[str, Any]) -> bool:
@@ -89,8 +116,9 @@ def list_therapists(filters: dict[str, Any], *, page: int, page_size: int) -> tu
     query = select(Therapist)
     if not filters.get("include_deleted"):
         query = query.where(Therapist.deleted_at.is_(None))
-    if "external_id" in filters:
-        query = query.where(Therapist.external_id == filters["external_id"])
+    if "external_id" in filters:  # a previous id finds the therapist too (§7.2.6)
+        query = query.where(or_(Therapist.external_id == filters["external_id"],
+                                Therapist.previous_external_ids.contains([filters["external_id"]])))
     if "postcode" in filters:
         query = query.where(Therapist.location["postcode"].astext == filters["postcode"])
     if "city" in filters:
@@ -124,6 +152,68 @@ def find_by_external_ids(external_ids: Iterable[str]) -> dict[str, Therapist]:
     return {t.external_id: t for t in rows}
 
 
+@dataclass(frozen=True)
+class IdentityMatch:
+    """What SPEC §7.2.6 makes of an entry under an unknown external id that has stored look-alikes:
+    either the one therapist it is under a new id, or the ids (ours) of possible duplicates."""
+
+    therapist: Therapist | None = None
+    possible_duplicates: tuple[Therapist, ...] = ()
+
+
+def match_unknown_ids(entries: Iterable[dict[str, Any]], *, marked_deleted: Collection[str] = (),
+                      kept: Collection[str] = ()) -> dict[str, IdentityMatch]:
+    """`external_id → IdentityMatch` for the entries (all under unknown external ids) whose practice
+    identity a stored therapist has; one query for all of them, the candidates locked for this unit
+    of work. Entries without a match are left out: they are new therapists.
+
+    A stored therapist is *released* — free to be taken over — when it is soft-deleted or its
+    external id is in `marked_deleted` (the same file marks it deleted), and its external id is
+    not in `kept` (the same file keeps it under its own id). One released match for one entry is
+    a take-over; anything else (several matches, a live one, two entries for one match) is left
+    to people as `possible_duplicates`.
+    """
+    claims: dict[str, list[str]] = {}
+    for data in entries:
+        identity = practice_identity(data)
+        if identity is not None and data.get("external_id"):
+            claims.setdefault(identity, []).append(data["external_id"])
+    if not claims:
+        return {}
+    stored: dict[str, list[Therapist]] = {}
+    for therapist in db.session.scalars(select(Therapist).where(Therapist.practice_identity.in_(list(claims)))
+                                        .order_by(Therapist.id).with_for_update()):
+        stored.setdefault(therapist.practice_identity, []).append(therapist)
+
+    def released(therapist: Therapist) -> bool:
+        return ((therapist.deleted_at is not None or therapist.external_id in marked_deleted)
+                and therapist.external_id not in kept)
+
+    matches: dict[str, IdentityMatch] = {}
+    for identity, external_ids in claims.items():
+        candidates = stored.get(identity, [])
+        if len(candidates) == 1 and len(external_ids) == 1 and released(candidates[0]):
+            matches[external_ids[0]] = IdentityMatch(therapist=candidates[0])
+        elif candidates:
+            matches.update((external_id, IdentityMatch(possible_duplicates=tuple(candidates)))
+                           for external_id in external_ids)
+    return matches
+
+
+def describe_id_change(previous_external_id: str | None, therapist: Therapist) -> str:
+    """The `id-changed` warning: both ids and ours, never a name (on-call reads import records)."""
+    return (f"external id {previous_external_id or '(none)'} is now {therapist.external_id}: same practice "
+            f"identity; therapist {therapist.id} keeps its id (undo: PATCH its external_id back)")
+
+
+def describe_possible_duplicate(external_id: str, candidates: Collection[Therapist]) -> str:
+    """The `possible-duplicate` warning: the entry's id and the candidates' ids, never a name."""
+    named = ", ".join(f"therapist {t.id} (external id {t.external_id or '(none)'}"
+                      f"{', deleted' if t.deleted_at is not None else ''})" for t in candidates)
+    return (f"external id {external_id} is unknown and its practice identity equals {named}; "
+            f"created as a new therapist: merging live records is left to people")
+
+
 # ---- writes ------------------------------------------------------------------------------------
 
 def _record(therapist: Therapist, *, source: str, actor: str, now: datetime) -> None:
@@ -141,18 +231,21 @@ def _external_id_guarded(external_id: str | None) -> Any:
 def _apply(therapist: Therapist, data: dict[str, Any], fingerprint: str | None = None) -> None:
     therapist.import_fingerprint = fingerprint
     therapist.external_id = data.get("external_id")
+    therapist.practice_identity = practice_identity(data)
     if data.get("last_modified") is not None:
         therapist.last_modified = data["last_modified"]
     for group in GROUPS:
         setattr(therapist, group, dict(data.get(group) or {}))
 
 
-def flush_and_release() -> None:
+def flush_and_release(keep: Iterable[Therapist] = ()) -> None:
     """Write what is pending and let go of the written therapists and versions (a long import
-    would otherwise keep every one of them in memory until it commits)."""
+    would otherwise keep every one of them in memory until it commits). `keep`: therapists loaded
+    for writes still to come (a released one would no longer be written)."""
     db.session.flush()
+    kept = {id(therapist) for therapist in keep}
     for instance in list(db.session.identity_map.values()):
-        if isinstance(instance, (Therapist, TherapistVersion)):
+        if isinstance(instance, (Therapist, TherapistVersion)) and id(instance) not in kept:
             db.session.expunge(instance)
 
 
@@ -169,7 +262,8 @@ def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str, n
     now = now or now_utc()
     rows = [{"id": therapist_id, "version": 1, "created_at": now, "updated_at": now, "deleted_at": None,
              "external_id": data.get("external_id"), "last_modified": data.get("last_modified"),
-             "import_fingerprint": fingerprint, **{group: dict(data.get(group) or {}) for group in GROUPS}}
+             "import_fingerprint": fingerprint, "previous_external_ids": [],
+             "practice_identity": practice_identity(data), **{group: dict(data.get(group) or {}) for group in GROUPS}}
             for therapist_id, data, fingerprint in zip(reserve_ids(ID_SEQUENCE, len(items)), items,
                                                        fingerprints or [None] * len(items))]
     db.session.execute(insert(Therapist), rows)
@@ -189,10 +283,15 @@ def create_therapist(data: dict[str, Any], *, source: str, actor: str, now: date
 
 def update_therapist(therapist: Therapist, data: dict[str, Any], *, source: str, actor: str,
                      now: datetime | None = None, restore: bool = False,
-                     stale_if_equal: bool = True, fingerprint: str | None = None) -> str:
+                     stale_if_equal: bool = True, fingerprint: str | None = None,
+                     keep_previous_id: bool = False) -> str:
     """Apply `data` to `therapist`: `UPDATED`, `UNCHANGED`, or `StaleUpdate` raised.
 
     `restore` also undoes a soft delete (a later `new`/`modified` scrape entry does).
+    `keep_previous_id` (a take-over, §7.2.6) adds the replaced external id to
+    `previous_external_ids`. Whatever the entry point, an external id that becomes current again
+    leaves that list: so a `PATCH` giving a wrongly taken-over therapist its old id back undoes the
+    take-over's record of it.
     """
     revive = restore and therapist.deleted_at is not None
     if same_content(therapist, data) and not revive:
@@ -204,9 +303,12 @@ def update_therapist(therapist: Therapist, data: dict[str, Any], *, source: str,
             f"therapist {therapist.id}: last_modified {data['last_modified'].isoformat()} is not newer "
             f"than the stored {therapist.last_modified.isoformat()}")
     now = now or now_utc()
-    bookkeeping = {"version": therapist.version + 1, "updated_at": now, "import_fingerprint": fingerprint,
-                   **({"deleted_at": None} if revive else {})}
     new_key = data.get("external_id") != therapist.external_id  # only a new external_id can collide
+    previous = [i for i in therapist.previous_external_ids if i != data.get("external_id")]
+    if new_key and keep_previous_id and therapist.external_id is not None:
+        previous.append(therapist.external_id)
+    bookkeeping = {"version": therapist.version + 1, "updated_at": now, "import_fingerprint": fingerprint,
+                   "previous_external_ids": previous, **({"deleted_at": None} if revive else {})}
     with _external_id_guarded(data.get("external_id")) if new_key else nullcontext():
         _apply(therapist, data)
         for name, value in bookkeeping.items():
@@ -215,6 +317,15 @@ def update_therapist(therapist: Therapist, data: dict[str, Any], *, source: str,
             db.session.flush()  # inside the savepoint: a clash is this write's `Duplicate`
     _record(therapist, source=source, actor=actor, now=now)
     return UPDATED
+
+
+def take_over(therapist: Therapist, data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
+              stale_if_equal: bool = True, fingerprint: str | None = None) -> str:
+    """SPEC §7.2.6: `data`, under a new external id, is `therapist` (found by `match_unknown_ids`).
+    It keeps our id, takes the new external id, keeps the old one in `previous_external_ids` and is
+    restored if deleted: one version, `UPDATED` — or `StaleUpdate` raised, as any update."""
+    return update_therapist(therapist, data, source=source, actor=actor, now=now, restore=True,
+                            stale_if_equal=stale_if_equal, fingerprint=fingerprint, keep_previous_id=True)
 
 
 def soft_delete(therapist: Therapist, *, source: str, actor: str, now: datetime | None = None,
@@ -266,12 +377,26 @@ def delete_therapist(therapist_id: int, *, expected_versions: Collection[int] | 
 
 def upsert_therapist(data: dict[str, Any], *, source: str, actor: str,
                      now: datetime | None = None) -> tuple[Therapist | None, str]:
-    """A batch item: match on `external_id`, else create; latest `last_modified` wins.
+    """A batch item: match on `external_id`, else on practice identity (§7.2.6: a released
+    therapist is taken over), else create; latest `last_modified` wins.
     Returns the therapist and `created` / `updated` / `unchanged` / `ignored_stale`."""
     external_id = data.get("external_id")
     therapist = find_by_external_ids([external_id]).get(external_id) if external_id else None
+    write = {"source": source, "actor": actor, "now": now}
     if therapist is None:
-        return create_therapist(data, source=source, actor=actor, now=now), CREATED
+        match = match_unknown_ids([data]).get(external_id) if external_id else None
+        if match is None or match.therapist is None:
+            created = create_therapist(data, **write)
+            if match is not None:  # a batch answer has no warnings: the log keeps it (ids only)
+                log.warning("possible duplicate: %s", describe_possible_duplicate(external_id, match.possible_duplicates))
+            return created, CREATED
+        therapist, previous_external_id = match.therapist, match.therapist.external_id
+        try:
+            action = take_over(therapist, data, **write)
+        except StaleUpdate:
+            return therapist, IGNORED_STALE
+        log.info("id changed: %s", describe_id_change(previous_external_id, therapist))
+        return therapist, action
     try:
         return therapist, update_therapist(therapist, data, source=source, actor=actor, now=now, restore=True)
     except StaleUpdate:

@@ -29,9 +29,11 @@ def sample_document() -> dict[str, Any]:
 
 def therapist(external_id: str, status: str = "new", last_modified: str = "2025-07-02T03:13:24",
               **groups: Any) -> dict[str, Any]:
-    """A scraped therapist modelled on the sample's first one; `groups` replace whole groups."""
+    """A scraped therapist modelled on the sample's first one; `groups` replace whole groups.
+    Each id is another person (its own last name), so no two share a practice identity (SPEC §7.2.6)."""
     item = copy.deepcopy(sample_document()["therapists"][0])
     item.update(id=external_id, status=status, last_modified=last_modified)
+    item["basic_info"]["last_name"] = f"Zeevaert-{external_id}"
     item["contact"]["email"] = f"{external_id}@example.de"
     item.update(groups)
     return item
