@@ -2,10 +2,12 @@
 therapist by practice identity, so it keeps our id, instead of being deleted and created again."""
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sqlalchemy import text
 
 from conftest import AUTH
 from helpers import assert_problem, pointers
@@ -187,6 +189,22 @@ def test_id_change_after_a_flush_of_a_long_file_is_written(inbox, client, monkey
     assert the_therapist(client, "p-0815")["id"] == old["id"]
     assert the_therapist(client, "p-0815")["version"] == 2
     assert the_therapist(client, "praxis68")["contact"]["phone"] == "0241 1"
+
+
+def test_id_change_is_one_updated_event_not_a_deletion_and_a_creation(inbox, client, admin_engine):
+    import_file(inbox, client, practice("praxis67"))
+    original = the_therapist(client, "praxis67")
+
+    import_file(inbox, client, practice("praxis67", "deleted", WEEK_2), practice("p-0815", "new", WEEK_2))
+
+    with admin_engine.connect() as conn:
+        rows = conn.execute(text("SELECT type, record_id, sequence, document FROM therapist_service.event_outbox "
+                                 "ORDER BY id")).all()
+    assert [(row.type, row.record_id, row.sequence) for row in rows] == [
+        ("de.curavani.therapist.created", str(original["id"]), 1),
+        ("de.curavani.therapist.updated", str(original["id"]), 2)]
+    data = json.loads(rows[-1].document)["data"]
+    assert (data["id"], data["external_id"], data["previous_external_ids"]) == (original["id"], "p-0815", ["praxis67"])
 
 
 # ---- undoing a wrong take-over (README runbook) -----------------------------------------------------
