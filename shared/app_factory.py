@@ -101,6 +101,7 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     importer = imports.install(app, service.importer)
     init_dashboard(app)  # /imports: the pages on-call reads, over the imports extension
     relay = events_relay.install(app)
+    metrics.declare_series(service.name)
     metrics.declare_event_series(service.name)
 
     start, reason = should_start_importer(settings.IMPORTS_ENABLED)

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from shared.extensions import db
+from shared.imports.models import COUNT_KEYS, FAILED, PARTIAL, QUARANTINED, SUCCEEDED
 from shared.logs import describe_exception
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,21 @@ def observe_relay(service: str, *, leader: bool) -> None:
     RELAY_LEADER.labels(service).set(1 if leader else 0)
 
 
+def declare_series(service: str) -> None:
+    """Every series whose labels are known in advance, at zero from the start: a fresh service lists
+    every metric of the README, and `increase()` sees the first import or alert (a series that is
+    born at 1 hides it). Request series are labelled by route and status, so they appear with the
+    first request of each."""
+    ALERTS_SENT.labels(service)
+    for status in (SUCCEEDED, PARTIAL, FAILED, QUARANTINED):
+        IMPORTS.labels(service, status)
+    for action in COUNT_KEYS:
+        IMPORT_ITEMS.labels(service, action)
+    IMPORT_SECONDS.labels(service)
+    FILES_WAITING.labels(service)
+    LOCK_HELD.labels(service)
+
+
 def declare_event_series(service: str) -> None:
     """The relay's series at zero from the start, so a dashboard sees 0 rather than nothing."""
     EVENTS_PUBLISHED.labels(service)
@@ -134,10 +150,10 @@ class DatabaseCollector(Collector):
         db.session.rollback()
         last_success = GaugeMetricFamily(
             "curavani_import_last_success_timestamp_seconds",
-            "When an import last succeeded (Unix time; absent before the first one): alert on silence",
+            "When an import last succeeded (Unix time; 0 before the first one): alert on silence",
             labels=["service"])
-        if state is not None and state.last_success_at is not None:
-            last_success.add_metric([self.service], state.last_success_at.timestamp())
+        last_success.add_metric([self.service], state.last_success_at.timestamp()
+                                if state is not None and state.last_success_at is not None else 0)
         source_up = GaugeMetricFamily("curavani_import_source_up",
                                       "0 while the import source is unreachable", labels=["service"])
         source_up.add_metric([self.service], 0 if state is not None and state.source_down_since else 1)
@@ -174,10 +190,9 @@ class _ThisProcess(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for family in REGISTRY.collect():
-            samples = [s for s in family.samples if s.labels.get("service", self.service) == self.service]
-            if samples or not family.samples:
-                family.samples = samples
-                yield family
+            # A family whose series are all the other service's is still listed (HELP and TYPE).
+            family.samples = [s for s in family.samples if s.labels.get("service", self.service) == self.service]
+            yield family
 
 
 def exposition(service: str, imports: Any | None) -> bytes:
