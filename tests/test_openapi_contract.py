@@ -95,7 +95,8 @@ def test_therapist_service_answers_as_its_openapi_document_says(case, seeded_the
 # only at a property whose document names a rule JSON Schema cannot say (`x-server-rule`).
 STATES_OF_THE_DATA = {401, 404, 409, 410, 412}
 # The same states for one item of a batch (its 422 in transaction mode lists them per item).
-ITEM_STATES_OF_THE_DATA = {"not-found", "gone", "duplicate", "stale-update", "conflict", "precondition-failed"}
+ITEM_STATES_OF_THE_DATA = {"not-found", "gone", "duplicate", "stale-update", "conflict", "precondition-failed",
+                          "overlap"}
 
 
 def _resolve(document: dict, node: dict) -> dict:

@@ -9,7 +9,8 @@ from shared.db import atomic
 from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_versions
 from shared.schemas import AsOfQuerySchema, VersionSchema
 from therapist_service.appointments import services
-from therapist_service.appointments.schemas import (AppointmentQuerySchema, AppointmentSchema,
+from therapist_service.appointments.schemas import (AppointmentBatchRequestSchema, AppointmentBatchResponseSchema,
+                                                    AppointmentQuerySchema, AppointmentSchema,
                                                     AppointmentWriteSchema, WriteResultSchema)
 from therapist_service.models import IdempotencyKey
 
@@ -87,9 +88,9 @@ BATCH = batch.BatchAdapter(item_schema=AppointmentWriteSchema(), upsert=services
 
 @blp.route("/batch")
 class AppointmentBatch(MethodView):
-    @blp.arguments(batch.BatchRequestSchema)
-    @blp.response(200, batch.BatchResponseSchema)
-    @blp.alt_response(201, schema=batch.BatchResponseSchema, description="At least one appointment was created")
+    @blp.arguments(AppointmentBatchRequestSchema)
+    @blp.response(200, AppointmentBatchResponseSchema)
+    @blp.alt_response(201, schema=AppointmentBatchResponseSchema, description="At least one appointment was created")
     @blp.alt_response(204, description="`Prefer: return=minimal` and nothing was created")
     @blp.problems(400, 401, 409, 413, descriptions=batch.PROBLEMS)
     def post(self, body):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from shared.schemas import StrictSchema, TrimmedString, UtcDateTime
+from shared.batch import BatchRequestSchema, BatchResponseSchema, ItemResultSchema
+from shared.schemas import AnyOfSchemas, StrictSchema, TrimmedString, UtcDateTime
 
 DEFAULT_ORG = "default"
 
@@ -53,3 +54,21 @@ class AppointmentQuerySchema(StrictSchema):
     at = UtcDateTime(metadata={"description": "the organisation's appointments as they were at this instant"})
     window_from = UtcDateTime(data_key="from", metadata={"description": "keep those ending after this"})
     window_to = UtcDateTime(data_key="to", metadata={"description": "keep those starting before this"})
+
+
+class AppointmentBatchRequestSchema(BatchRequestSchema):
+    """The shared batch body whose items are appointments (each loaded on its own: a bad one is
+    that item's error); appointments are cancelled one by one, so there are no delete items."""
+
+    items = fields.List(AnyOfSchemas(AppointmentWriteSchema), required=True,
+                        validate=validate.Length(min=1, error="must not be empty"))
+
+
+class AppointmentItemResultSchema(ItemResultSchema):
+    id = fields.String(allow_none=True, metadata={"format": "uuid", "description": "the appointment, ours"})
+
+
+class AppointmentBatchResponseSchema(BatchResponseSchema):
+    """The shared batch answer, whose item ids are UUIDs here."""
+
+    results = fields.List(fields.Nested(AppointmentItemResultSchema))
