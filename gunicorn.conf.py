@@ -9,6 +9,12 @@ service's own, 5001 or 5002), `GUNICORN_WORKERS` (2), `GUNICORN_THREADS` (4),
 not given on the command line), `LOG_FORMAT` (json: gunicorn's own lines are JSON too) and
 `PROMETHEUS_MULTIPROC_DIR`.
 
+Request limits (fixed, not from the environment): a request line of at most 8190 bytes
+(`limit_request_line`, gunicorn's largest; the default 4094 is short for a filtered list with long
+names URL-encoded), header lines of at most 8190 bytes (`limit_request_field_size`: a bearer token
+and an `If-Match` list fit with room), at most 100 header fields. Longer: 414 and 431, written by
+gunicorn before the app sees the request, as problem details like every other error (below).
+
 What the hooks do:
 - metrics: every worker counts into files in `PROMETHEUS_MULTIPROC_DIR` (a private temporary
   folder when unset), emptied when the master starts; a dead worker's gauges are dropped;
@@ -21,11 +27,14 @@ What the hooks do:
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from gunicorn import util as gunicorn_util
 
 DEFAULT_PORTS = {"patient_service": 5001, "therapist_service": 5002}
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -62,6 +71,9 @@ control_socket_disable = True  # two masters on one host would share ~/.gunicorn
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"  # the worker heartbeat file; a disk-backed /tmp can stall it
 proc_name = SERVICE or "curavani"
+limit_request_line = 8190
+limit_request_field_size = 8190
+limit_request_fields = 100
 
 if (os.environ.get("LOG_FORMAT") or "").strip().lower() == "json":
     # gunicorn's own lines ("Booting worker …") as JSON too; the app adds its handler to the root.
@@ -75,6 +87,22 @@ if (os.environ.get("LOG_FORMAT") or "").strip().lower() == "json":
                               "stream": "ext://sys.stderr"}},
         "formatters": {"json": {"()": "shared.logs.JsonLineFormatter", "service": SERVICE}},
     }
+
+
+# ---- gunicorn's own error answers ------------------------------------------------------------
+# A request gunicorn refuses before the app sees it (414, 431, a malformed request line: 400) is
+# answered by `gunicorn.util.write_error`, as HTML. gunicorn has no setting or hook for that answer,
+# so the function is replaced here — in the master, and so in every worker it forks — by one that
+# writes the same status as `application/problem+json`.
+
+def _problem_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    body = json.dumps({"type": "about:blank", "title": reason, "status": status_int, "detail": mesg}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    gunicorn_util.write_nonblock(sock, head.encode("latin1") + body)
+
+
+gunicorn_util.write_error = _problem_error
 
 
 # ---- metrics from every worker ----------------------------------------------------------------

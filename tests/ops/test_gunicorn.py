@@ -111,3 +111,29 @@ def test_two_workers_under_gunicorn_one_importer_metrics_of_both_and_a_clean_sto
     entries = [json.loads(line) for line in lines]  # LOG_FORMAT=json: every line, gunicorn's too
     assert any(e["message"] == "importer lock therapist_service released" for e in entries)
     assert any(e["logger"] == "gunicorn.error" and e["message"].startswith("Shutting down") for e in entries)
+
+
+def test_a_request_gunicorn_refuses_is_answered_with_problem_details(gunicorn):
+    process, base, _log = gunicorn
+    wait_until(lambda: _answers(process, f"{base}/health"), timeout=30, what="gunicorn to answer")
+
+    long_line = requests.get(f"{base}/api/therapists?city={'a' * 8200}", headers=AUTH, timeout=10)
+    assert long_line.status_code == 414
+    assert long_line.headers["Content-Type"] == "application/problem+json"
+    assert long_line.json()["status"] == 414 and long_line.json()["title"] == "URI Too Long"
+
+    within = requests.get(f"{base}/api/therapists?city={'a' * 7000}", headers=AUTH, timeout=10)
+    assert within.status_code == 200  # longer than gunicorn's default limit of 4094, within ours
+
+    long_header = requests.get(f"{base}/api/therapists", headers={**AUTH, "X-Note": "a" * 8200}, timeout=10)
+    assert long_header.status_code == 431
+    assert long_header.headers["Content-Type"] == "application/problem+json"
+    assert long_header.json()["status"] == 431
+
+
+def _answers(process, url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except (requests.ConnectionError, requests.Timeout):
+        assert process.poll() is None, "gunicorn exited"
+        return False
