@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import text
+from flask_migrate import upgrade
+from sqlalchemy import create_engine, text
 
-from conftest import AUTH
+from conftest import API_TOKENS, AUTH
 from helpers import assert_problem, pointers
+from shared.config import sqlalchemy_url
+from shared.devdb import drop_database, ensure_database
+from shared.extensions import db
+from therapist_service import create_app
+from therapist_service.services import practice_identity
 
 from .support import drop, history, imports_of, scrape, the_therapist, therapist, therapists, wait_for_import
 
@@ -296,3 +303,34 @@ def test_racing_batches_with_two_new_ids_take_over_the_deleted_therapist_once(ma
     assert taker["id"] == created["id"]
     stored = setup.get(f"/api/therapists/{created['id']}", headers=AUTH).get_json()
     assert stored["previous_external_ids"] == ["praxis67"] and stored["version"] == 3
+
+
+# ---- the migration ----------------------------------------------------------------------------------
+
+def test_migration_gives_stored_therapists_their_practice_identity(database_url):
+    """Therapists stored before the columns existed are found by practice identity afterwards."""
+    name = f"curavani_identity_{uuid.uuid4().hex[:8]}"
+    url = ensure_database(database_url, name)
+    app = create_app({"DATABASE_URL": url, "API_TOKENS": API_TOKENS, "IMPORTS_ENABLED": False})
+    engine = create_engine(sqlalchemy_url(url))
+    groups = {"basic_info": {"first_name": "Thomas ", "last_name": "Zeevaert"},
+              "location": {"street": "Theaterstraße", "house_number": "44", "postcode": "52062"}}
+    try:
+        with app.app_context():
+            upgrade(revision="e10a00000002")
+            with engine.begin() as conn:
+                conn.execute(text(
+                    "INSERT INTO therapist_service.therapists (id, version, created_at, updated_at, external_id, "
+                    "basic_info, location, contact, professional_info, availability) VALUES "
+                    "(1, 1, now(), now(), 'praxis67', CAST(:basic AS jsonb), CAST(:location AS jsonb), '{}', '{}', '{}'), "
+                    "(2, 1, now(), now(), 'praxis68', CAST(:basic AS jsonb), '{}', '{}', '{}', '{}')"),
+                    {"basic": json.dumps(groups["basic_info"]), "location": json.dumps(groups["location"])})
+            upgrade()
+            db.engine.dispose()
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT id, practice_identity, previous_external_ids "
+                                       "FROM therapist_service.therapists ORDER BY id")).all()
+        assert [tuple(row) for row in stored] == [(1, practice_identity(groups), []), (2, None, [])]
+    finally:
+        engine.dispose()
+        drop_database(database_url, name)
