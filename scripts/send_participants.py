@@ -1,0 +1,208 @@
+"""Send appointment participants to the therapist service in batches, as the upstream job does
+(SPEC §6.6), and generate realistic test data. Standard library only: copy it and run it.
+
+    python scripts/send_participants.py send participants.json --url http://localhost:5002 \\
+        --token "$TOKEN" --batch-size 200
+    python scripts/send_participants.py generate --count 1000 --mid-ratio 0.7 > participants.json
+
+`send` reads a JSON file (a list of participants, or `{"batchId", "source", "participants"}`),
+posts it in batches of `--batch-size`, each with an `Idempotency-Key` made from the batch's
+content (so running the same file again after a crash replays what was already applied instead of
+applying it twice), retries a batch on a network error, 409 (still running) or a 5xx, prints one
+line per batch and a summary, and exits 1 if any batch was refused. Error lines name item
+positions in the file, pointers and reasons; never names or addresses.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+import time
+import unicodedata
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, TextIO
+
+PATH = "/api/appointments/participants"
+RETRY_STATUSES = {409, 500, 502, 503, 504}
+COUNTED = ("created", "updated", "unchanged")
+
+FIRST_NAMES = ("Anna", "Lukas", "Marie", "Jonas", "Sophie", "Leon", "Emma", "Paul", "Mia", "Felix", "Lea",
+               "Jürgen", "Zoë", "Ömer", "Chloé", "John", "Alice", "Fatma", "Piotr", "Ingrid")
+LAST_NAMES = ("Müller", "Schmidt", "Schneider", "Fischer", "Weiß", "Meyer", "Wagner", "Becker", "Schulz",
+              "Hoffmann", "Doe", "Smith", "Yılmaz", "Nowak", "Kowalski", "Jansen", "de Vries", "Okafor")
+STATUSES = ("Registered", "Attended", "Cancelled", "NoShow")
+MID_KEYS = ("mid", "MID", "mId")  # the upstream spells it all three ways
+
+
+# ---- generating ---------------------------------------------------------------------------------
+
+def generate(count: int, *, mid_ratio: float, seed: int = 0, events: int = 20) -> dict[str, Any]:
+    """`count` distinct participants; `mid_ratio` of them already carry their MID (and an id made
+    from it), the rest a temporary id. Names come in varied case and spacing, as upstream sends them."""
+    rng = random.Random(seed)
+    participants = []
+    for number in range(count):
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        with_mid = rng.random() < mid_ratio
+        item: dict[str, Any] = {
+            "participantId": f"mid-{100000 + number}" if with_mid else f"temp-{seed}-{number:06d}",
+            "firstName": rng.choice((first, first.upper(), f" {first} ")),
+            "lastName": rng.choice((last, last.lower(), f"{last} ")),
+            "email": f"{_ascii(first)}.{_ascii(last)}.{number}@example.org",
+            "phone": f"+49 241 {rng.randrange(100000, 999999)}",
+            "username": f"{first[:3]}{last[:3]}{number}".lower().replace(" ", ""),
+            "attendanceStatus": rng.choice(STATUSES),
+            "metadata": {"eventId": f"event-{rng.randrange(events):04d}"},
+        }
+        item[rng.choice(MID_KEYS)] = f"MID-{100000 + number}" if with_mid else None
+        participants.append(item)
+    return {"batchId": f"generated-{seed}", "source": "send_participants.py generate", "participants": participants}
+
+
+def _ascii(name: str) -> str:
+    """`Yılmaz` → `ylmaz`, `de Vries` → `devries`: a plausible local part of an address."""
+    return unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().replace(" ", "").lower()
+
+
+# ---- sending ------------------------------------------------------------------------------------
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+Post = Callable[[str, bytes, dict[str, str]], Reply]
+
+
+def http_post(base_url: str, timeout: float = 60.0) -> Post:
+    """POST with urllib; a status ≥ 400 is a reply too, not an exception."""
+    def post(path: str, data: bytes, headers: dict[str, str]) -> Reply:
+        request = urllib.request.Request(base_url.rstrip("/") + path, data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return Reply(response.status, _json(response.read()), dict(response.headers))
+        except urllib.error.HTTPError as error:
+            return Reply(error.code, _json(error.read()), dict(error.headers))
+    return post
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def batches(document: Any, size: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(offset in the file, request body) for each batch of `size`."""
+    if isinstance(document, list):
+        document = {"participants": document}
+    envelope = {key: document[key] for key in ("batchId", "source") if document.get(key) is not None}
+    participants = document["participants"]
+    for offset in range(0, len(participants), size):
+        yield offset, {**envelope, "participants": participants[offset:offset + size]}
+
+
+def idempotency_key(body: dict[str, Any]) -> str:
+    """The same batch, the same key: a re-run replays instead of applying twice."""
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return f"participants-{digest[:40]}"
+
+
+@dataclass
+class Summary:
+    batches: int = 0
+    refused: int = 0
+    replayed: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTED, 0))
+
+
+def send(document: Any, post: Post, *, token: str, batch_size: int, attempts: int = 4, backoff: float = 1.0,
+         out: TextIO | None = None) -> Summary:
+    out = out or sys.stdout
+    summary = Summary()
+    chunks = list(batches(document, batch_size))
+    for number, (offset, body) in enumerate(chunks, 1):
+        data = json.dumps(body, ensure_ascii=False).encode()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                   "Prefer": "return=representation", "Idempotency-Key": idempotency_key(body)}
+        reply = _post_with_retries(post, data, headers, attempts=attempts, backoff=backoff)
+        summary.batches += 1
+        label = f"batch {number}/{len(chunks)} (items {offset + 1}-{offset + len(body['participants'])})"
+        replayed = " replayed" if reply.headers.get("Idempotent-Replayed") == "true" else ""
+        summary.replayed += bool(replayed)
+        if reply.status in (200, 201):
+            counts = {name: (reply.body or {}).get("summary", {}).get(name, 0) for name in COUNTED}
+            for name, value in counts.items():
+                summary.counts[name] += value
+            print(f"{label}: {reply.status}{replayed} " + ", ".join(f"{v} {k}" for k, v in counts.items()), file=out)
+            continue
+        summary.refused += 1
+        problem = reply.body if isinstance(reply.body, dict) else {}
+        print(f"{label}: {reply.status}{replayed} {problem.get('title', 'refused')}: {problem.get('detail', '')}",
+              file=out)
+        for error in problem.get("errors") or []:
+            where = error.get("pointer") or error.get("parameter", "")
+            if "index" in error:  # /participants/<i>/<field> → the item's position in the file, and the field
+                field_pointer = where.split("/", 3)[3] if where.count("/") >= 3 else ""
+                where = f"item {offset + error['index'] + 1}" + (f" /{field_pointer}" if field_pointer else "")
+            print(f"    {where}: {error.get('detail', '')} ({error.get('type', 'validation-error')})", file=out)
+    total = summary.batches
+    print(f"{total} batches: {total - summary.refused} accepted ({summary.replayed} replayed), "
+          f"{summary.refused} refused; " + ", ".join(f"{v} {k}" for k, v in summary.counts.items()), file=out)
+    return summary
+
+
+def _post_with_retries(post: Post, data: bytes, headers: dict[str, str], *, attempts: int, backoff: float) -> Reply:
+    for attempt in range(1, attempts + 1):
+        try:
+            reply = post(PATH, data, headers)
+        except (urllib.error.URLError, OSError):
+            if attempt == attempts:
+                raise
+        else:
+            if reply.status not in RETRY_STATUSES or attempt == attempts:
+                return reply
+        time.sleep(backoff * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None, post: Post | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    sending = commands.add_parser("send", help="post a JSON file of participants in batches")
+    sending.add_argument("file", type=argparse.FileType("r", encoding="utf-8"))
+    sending.add_argument("--url", default="http://localhost:5002", help="the therapist service")
+    sending.add_argument("--token", required=True, help="a bearer token of API_TOKENS")
+    sending.add_argument("--batch-size", type=int, default=200)
+    generating = commands.add_parser("generate", help="print generated participants as JSON")
+    generating.add_argument("--count", type=int, default=1000)
+    generating.add_argument("--mid-ratio", type=float, default=0.7, help="share sent with their MID (0-1)")
+    generating.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    if args.command == "generate":
+        if not 0 <= args.mid_ratio <= 1:
+            parser.error("--mid-ratio must lie between 0 and 1")
+        json.dump(generate(args.count, mid_ratio=args.mid_ratio, seed=args.seed), sys.stdout, ensure_ascii=False,
+                  indent=1)
+        print()
+        return 0
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    with args.file:
+        document = json.load(args.file)
+    summary = send(document, post or http_post(args.url), token=args.token, batch_size=args.batch_size)
+    return 1 if summary.refused else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
