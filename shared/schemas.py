@@ -216,4 +216,5 @@ class RulesPlugin(MarshmallowPlugin):
 
     def init_spec(self, spec) -> None:
         super().init_spec(spec)
+        assert self.converter is not None  # init_spec made it
         self.converter.add_attribute_function(openapi_rules)

@@ -148,7 +148,7 @@ def accepts_what_the_document_allows(ctx, response, case) -> None:
                          f"{status} {problem}")
 
 
-POSITIVE = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+POSITIVE = settings(max_examples=15, deadline=None, derandomize=True, database=None,
                     suppress_health_check=list(HealthCheck))
 positive_patient_schema = published_schema(create_patient_app, POSITIVE_CONFIG)
 positive_therapist_schema = published_schema(create_therapist_app, POSITIVE_CONFIG)
