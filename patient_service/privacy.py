@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Collection
 
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import delete, func, insert, select, text, update
 
 from patient_service import services
 from patient_service.models import (AccessLogEntry, Alert, BackupDeletion, Consent, Erasure, IdempotencyKey,
@@ -81,8 +81,12 @@ def erase(patient_id: int, *, reason: str, expected_versions: Collection[int] | 
         erasure_id = erase_patient(patient_id, reason=reason, expected_versions=expected_versions, actor=actor,
                                    backup_dir=backup_dir, now=now).id
     if backup_dir:
-        delete_pending_backups(backup_dir, erasure_id=erasure_id)
-    return db.session.get(Erasure, erasure_id)
+        try:
+            delete_pending_backups(backup_dir, erasure_id=erasure_id)
+        except Exception as error:  # noqa: BLE001 — committed: the rows left are done after the next pass
+            db.session.rollback()
+            log.error("erasure %s: deleting its backup copies failed: %s", erasure_id, describe_exception(error))
+    return db.session.get(Erasure, erasure_id, populate_existing=True)
 
 
 def erase_patient(patient_id: int, *, reason: str, expected_versions: Collection[int] | None, actor: str,
@@ -174,27 +178,27 @@ def delete_pending_backups(backup_dir: str, *, erasure_id: int | None = None) ->
     for deletion_id in list(db.session.scalars(query)):
         db.session.rollback()
         with unit_of_work():
-            deletion = db.session.scalars(select(BackupDeletion).where(BackupDeletion.id == deletion_id)
-                                          .with_for_update(skip_locked=True)).first()
+            deletion = db.session.scalars(
+                select(BackupDeletion).where(BackupDeletion.id == deletion_id)
+                .with_for_update(skip_locked=True).execution_options(populate_existing=True)).first()
             if deletion is None:  # done meanwhile, or being done by another process
                 continue
-            erasure = db.session.scalars(select(Erasure).where(Erasure.id == deletion.erasure_id)
-                                         .with_for_update()).one()
             try:
                 (Path(backup_dir) / deletion.file_name).unlink()
-                erasure.files_removed += 1
+                removed = 1
             except FileNotFoundError:
-                pass  # already gone (retention, or by hand)
+                removed = 0  # already gone (retention, or by hand)
             except OSError as error:
                 deletion.attempts += 1
                 deletion.last_error = _safe_os_error(error)
-                _alert_undeleted(erasure, deletion)
-                log.warning("erasure %s: backup copy %s not deleted (%s); will retry", erasure.id,
+                _alert_undeleted(db.session.get(Erasure, deletion.erasure_id), deletion)
+                log.warning("erasure %s: backup copy %s not deleted (%s); will retry", deletion.erasure_id,
                             deletion.file_name, deletion.last_error)
                 pending += 1
                 continue
             db.session.delete(deletion)
-            erasure.files_pending -= 1
+            db.session.execute(update(Erasure).where(Erasure.id == deletion.erasure_id).values(
+                files_removed=Erasure.files_removed + removed, files_pending=Erasure.files_pending - 1))
     return pending
 
 
