@@ -103,14 +103,13 @@ class TherapistFileHandler:
                 continue
             loaded.append((index, status, data, entry_print))
 
-        statuses = {item["id"]: item.get("status") for item in items if isinstance(item.get("id"), str)}
         try:
             with db.session.begin_nested():
-                return self._write(loaded, statuses, copy.deepcopy(outcome), f"import:{import_id}", bulk=True)
+                return self._write(loaded, items, copy.deepcopy(outcome), f"import:{import_id}", bulk=True)
         except IntegrityError:  # an external_id was created meanwhile by someone else: one by one
-            return self._write(loaded, statuses, outcome, f"import:{import_id}", bulk=False)
+            return self._write(loaded, items, outcome, f"import:{import_id}", bulk=False)
 
-    def _write(self, loaded: list[tuple[int, str, dict[str, Any], str]], statuses: dict[str, Any],
+    def _write(self, loaded: list[tuple[int, str, dict[str, Any], str]], items: list[dict[str, Any]],
                outcome: Outcome, actor: str, *, bulk: bool) -> Outcome:
         """Write the valid therapists through the service functions.
 
@@ -120,15 +119,17 @@ class TherapistFileHandler:
         by `create_therapist` in a savepoint of its own, and a clash is that therapist's error.
 
         Entries under unknown ids are first looked up by practice identity, all in one query
-        (SPEC §7.2.6); when every id is known, that costs nothing. `statuses`: every entry's
-        status by id, those skipped by fingerprint too (they say which stored therapists the file
-        keeps and which it marks deleted).
+        (SPEC §7.2.6); when every id is known, that costs nothing. Which stored therapists the
+        file marks deleted or keeps is read from all its `items`, those skipped by fingerprint too.
         """
         existing = services.find_by_external_ids(data["external_id"] for _, _, data, _ in loaded)
         unknown = [data for _, status, data, _ in loaded if status != "deleted" and data["external_id"] not in existing]
-        identities = services.match_unknown_ids(
-            unknown, marked_deleted={i for i, status in statuses.items() if status == "deleted"},
-            kept={i for i, status in statuses.items() if status in ("new", "modified", "unchanged")}) if unknown else {}
+        identities = {}
+        if unknown:
+            statuses = {item["id"]: item.get("status") for item in items if isinstance(item.get("id"), str)}
+            identities = services.match_unknown_ids(
+                unknown, marked_deleted={i for i, status in statuses.items() if status == "deleted"},
+                kept={i for i, status in statuses.items() if status in ("new", "modified", "unchanged")})
         taken_over = {m.therapist.external_id: m.therapist for m in identities.values() if m.therapist is not None}
         write = {"source": "import", "actor": actor}
         new: list[tuple[dict[str, Any], str]] = []
