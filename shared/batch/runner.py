@@ -31,6 +31,9 @@ class BatchAdapter:
     # Optional: the loaded upsert items → a context for `upsert` (matches looked up and locked in
     # bulk, ids reserved) with which writes are flushed together at the end of the batch.
     prepare: Callable[[list[dict[str, Any]]], Any] | None = None
+    # Optional, with `prepare`: called with the context once every item is through, before that
+    # flush (to write in bulk what the upserts left in the context, such as their version rows).
+    finish: Callable[[Any], None] | None = None
 
 
 def run_batch(adapter: BatchAdapter, items: list[Any], *, mode: str, dry_run: bool, actor: str,
@@ -100,6 +103,8 @@ def _write_items(adapter: BatchAdapter, items: list[_Item], *, actor: str, trans
                 context = adapter.prepare([item.data for item in items if item.data and not item.deleting])
                 results = [_write_item(adapter, item, actor=actor, context=context, isolated=False)
                            for item in items]
+                if adapter.finish is not None:
+                    adapter.finish(context)
                 db.session.flush()
                 return results
         except IntegrityError:

@@ -83,7 +83,8 @@ class AppointmentHistory(MethodView):
 
 
 BATCH = batch.BatchAdapter(item_schema=AppointmentWriteSchema(), upsert=services.upsert_batch_item,
-                           delete=None, key_model=IdempotencyKey, prepare=services.prepare_batch)
+                           delete=None, key_model=IdempotencyKey, prepare=services.prepare_batch,
+                           finish=services.finish_batch)
 
 
 @blp.route("/batch")

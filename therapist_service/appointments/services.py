@@ -21,7 +21,7 @@ from __future__ import annotations
 import uuid
 import zlib
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Collection, Iterable, Iterator
 
@@ -189,6 +189,7 @@ class BatchContext:
     it names looked up in one query. Writes made with it are flushed by the caller, all together."""
 
     by_key: dict[tuple[str, str], Appointment]
+    versions: list[dict[str, Any]] = field(default_factory=list)  # written together by `finish_batch`
 
 
 def prepare_batch(items: list[dict[str, Any]]) -> BatchContext:
@@ -240,10 +241,21 @@ def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, now: da
             appointment.updated_at = now
             appointment.deleted_at = None  # the calendar's newer word brings a cancelled one back
             action = UPDATED
-    if context is not None:  # later items of the batch see this one
+    if context is None:
+        _record(appointment, source=source, actor=actor, now=now)
+    else:  # later items of the batch see this one; its version is written with the others
         context.by_key[key] = appointment
-    _record(appointment, source=source, actor=actor, now=now)
+        context.versions.append({"record_id": appointment.id, "version": appointment.version, "changed_at": now,
+                                 "source": source, "actor": actor, "data": representation(appointment),
+                                 "deleted": False})
     return appointment, action
+
+
+def finish_batch(context: BatchContext) -> None:
+    """Write the batch's appointments, then all their versions in one statement."""
+    db.session.flush()
+    if context.versions:
+        versioning.add_versions(AppointmentVersion, context.versions)
 
 
 @dataclass(frozen=True)
