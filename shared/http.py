@@ -4,6 +4,7 @@ document that tells the truth about error bodies (problem details) and `X-Pagina
 from __future__ import annotations
 
 import re
+import uuid
 from functools import cache
 from http import HTTPStatus
 from typing import Callable
@@ -22,7 +23,8 @@ from shared.errors import PROBLEM_MIMETYPE
 from shared.schemas import RulesPlugin
 
 MAX_SQL_OFFSET = 2**63 - 1  # OFFSET is a bigint
-_ETAG_RE = re.compile(r'^(?:W/)?"(?P<id>\d+)\.(?P<version>\d+)"$')
+# The id is a number, or a UUID (appointments).
+_ETAG_RE = re.compile(r'^(?:W/)?"(?P<id>\d+|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})\.(?P<version>\d+)"$')
 
 
 class ProblemErrorSchema(Schema):
@@ -146,7 +148,7 @@ def etag_for(record_id: int, version: int) -> str:
     return f'"{record_id}.{version}"'
 
 
-def expected_versions(record_id: int) -> frozenset[int] | None:
+def expected_versions(record_id: int | uuid.UUID) -> frozenset[int] | None:
     """The versions an `If-Match` header accepts (any one will do); None when there is no
     condition (or `*`). A tag that is not one of ours never matches: 412, like any other mismatch."""
     header = request.headers.get("If-Match")
@@ -155,7 +157,7 @@ def expected_versions(record_id: int) -> frozenset[int] | None:
     versions = set()
     for candidate in header.split(","):
         match = _ETAG_RE.match(candidate.strip())
-        if match and int(match["id"]) == record_id:
+        if match and match["id"].lower() == str(record_id):
             versions.add(int(match["version"]))
     return frozenset(versions)
 
