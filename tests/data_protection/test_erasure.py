@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import text
@@ -266,3 +267,29 @@ def test_erasure_needs_a_reason_and_a_token(client):
     assert [e["pointer"] for e in missing.get_json()["errors"]] == ["/reason"]
     assert client.post("/api/patients/1/erasure", json={"reason": "x"}).status_code == 401
     assert client.post("/api/patients/1/erasure", json={"reason": "x"}, headers=AUTH).status_code == 404
+
+
+def test_an_erasure_racing_an_import_of_the_patients_file_neither_deadlocks_nor_fails(app, client, gcs):
+    patient_id = bucket_patient_with_everything(app, client, gcs)["patient"]["id"]
+    upload_registration(gcs, FIRST, telefon="+49 241 777777")  # re-sent: the same token, changed content
+    start = threading.Barrier(2)
+
+    def erase_now():
+        start.wait()
+        return erase(app.test_client(), patient_id).status_code
+
+    def import_now():
+        start.wait()
+        return run_pass(app)
+
+    with ThreadPoolExecutor(2) as pool:
+        erased, imported = pool.submit(erase_now), pool.submit(import_now)
+        assert erased.result() == 200
+        imported.result()
+
+    [record] = [r for r in get_json(client, "/api/imports?page_size=100") if r["id"] == 4]
+    assert record["status"] in ("succeeded", "failed"), record
+    assert "internal-error" not in {e["kind"] for e in record["errors"]}, record["errors"]
+    assert record["name"] == f"registration {FIRST}" or record["status"] == "succeeded"
+    survivors = get_json(client, f"/api/patients?email={PERSON['email']}")
+    assert all(p["id"] != patient_id for p in survivors) and len(survivors) <= 1
