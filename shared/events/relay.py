@@ -170,6 +170,7 @@ class EventRelay:
         if not self.configured:
             log.warning("EVENTS_KAFKA_BOOTSTRAP is unset: no relay; %s events stay in the outbox until "
                         "EVENTS_RETENTION_HOURS removes them", self.service)
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"  # a forked worker is not its master
         self.stopping.clear()
         self.thread = threading.Thread(target=self._loop, name=f"event-relay-{self.service}", daemon=True)
         self.thread.start()
@@ -197,7 +198,6 @@ class EventRelay:
         if self.publisher is not None:
             self.publisher._producer = None  # the parent's; its threads did not come along
         self.thread = None
-        self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.start()
 
     # ---- the loop ------------------------------------------------------------------------------
