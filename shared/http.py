@@ -144,11 +144,11 @@ class Blueprint(SmorestBlueprint):
         return decorator
 
 
-def etag_for(record_id: int, version: int) -> str:
+def etag_for(record_id: int | str | uuid.UUID, version: int) -> str:
     return f'"{record_id}.{version}"'
 
 
-def expected_versions(record_id: int | uuid.UUID) -> frozenset[int] | None:
+def expected_versions(record_id: int | str | uuid.UUID) -> frozenset[int] | None:
     """The versions an `If-Match` header accepts (any one will do); None when there is no
     condition (or `*`). A tag that is not one of ours never matches: 412, like any other mismatch."""
     header = request.headers.get("If-Match")

@@ -8,7 +8,7 @@ from sqlalchemy import DateTime, ForeignKey, Index, String, Uuid, func, text
 from sqlalchemy.dialects.postgresql import ExcludeConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.extensions import db
+from shared.extensions import Model
 from shared.versioning import VersionedRecordMixin, VersionRowMixin
 from therapist_service.models import SCHEMA
 
@@ -16,13 +16,14 @@ KEY_INDEX = "uq_appointments_org_external_id"
 NO_OVERLAP = "ex_appointments_no_overlap"
 
 
-class Appointment(VersionedRecordMixin, db.Model):
+class Appointment(VersionedRecordMixin, Model):
     """An appointment of a practice (`org_id`). `deleted_at` is set when it is cancelled: a
     cancelled appointment holds no time, so the exclusion constraint covers active ones only."""
 
     __tablename__ = "appointments"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    # A UUID rather than the mixin's sequence number (SPEC §6.5): the mapped type differs by design.
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)  # type: ignore[assignment]
     org_id: Mapped[str] = mapped_column(String(100), nullable=False)
     external_id: Mapped[str] = mapped_column(String(200), nullable=False)
     start: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
@@ -41,10 +42,11 @@ class Appointment(VersionedRecordMixin, db.Model):
     )
 
 
-class AppointmentVersion(VersionRowMixin, db.Model):
+class AppointmentVersion(VersionRowMixin, Model):
     __tablename__ = "appointment_versions"
     __table_args__ = (
         Index("uq_appointment_versions_record_version", "record_id", "version", unique=True),
         {"schema": SCHEMA},
     )
-    record_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(f"{SCHEMA}.appointments.id", ondelete="CASCADE"))
+    record_id: Mapped[uuid.UUID] = mapped_column(  # type: ignore[assignment]  # the appointment's UUID
+        ForeignKey(f"{SCHEMA}.appointments.id", ondelete="CASCADE"))

@@ -65,7 +65,8 @@ class AppointmentBatchRequestSchema(BatchRequestSchema):
 
 
 class AppointmentItemResultSchema(ItemResultSchema):
-    id = fields.String(allow_none=True, metadata={"format": "uuid", "description": "the appointment, ours"})
+    id = fields.String(allow_none=True,  # type: ignore[assignment]  # a UUID, where the shared shape has a number
+                       metadata={"format": "uuid", "description": "the appointment, ours"})
 
 
 class AppointmentBatchResponseSchema(BatchResponseSchema):

@@ -198,7 +198,7 @@ def prepare_batch(items: list[dict[str, Any]]) -> BatchContext:
     session = db.session()
     session.info[_PLANNED] = (session.get_transaction(), organisations)
     lock_organisations(organisations)
-    stored = db.session.scalars(select(Appointment).where(
+    stored: Iterable[Appointment] = db.session.scalars(select(Appointment).where(
         Appointment.org_id.in_(organisations),
         Appointment.external_id.in_({external_id for _, external_id in keys}))) if keys else []
     return BatchContext({key: a for a in stored if (key := (a.org_id, a.external_id)) in keys})
