@@ -6,6 +6,7 @@ the outbox, in the same transaction (SPEC §9.1): write versions only through th
 """
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Collection
@@ -20,6 +21,7 @@ from shared.events import outbox
 from shared.extensions import db
 
 SOURCES = ("api", "batch", "import")
+RecordId = int | str | uuid.UUID  # a sequence number, or (appointments, participants) a UUID or a text key
 
 
 class VersionedRecordMixin:
@@ -64,12 +66,12 @@ def add_versions(model: type, rows: list[dict[str, Any]]) -> None:
     outbox.record_versions(model, rows)
 
 
-def history(model: type, record_id: int) -> list[Any]:
+def history(model: type, record_id: RecordId) -> list[Any]:
     return list(db.session.scalars(
         select(model).where(model.record_id == record_id).order_by(model.version.desc())))
 
 
-def as_of(model: type, record_id: int, at: datetime) -> Any | None:
+def as_of(model: type, record_id: RecordId, at: datetime) -> Any | None:
     """The version that was current at `at`, or None if the record did not exist yet."""
     return db.session.scalars(
         select(model).where(model.record_id == record_id, model.changed_at <= at)
@@ -85,7 +87,7 @@ class VersionedStore:
     versions: type
     kind: str
 
-    def get(self, record_id: int, *, for_update: bool = False, include_deleted: bool = False) -> Any:
+    def get(self, record_id: RecordId, *, for_update: bool = False, include_deleted: bool = False) -> Any:
         query = select(self.model).where(self.model.id == record_id)
         record = db.session.scalars(query.with_for_update() if for_update else query).first()
         if record is None:
@@ -94,7 +96,7 @@ class VersionedStore:
             raise Gone(f"{self.kind} {record_id} was deleted")
         return record
 
-    def as_of(self, record_id: int, at: datetime) -> dict[str, Any]:
+    def as_of(self, record_id: RecordId, at: datetime) -> dict[str, Any]:
         self.get(record_id, include_deleted=True)  # 404 for an id that never existed
         row = as_of(self.versions, record_id, at)
         if row is None:
@@ -103,7 +105,7 @@ class VersionedStore:
             raise Gone(f"{self.kind} {record_id} was deleted at {at.isoformat()}")
         return row.data
 
-    def history(self, record_id: int) -> list[Any]:
+    def history(self, record_id: RecordId) -> list[Any]:
         self.get(record_id, include_deleted=True)
         return history(self.versions, record_id)
 
