@@ -34,3 +34,24 @@ def test_patient_written_over_rest_arrives_on_the_patient_topic(patient_events_a
     assert events[2]["data"] == {"id": created["id"], "version": 3, "changed": []}  # nothing but the deletion
     wait_until(lambda: all(row["published_at"] for row in outbox_rows(admin_engine, "patient_service")),
                what="the outbox rows to be marked published")
+
+
+def test_each_records_events_arrive_in_version_order_across_batches(patient_events_app, start_relay, reader,
+                                                                      monkeypatch):
+    from shared.events import relay
+
+    monkeypatch.setattr(relay, "BATCH_SIZE", 7)  # batches cut through every record's run of events
+    client = patient_events_app.test_client()
+    ids = [client.post("/api/patients", json=patient_body(email=f"p{n}@example.de"), headers=AUTH).get_json()["id"]
+           for n in range(10)]
+    for round_number in range(4):  # interleaved: record after record, round after round
+        for patient_id in ids:
+            client.patch(f"/api/patients/{patient_id}", json={"ort": f"Ort {round_number}"}, headers=AUTH)
+    start_relay(patient_events_app)
+
+    received = reader.read("patient", 50)
+
+    sequences: dict[str, list[int]] = {}
+    for message in received:
+        sequences.setdefault(message.key.decode(), []).append(message.event["sequence"])
+    assert sequences == {str(patient_id): [1, 2, 3, 4, 5] for patient_id in ids}
