@@ -4,14 +4,14 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Date, DateTime, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.extensions import db
-from shared.batch import declare_idempotency_table
+from shared.batch import IdempotencyKeyMixin
 from shared.events import declare_event_tables
-from shared.imports.models import declare_import_tables
+from shared.imports.models import AlertMixin, ImporterStateMixin, ImportModels, ImportRecordMixin
 from shared.versioning import VersionedRecordMixin, VersionRowMixin
 
 SCHEMA = "patient_service"
@@ -93,9 +93,28 @@ class Consent(db.Model):
     __table_args__ = ({"schema": SCHEMA},)
 
 
-IMPORT_MODELS = declare_import_tables(SCHEMA, __name__)
-ImportRecord, Alert, ImporterState = IMPORT_MODELS.record, IMPORT_MODELS.alert, IMPORT_MODELS.state
-IdempotencyKey = declare_idempotency_table(SCHEMA, __name__)
+# ---- tables every service has, their columns shared (shared/imports/models.py, shared/batch) ----
+
+class ImportRecord(ImportRecordMixin, db.Model):
+    __table_args__ = ImportRecordMixin.table_args(SCHEMA)
+
+
+class Alert(AlertMixin, db.Model):
+    __table_args__ = AlertMixin.table_args(SCHEMA)
+
+
+class ImporterState(ImporterStateMixin, db.Model):
+    __table_args__ = ImporterStateMixin.table_args(SCHEMA)
+
+
+IMPORT_MODELS = ImportModels(record=ImportRecord, alert=Alert, state=ImporterState)
+
+
+class IdempotencyKey(IdempotencyKeyMixin, db.Model):
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("actor", "key", name="uq_idempotency_keys_actor_key"), {"schema": SCHEMA})
+
+
 EVENT_MODELS = declare_event_tables(SCHEMA, __name__)
 OutboxEvent, EventRelayState = EVENT_MODELS.outbox, EVENT_MODELS.state
 
