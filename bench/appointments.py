@@ -160,7 +160,7 @@ class CalendarClient:
     def __init__(self, number: int, base_url: str, token: str):
         self.org = f"praxis-{number % PRACTICES}"
         self.prefix = f"c{number}"
-        self.first_hour = number * 1_000_000  # no other client's appointment is ever near
+        self.first_hour = number * 10_000  # an hour per appointment: no other client's appointment is ever near
         self.url = f"{base_url}/api/appointments"
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"

@@ -53,8 +53,7 @@ def utc_text(value: datetime | None) -> str | None:
     """`2020-10-10T20:20:00.000Z`: the calendar API's form of an instant."""
     if value is None:
         return None
-    value = value.astimezone(timezone.utc)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 def representation(appointment: Appointment) -> dict[str, Any]:
