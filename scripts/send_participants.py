@@ -46,19 +46,20 @@ def generate(count: int, *, mid_ratio: float, seed: int = 0, events: int = 20) -
     rng = random.Random(seed)
     participants = []
     for number in range(count):
+        serial = seed * 1_000_000 + number  # another seed, other people
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         with_mid = rng.random() < mid_ratio
         item: dict[str, Any] = {
-            "participantId": f"mid-{100000 + number}" if with_mid else f"temp-{seed}-{number:06d}",
+            "participantId": f"mid-{serial}" if with_mid else f"temp-{serial:07d}",
             "firstName": rng.choice((first, first.upper(), f" {first} ")),
             "lastName": rng.choice((last, last.lower(), f"{last} ")),
-            "email": f"{_ascii(first)}.{_ascii(last)}.{number}@example.org",
+            "email": f"{_ascii(first)}.{_ascii(last)}.{serial}@example.org",
             "phone": f"+49 241 {rng.randrange(100000, 999999)}",
-            "username": f"{first[:3]}{last[:3]}{number}".lower().replace(" ", ""),
+            "username": f"{_ascii(first)[:3]}{_ascii(last)[:3]}{serial}",
             "attendanceStatus": rng.choice(STATUSES),
             "metadata": {"eventId": f"event-{rng.randrange(events):04d}"},
         }
-        item[rng.choice(MID_KEYS)] = f"MID-{100000 + number}" if with_mid else None
+        item[rng.choice(MID_KEYS)] = f"MID-{serial}" if with_mid else None
         participants.append(item)
     return {"batchId": f"generated-{seed}", "source": "send_participants.py generate", "participants": participants}
 

@@ -5,15 +5,19 @@ alias); (2) else, with first name, last name and e-mail all sent, the participan
 three, folded as the patient duplicate rule folds them — updated in place, the incoming id becomes
 an alias; (3) else a new participant. The database holds the rules (ids and aliases one primary
 key, a unique MID, a unique identity), so racing batches cannot create one person twice.
-Nothing here commits: the batch's unit of work does.
+
+A batch reads the participants its items may match in one locked query, works on plain rows in
+memory, and writes what changed with one statement per table (`write_pending`). Nothing here
+commits: the batch's unit of work does.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import or_, select, tuple_
+from sqlalchemy import bindparam, insert, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from shared import versioning
@@ -28,11 +32,14 @@ from therapist_service.participants.schemas import ParticipantItemSchema, Partic
 
 PARTICIPANTS = versioning.VersionedStore(Participant, ParticipantVersion, "participant")
 IDENTITY_FIELDS = ("first_name", "last_name", "email")  # compared folded: another case is no change
-PLAIN_FIELDS = ("phone", "username", "attendance_status", "meta")
-CREATE_ATTEMPTS = 3  # a create that meets a racing one looks again (it then finds the other's)
+PLAIN_FIELDS = ("phone", "username", "attendance_status", "meta", "mid")
+ATTEMPTS = 3  # an item written alone that meets a racing batch looks again (and then finds its rows)
+TABLE, ALIASES = Participant.__table__, ParticipantAlias.__table__
+COLUMN_OF = {attribute.key: attribute.columns[0].name for attribute in Participant.__mapper__.column_attrs}
 
 _representation = ParticipantSchema()
 _item_schema = ParticipantItemSchema()
+_item_schema.strings_checked_by_parent = True  # the batch's schema has looked at every string in it
 
 
 class MidConflict(Conflict):
@@ -43,20 +50,20 @@ class IdentityConflict(Conflict):
     type, title = "identity-conflict", "Identity held by another participant"
 
 
-def representation(participant: Participant) -> dict[str, Any]:
+def representation(participant: Any) -> dict[str, Any]:
     return _representation.dump(participant)
 
 
 Identity = tuple[str, str, str]
 
 
-def identity_of(values: dict[str, Any]) -> Identity | None:
+def identity_of(values: Any) -> Identity | None:
     """The folded (e-mail, first name, last name), or None unless all three are there."""
-    parts = [values.get(name) for name in ("email", "first_name", "last_name")]
-    if not all(parts):
+    get = values.get if isinstance(values, dict) else lambda name: getattr(values, name)
+    email, first_name, last_name = get("email"), get("first_name"), get("last_name")
+    if not (email and first_name and last_name):
         return None
-    email, first_name, last_name = (fold(part) for part in parts)
-    return email, first_name, last_name
+    return fold(email), fold(first_name), fold(last_name)
 
 
 # ---- the batch ----------------------------------------------------------------------------------
@@ -75,32 +82,74 @@ def receive_batch(body: dict[str, Any], *, actor: str, key: str | None, keys: Id
     batch runner (its idempotency keys, its per-item results, its 422 when any item fails)."""
     provenance = Provenance(body.get("batch_id"), body.get("source"))
     adapter = BatchAdapter(item_schema=_item_schema, upsert=partial(receive_participant, provenance=provenance),
-                           delete=None, key_model=IdempotencyKey, prepare=look_up)
+                           delete=None, key_model=IdempotencyKey, prepare=look_up, finish=write_pending)
     return run_batch(adapter, body["participants"], mode="transaction", dry_run=False, actor=actor, key=key,
                      keys=keys, path=path, body=body, max_items=max_items, items_pointer="/participants")
 
 
 @dataclass
+class AliasRow:
+    alias: str
+    created_at: datetime
+
+
+@dataclass
+class ParticipantRow:
+    """A participant as a batch works on it: read from the table (`stored`) or created by the
+    batch; represented as a stored one is (`ParticipantSchema` reads the same attributes)."""
+
+    id: str
+    created_at: datetime
+    updated_at: datetime
+    version: int = 1
+    first_name: str | None = None
+    last_name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    mid: str | None = None
+    username: str | None = None
+    attendance_status: str | None = None
+    meta: dict[str, Any] | None = None
+    batch_id: str | None = None
+    source: str | None = None
+    match_first_name: str | None = None
+    match_last_name: str | None = None
+    match_email: str | None = None
+    deleted_at: datetime | None = None
+    aliases: list[AliasRow] = field(default_factory=list)
+    stored: bool = False
+
+    def values(self) -> dict[str, Any]:
+        """The table's columns (by column name) of this row."""
+        return {column: getattr(self, key) for key, column in COLUMN_OF.items()}
+
+
+@dataclass
 class Known:
-    """The participants a batch may match, by every key it matches on; kept up to date as the
-    batch creates and changes them, so a later item finds what an earlier one wrote."""
+    """The participants a batch may match, by every key it matches on, kept up to date as the batch
+    creates and changes them (a later item finds what an earlier one wrote); and what waits to be
+    written: created rows, changed stored rows, their new aliases and every version row."""
 
-    by_alias: dict[str, Participant] = field(default_factory=dict)
-    by_identity: dict[Identity, Participant] = field(default_factory=dict)
-    by_mid: dict[str, Participant] = field(default_factory=dict)
+    by_alias: dict[str, ParticipantRow] = field(default_factory=dict)
+    by_identity: dict[Identity, ParticipantRow] = field(default_factory=dict)
+    by_mid: dict[str, ParticipantRow] = field(default_factory=dict)
+    created: list[ParticipantRow] = field(default_factory=list)
+    changed: dict[str, ParticipantRow] = field(default_factory=dict)
+    new_aliases: list[dict[str, Any]] = field(default_factory=list)
+    versions: list[dict[str, Any]] = field(default_factory=list)
 
-    def remember(self, participant: Participant) -> None:
+    def remember(self, participant: ParticipantRow) -> None:
         for alias in participant.aliases:
             self.by_alias[alias.alias] = participant
-        identity = identity_of(_stored_identity(participant))
+        identity = identity_of(participant)
         if identity is not None:
             self.by_identity[identity] = participant
         if participant.mid is not None:
             self.by_mid[participant.mid] = participant
 
-    def forget(self, participant: Participant) -> None:
+    def forget(self, participant: ParticipantRow) -> None:
         """Before a change: drop the keys it may lose."""
-        identity = identity_of(_stored_identity(participant))
+        identity = identity_of(participant)
         if identity is not None and self.by_identity.get(identity) is participant:
             del self.by_identity[identity]
         if participant.mid is not None and self.by_mid.get(participant.mid) is participant:
@@ -109,45 +158,49 @@ class Known:
 
 def look_up(items: list[dict[str, Any]]) -> Known:
     """Every stored participant the items may match, locked (in id order: no deadlocks between
-    batches), in three lookups folded into one query."""
+    batches), by id or alias, identity or MID in one query; then their aliases."""
     ids = {item["participant_id"] for item in items}
     identities = {identity for identity in map(identity_of, items) if identity is not None}
     mids = {item["mid"] for item in items if item.get("mid") is not None}
-    matches = [Participant.id.in_(select(ParticipantAlias.participant_id).where(ParticipantAlias.alias.in_(ids)))]
+    matches = [TABLE.c.id.in_(select(ALIASES.c.participant_id).where(ALIASES.c.alias.in_(ids)))]
     if identities:
-        matches.append(tuple_(Participant.match_email, Participant.match_first_name,
-                              Participant.match_last_name).in_(identities))
+        matches.append(tuple_(TABLE.c.match_email, TABLE.c.match_first_name, TABLE.c.match_last_name).in_(identities))
     if mids:
-        matches.append(Participant.mid.in_(mids))
+        matches.append(TABLE.c.mid.in_(mids))
+    found = {row.id: ParticipantRow(**{key: row._mapping[column] for key, column in COLUMN_OF.items()}, stored=True)
+             for row in db.session.execute(select(TABLE).where(or_(*matches)).order_by(TABLE.c.id).with_for_update())}
+    if found:
+        for alias in db.session.execute(select(ALIASES).where(ALIASES.c.participant_id.in_(found))
+                                        .order_by(ALIASES.c.created_at, ALIASES.c.alias)):
+            found[alias.participant_id].aliases.append(AliasRow(alias.alias, alias.created_at))
     known = Known()
-    for participant in db.session.scalars(select(Participant).where(or_(*matches))
-                                          .order_by(Participant.id).with_for_update(of=Participant)):
+    for participant in found.values():
         known.remember(participant)
     return known
 
 
 def receive_participant(data: dict[str, Any], *, provenance: Provenance, source: str, actor: str,
-                        context: Known | None = None) -> tuple[Participant, str]:
+                        context: Known | None = None) -> tuple[ParticipantRow, str]:
     """One participant of a batch → (participant, `created` | `updated` | `unchanged`).
-    With `context` (the batch's bulk lookup) it writes nothing to the database until the batch
-    flushes; without, it looks up alone and creates in a savepoint, looking again after a clash."""
+    With `context` (the batch's lookup) its writes wait for the batch's `write_pending`; alone,
+    it looks up, writes in a savepoint and, meeting a racing batch's rows, looks again."""
     if context is not None:
         return _receive(data, context, provenance=provenance, source=source, actor=actor)
-    for attempt in range(CREATE_ATTEMPTS):
+    for attempt in range(ATTEMPTS):
         known = look_up([data])
         try:
             with db.session.begin_nested():
                 result = _receive(data, known, provenance=provenance, source=source, actor=actor)
-                db.session.flush()
+                write_pending(known)
                 return result
         except IntegrityError:
-            if attempt == CREATE_ATTEMPTS - 1:
+            if attempt == ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
 
 
 def _receive(data: dict[str, Any], known: Known, *, provenance: Provenance, source: str,
-             actor: str) -> tuple[Participant, str]:
+             actor: str) -> tuple[ParticipantRow, str]:
     identity = identity_of(data)
     participant = known.by_alias.get(data["participant_id"])
     if participant is None and identity is not None:
@@ -156,74 +209,87 @@ def _receive(data: dict[str, Any], known: Known, *, provenance: Provenance, sour
     holder = known.by_mid.get(mid) if mid is not None else None
     if holder is not None and holder is not participant:
         raise MidConflict(f"this MID is held by participant {holder.id}", pointer="/mid", existing_id=holder.id)
-    if participant is None:
-        return _create(data, known, provenance=provenance, source=source, actor=actor), "created"
-    return _update(participant, data, known, provenance=provenance, source=source, actor=actor)
-
-
-def _create(data: dict[str, Any], known: Known, *, provenance: Provenance, source: str, actor: str) -> Participant:
     now = now_utc()
-    participant = Participant(
-        id=data["participant_id"], **{name: data.get(name) for name in (*IDENTITY_FIELDS, *PLAIN_FIELDS)},
-        mid=data.get("mid"), batch_id=provenance.batch_id, source=provenance.source, version=1,
-        created_at=now, updated_at=now, deleted_at=None,
-        aliases=[ParticipantAlias(alias=data["participant_id"], created_at=now)])
-    _set_match_keys(participant)
-    db.session.add(participant)
+    if participant is None:
+        participant = ParticipantRow(id=data["participant_id"], created_at=now, updated_at=now,
+                                     aliases=[AliasRow(data["participant_id"], now)],
+                                     **{name: data.get(name) for name in (*IDENTITY_FIELDS, *PLAIN_FIELDS)})
+        known.created.append(participant)
+        action = "created"
+    else:
+        changes = _changes(participant, data)
+        new_alias = data["participant_id"] not in {alias.alias for alias in participant.aliases}
+        if not changes and not new_alias:
+            return participant, "unchanged"
+        _check_identity(participant, changes, known)
+        known.forget(participant)
+        for name, value in changes.items():
+            setattr(participant, name, value)
+        if new_alias:
+            participant.aliases.append(AliasRow(data["participant_id"], now))
+            if participant.stored:
+                known.new_aliases.append({"alias": data["participant_id"], "participant_id": participant.id,
+                                          "created_at": now})
+        if participant.stored:
+            known.changed[participant.id] = participant
+        participant.version += 1
+        participant.updated_at = now
+        action = "updated"
+    participant.batch_id, participant.source = provenance.batch_id, provenance.source
+    participant.match_email, participant.match_first_name, participant.match_last_name = (
+        identity_of(participant) or (None, None, None))
     known.remember(participant)
-    _add_version(participant, source=source, actor=actor, changed_at=now)
-    return participant
+    known.versions.append({"record_id": participant.id, "version": participant.version, "changed_at": now,
+                           "source": source, "actor": actor, "data": representation(participant), "deleted": False})
+    return participant, action
 
 
-def _update(participant: Participant, data: dict[str, Any], known: Known, *, provenance: Provenance,
-            source: str, actor: str) -> tuple[Participant, str]:
-    """Apply what the item says. A value not sent (or null) keeps what is known; a name or e-mail
-    equal but for case and spacing keeps its stored spelling; a new id becomes an alias."""
-    changes: dict[str, Any] = {}
+def _changes(participant: ParticipantRow, data: dict[str, Any]) -> dict[str, Any]:
+    """What the item changes. A value not sent (or null) keeps what is known; a name or e-mail
+    equal but for case and spacing keeps its stored spelling."""
+    changes = {}
     for name in IDENTITY_FIELDS:
         value, stored = data.get(name), getattr(participant, name)
-        if value is not None and (stored is None or fold(value) != fold(stored)):
+        if value is not None and value != stored and (stored is None or fold(value) != fold(stored)):
             changes[name] = value
-    for name in (*PLAIN_FIELDS, "mid"):
+    for name in PLAIN_FIELDS:
         value = data.get(name)
         if value is not None and value != getattr(participant, name):
             changes[name] = value
-    new_alias = data["participant_id"] not in {alias.alias for alias in participant.aliases}
-    if not changes and not new_alias:
-        return participant, "unchanged"
-    if any(name in changes for name in IDENTITY_FIELDS):
-        identity = identity_of({**_stored_identity(participant), **changes})
-        other = known.by_identity.get(identity) if identity is not None else None
-        if other is not None and other is not participant:
-            raise IdentityConflict(f"participant {other.id} has this first name, last name and e-mail",
-                                   pointer="/email", existing_id=other.id)
-    now = now_utc()
-    known.forget(participant)
-    for name, value in changes.items():
-        setattr(participant, name, value)
-    _set_match_keys(participant)
-    if new_alias:
-        participant.aliases.append(ParticipantAlias(alias=data["participant_id"], created_at=now))
-    participant.batch_id, participant.source = provenance.batch_id, provenance.source
-    participant.version += 1
-    participant.updated_at = now
-    known.remember(participant)
-    _add_version(participant, source=source, actor=actor, changed_at=now)
-    return participant, "updated"
+    return changes
 
 
-def _stored_identity(participant: Participant) -> dict[str, Any]:
-    return {name: getattr(participant, name) for name in IDENTITY_FIELDS}
+def _check_identity(participant: ParticipantRow, changes: dict[str, Any], known: Known) -> None:
+    if not any(name in changes for name in IDENTITY_FIELDS):
+        return
+    identity = identity_of({**{name: getattr(participant, name) for name in IDENTITY_FIELDS}, **changes})
+    other = known.by_identity.get(identity) if identity is not None else None
+    if other is not None and other is not participant:
+        raise IdentityConflict(f"participant {other.id} has this first name, last name and e-mail",
+                               pointer="/email", existing_id=other.id)
 
 
-def _set_match_keys(participant: Participant) -> None:
-    identity = identity_of(_stored_identity(participant))
-    participant.match_email, participant.match_first_name, participant.match_last_name = identity or (None,) * 3
-
-
-def _add_version(participant: Participant, *, source: str, actor: str, changed_at: Any) -> None:
-    versioning.add_version(ParticipantVersion, participant, representation(participant), source=source,
-                           actor=actor, changed_at=changed_at)
+def write_pending(known: Known) -> None:
+    """What the batch changed, one statement per table: changed participants first (a MID or an
+    identity they give up may be taken by a new one), their new aliases, the new participants and
+    their aliases, then every version row (with its event, through `versioning`)."""
+    if known.changed:
+        unchanging = ("id", "created_at")
+        db.session.execute(update(TABLE).where(TABLE.c.id == bindparam("row_id")), [
+            {**{column: value for column, value in row.values().items() if column not in unchanging}, "row_id": row.id}
+            for row in known.changed.values()])
+    if known.new_aliases:
+        db.session.execute(insert(ALIASES), known.new_aliases)
+    if known.created:
+        db.session.execute(insert(TABLE), [row.values() for row in known.created])
+        db.session.execute(insert(ALIASES), [{"alias": alias.alias, "participant_id": row.id,
+                                              "created_at": alias.created_at}
+                                             for row in known.created for alias in row.aliases])
+    if known.versions:
+        versioning.add_versions(ParticipantVersion, known.versions)
+    for row in known.created:
+        row.stored = True
+    known.created, known.changed, known.new_aliases, known.versions = [], {}, [], []
 
 
 # ---- reads --------------------------------------------------------------------------------------
