@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test audit clean chromium
+.PHONY: install run test lint audit clean chromium
 
 install: $(STAMP)
 
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/python -m shared.devserver
 
-test: install chromium
+test: install chromium lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Static checks, configured in pyproject.toml ([tool.ruff], [tool.mypy]); `make test` runs them first.
+lint: install
+	$(BIN)/ruff check
+	$(BIN)/mypy
 
 # The dashboard's browser test (tests/test_dashboard.py) drives Debian's chromium through
 # Playwright; Playwright never downloads a browser here. Installed when missing and we are root;

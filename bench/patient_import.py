@@ -6,7 +6,8 @@ Puts 1,000 registration files into a gcp-storage-emulator on loopback (its own p
 importer (`ImportsExtension.run_pass`: list, claim, download, backup copy, validate, import,
 commit, generation-checked delete) draining them into a real embedded PostgreSQL. In the same
 run it times the bare google-cloud-storage client listing, downloading and deleting 1,000 such
-objects. Three rounds; prints each, then the medians, their ratio and files per second. Target (issue 4): within 2× the bare client.
+objects. Three rounds; prints each, then the medians, their ratio and files per second.
+Target (issue 4): within 2× the bare client.
 """
 from __future__ import annotations
 
@@ -143,7 +144,7 @@ def run(count: int, rounds: int) -> None:
               f"ratio {our_times[-1] / bare_times[-1]:.2f}   objects left {left}   [{summary}]")
 
     # Each round's two timings share its conditions: the ratio is taken per round, then the median.
-    ratios = [ours / bare for ours, bare in zip(our_times, bare_times)]
+    ratios = [ours / bare for ours, bare in zip(our_times, bare_times, strict=True)]
     bare, ours, ratio = statistics.median(bare_times), statistics.median(our_times), statistics.median(ratios)
     print(f"{count} registration files per round in gcp-storage-emulator on loopback; medians of {rounds} rounds")
     print(f"bare client (list, download, delete): {bare:6.2f} s  {count / bare:6.1f} files/s")

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import requests
@@ -82,7 +82,8 @@ def scrape_file(number: int) -> tuple[str, dict]:
         therapists.append({
             "id": external_id, "status": RNG.choice(["new", "modified", "unchanged"]),
             "last_modified": "2025-07-02T03:13:24.425333",
-            "basic_info": {"salutation": "Frau" if female else "Herr", "title": RNG.choice(["Dipl.-Psych.", "Dr.", None]),
+            "basic_info": {"salutation": "Frau" if female else "Herr",
+                           "title": RNG.choice(["Dipl.-Psych.", "Dr.", None]),
                            "first_name": first, "last_name": last},
             "location": {"street": RNG.choice(STRASSEN), "house_number": str(RNG.randint(1, 120)),
                          "postcode": postcode, "city": RNG.choice(STAEDTE)},
@@ -391,7 +392,8 @@ def main() -> int:
                           f"{DRAIN_TIMEOUT_SECONDS} s", file=sys.stderr)
                     break
                 time.sleep(0.5)
-            results, duplicates = checks(connection, [n for n, _ in scrape_files], [n for n, _ in registrations], bucket, runs)
+            results, duplicates = checks(connection, [n for n, _ in scrape_files], [n for n, _ in registrations],
+                                         bucket, runs)
     finally:
         for master in therapists.masters + patients.masters:
             stop(master)

@@ -81,6 +81,8 @@ class RegistrationFileHandler:
         validated and imported, and waited for before returning, so it is on disk before the
         import commits — and an import whose backup failed does not commit."""
         token = parse_object_name(file.name).token
+        if token is None:
+            raise InputError("bad-name", "the object name has no registration token")  # check_name refused it before
         backup = (self._backups.submit(write_backup, self.backup_dir, f"{token}-{file.generation}.json", payload)
                   if self.backup_dir else None)
         try:

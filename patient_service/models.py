@@ -8,7 +8,7 @@ from sqlalchemy import BigInteger, Boolean, Date, DateTime, ForeignKey, Index, I
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.extensions import db
+from shared.extensions import Model
 from shared.batch import IdempotencyKeyMixin
 from shared.events import declare_event_tables
 from shared.imports.models import AlertMixin, ImporterStateMixin, ImportModels, ImportRecordMixin
@@ -17,7 +17,7 @@ from shared.versioning import VersionedRecordMixin, VersionRowMixin
 SCHEMA = "patient_service"
 
 
-class Patient(VersionedRecordMixin, db.Model):
+class Patient(VersionedRecordMixin, Model):
     __tablename__ = "patients"
 
     anrede: Mapped[str | None] = mapped_column(String(10))
@@ -56,7 +56,7 @@ class Patient(VersionedRecordMixin, db.Model):
     )
 
 
-class PatientVersion(VersionRowMixin, db.Model):
+class PatientVersion(VersionRowMixin, Model):
     __tablename__ = "patient_versions"
     __table_args__ = (
         Index("uq_patient_versions_record_version", "record_id", "version", unique=True),
@@ -65,7 +65,7 @@ class PatientVersion(VersionRowMixin, db.Model):
     record_id: Mapped[int] = mapped_column(ForeignKey(f"{SCHEMA}.patients.id", ondelete="CASCADE"))
 
 
-class Registration(db.Model):
+class Registration(Model):
     """One registration on the website: the file that brought it, by its token (SPEC §7.1.6)."""
 
     __tablename__ = "registrations"
@@ -79,7 +79,7 @@ class Registration(db.Model):
     __table_args__ = ({"schema": SCHEMA},)
 
 
-class Consent(db.Model):
+class Consent(Model):
     """Proof of consent: `consent_metadata` of a registration, stored in full (SPEC §7.1.7)."""
 
     __tablename__ = "consents"
@@ -95,22 +95,22 @@ class Consent(db.Model):
 
 # ---- tables every service has, their columns shared (shared/imports/models.py, shared/batch) ----
 
-class ImportRecord(ImportRecordMixin, db.Model):
+class ImportRecord(ImportRecordMixin, Model):
     __table_args__ = ImportRecordMixin.table_args(SCHEMA)
 
 
-class Alert(AlertMixin, db.Model):
+class Alert(AlertMixin, Model):
     __table_args__ = AlertMixin.table_args(SCHEMA)
 
 
-class ImporterState(ImporterStateMixin, db.Model):
+class ImporterState(ImporterStateMixin, Model):
     __table_args__ = ImporterStateMixin.table_args(SCHEMA)
 
 
 IMPORT_MODELS = ImportModels(record=ImportRecord, alert=Alert, state=ImporterState)
 
 
-class IdempotencyKey(IdempotencyKeyMixin, db.Model):
+class IdempotencyKey(IdempotencyKeyMixin, Model):
     __tablename__ = "idempotency_keys"
     __table_args__ = (UniqueConstraint("actor", "key", name="uq_idempotency_keys_actor_key"), {"schema": SCHEMA})
 
@@ -121,7 +121,7 @@ OutboxEvent, EventRelayState = EVENT_MODELS.outbox, EVENT_MODELS.state
 
 # ---- data protection (SPEC §10): hold ids, actors, times and counts only, never personal data ----
 
-class Erasure(db.Model):
+class Erasure(Model):
     """A patient's erasure (SPEC §10.1): who erased which id when, why, and how much was removed."""
 
     __tablename__ = "erasures"
@@ -136,7 +136,7 @@ class Erasure(db.Model):
     __table_args__ = ({"schema": SCHEMA},)
 
 
-class BackupDeletion(db.Model):
+class BackupDeletion(Model):
     """A backup copy an erasure still has to delete. Written in the erasure's transaction and
     removed once the file is gone, so a crash after the commit leaves the work on record."""
 
@@ -150,7 +150,7 @@ class BackupDeletion(db.Model):
     __table_args__ = ({"schema": SCHEMA},)
 
 
-class AccessLogEntry(db.Model):
+class AccessLogEntry(Model):
     """One read of one patient's data (SPEC §10.3). No foreign key: the log outlives an erasure."""
 
     __tablename__ = "access_log"

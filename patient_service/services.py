@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Collection
 
-from sqlalchemy import select
+from sqlalchemy import select, true
 
 from patient_service.models import Consent, Erasure, Patient, PatientVersion, Registration
 from patient_service.schemas import PatientSchema
@@ -129,7 +129,7 @@ def _write_guarding_identity(patient: Patient, data: dict[str, Any], **bookkeepi
     email, vorname, nachname = identity_of(data)
     existing = select(Patient.id).where(
         Patient.match_email == email, Patient.match_vorname == vorname, Patient.match_nachname == nachname,
-        Patient.deleted_at.is_(None), Patient.id != patient.id if patient.id else True)
+        Patient.deleted_at.is_(None), Patient.id != patient.id if patient.id else true())
     with unique_or_duplicate(IDENTITY_INDEX, lambda: db.session.scalars(existing).first(),
                              "a patient with this e-mail address and name already exists"):
         _apply(patient, data)
@@ -250,14 +250,14 @@ def import_registration(data: dict[str, Any], consent_metadata: dict[str, Any], 
     registration = db.session.scalars(
         select(Registration).where(Registration.token == token).with_for_update()).first()
     if registration is not None:
-        patient = get_patient(registration.patient_id, for_update=True)
-        _same_person_or_conflict(patient, data)
-        changed = update_patient(patient, data, source=source, actor=actor, now=now)
+        registered = get_patient(registration.patient_id, for_update=True)
+        _same_person_or_conflict(registered, data)
+        changed = update_patient(registered, data, source=source, actor=actor, now=now)
         known = db.session.scalars(select(Consent.metadata_).where(
             Consent.registration_id == registration.id)).all()
         if consent_metadata not in known:
-            record_consent(patient, registration, consent_metadata, given_at=consent_given_at, now=now)
-        return patient, ("updated" if changed else "unchanged"), warnings
+            record_consent(registered, registration, consent_metadata, given_at=consent_given_at, now=now)
+        return registered, ("updated" if changed else "unchanged"), warnings
 
     action = None
     patient = find_by_identity(data)
@@ -269,6 +269,8 @@ def import_registration(data: dict[str, Any], consent_metadata: dict[str, Any], 
             warnings += [f"possible duplicate of patient {other}: same e-mail address, or same name and "
                          f"birth date, but not both" for other in near]
         except Duplicate as duplicate:  # created by someone else a moment ago
+            if duplicate.existing_id is None:  # and gone again: nothing to update, the clash stands
+                raise
             patient = get_patient(duplicate.existing_id, for_update=True)
     else:
         patient = get_patient(patient.id, for_update=True)
@@ -341,6 +343,8 @@ def upsert_patient(data: dict[str, Any], *, source: str, actor: str, now: dateti
                                      reserved_id=context.ids.next() if context else None)
             action = "created"
         except Duplicate as duplicate:  # created by someone else a moment ago
+            if duplicate.existing_id is None:  # and gone again: nothing to update, the clash stands
+                raise
             patient = get_patient(duplicate.existing_id, for_update=True)
     before = (patient.match_email, patient.match_vorname, patient.match_nachname)
     if action is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from flask import Flask, g, request, send_from_directory
+from flask.json.provider import DefaultJSONProvider
 from flask_cors import CORS
 from flask_migrate import Migrate
 
@@ -51,7 +52,8 @@ class ServiceDefinition:
 
 def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     app = Flask(service.name)
-    app.json.sort_keys = False  # fields in schema order, as documented
+    if isinstance(app.json, DefaultJSONProvider):
+        app.json.sort_keys = False  # fields in schema order, as documented
     app.extensions["settings"] = settings
     app.config.update(
         SERVICE_NAME=service.name,

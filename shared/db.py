@@ -62,7 +62,7 @@ def atomic(view: Callable) -> Callable:
 
 def page_of(query: Any, *, order_by: Any, page: int, page_size: int) -> tuple[list[Any], int]:
     """One page of `query`'s entities in `order_by` order, and how many there are in all."""
-    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
+    total = db.session.scalar(select(func.count()).select_from(query.subquery())) or 0
     offset = (page - 1) * page_size
     if offset >= total:
         return [], total  # past the last page; a huge page number would overflow OFFSET

@@ -5,7 +5,8 @@ From a fresh clone this starts an embedded PostgreSQL under `./var/postgres` (un
 services' migrations, and runs each service under gunicorn with its importer on a folder under
 `./var/`, and an embedded Kafka-protocol broker for the domain events (unless
 `EVENTS_KAFKA_BOOTSTRAP` is set). Ctrl-C (or SIGTERM) stops both services, then the broker and
-PostgreSQL. A second run reuses the data and the token (the broker keeps events in memory only). Variables already set in the environment win over these development defaults.
+PostgreSQL. A second run reuses the data and the token (the broker keeps events in memory only).
+Variables already set in the environment win over these development defaults.
 """
 from __future__ import annotations
 
@@ -203,14 +204,21 @@ def base_url(host: str, port: int) -> str:
     return f"http://{reachable}:{port}"
 
 
+def started(service: Service) -> subprocess.Popen:
+    if service.process is None:
+        raise StartupFailed(f"{service.name} was not started")
+    return service.process
+
+
 def wait_until_healthy(host: str) -> None:
     """Wait until both services answer `/health`; fail if one exits or takes too long."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     waiting = list(SERVICES)
     while waiting:
         service = waiting[0]
-        if service.process.poll() is not None:
-            raise StartupFailed(f"{service.name} {_how_it_ended(service.process.returncode)} at start")
+        process = started(service)
+        if process.poll() is not None:
+            raise StartupFailed(f"{service.name} {_how_it_ended(process.returncode)} at start")
         if _answers_health(base_url(host, service.port)):
             waiting.pop(0)
         elif time.monotonic() > deadline:
@@ -279,7 +287,7 @@ def watch() -> int:
     """Wait while both services run. One that exits on its own stops everything: exit status 1."""
     while True:
         for service in SERVICES:
-            status = service.process.poll()
+            status = started(service).poll()
             if status is not None:
                 print(f"\ndevserver: {service.name} {_how_it_ended(status)}; stopping everything.",
                       file=sys.stderr)
@@ -290,16 +298,16 @@ def watch() -> int:
 # ---- stopping ----------------------------------------------------------------------------------
 
 def stop_services() -> None:
-    running = [s for s in SERVICES if s.process is not None and s.process.poll() is None]
-    for service in running:
-        service.process.terminate()  # gunicorn: graceful shutdown
-    for service in running:
+    running = [(s.name, s.process) for s in SERVICES if s.process is not None and s.process.poll() is None]
+    for _, process in running:
+        process.terminate()  # gunicorn: graceful shutdown
+    for name, process in running:
         try:
-            service.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            process.wait(timeout=STOP_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
-            service.process.kill()
-            service.process.wait()
-        print(f"devserver: {service.name} stopped", file=sys.stderr)
+            process.kill()
+            process.wait()
+        print(f"devserver: {name} stopped", file=sys.stderr)
 
 
 def stop_database(server) -> None:

@@ -10,7 +10,7 @@ import traceback
 from typing import Any, Iterable
 
 from flask import Flask, Response, json
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from shared.logs import describe_exception
 
@@ -41,7 +41,7 @@ class Gone(DomainError):
 class Duplicate(DomainError):
     status, type, title = 409, "duplicate", "Duplicate"
 
-    def __init__(self, detail: str, existing_id: int):
+    def __init__(self, detail: str, existing_id: int | None):
         super().__init__(detail, existing_id=existing_id)
         self.existing_id = existing_id
 
@@ -137,7 +137,7 @@ def http_exception_to_problem(error: HTTPException) -> Response:
     headers = dict(data.get("headers") or {})
     if error.code == 401:
         headers.setdefault("WWW-Authenticate", 'Bearer realm="api"')
-    if error.code == 405 and error.valid_methods:
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
         headers["Allow"] = ", ".join(error.valid_methods)
     if error.code == 422 and "messages" in data:
         errors = _webargs_errors(data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 _OPTIONS_WITH_VALUE = {"--app", "-A", "--env-file", "-e"}
 
@@ -36,8 +37,8 @@ def flask_cli_command(argv: list[str] | None = None) -> str | None:
 
 
 def should_start_importer(imports_enabled: bool, argv: list[str] | None = None,
-                          environ: dict[str, str] | None = None) -> tuple[bool, str]:
-    environ = os.environ if environ is None else environ
+                          environ: Mapping[str, str] | None = None) -> tuple[bool, str]:
+    env: Mapping[str, str] = os.environ if environ is None else environ
     argv = sys.argv if argv is None else argv
     if not imports_enabled:
         return False, "IMPORTS_ENABLED is false"
@@ -45,8 +46,8 @@ def should_start_importer(imports_enabled: bool, argv: list[str] | None = None,
     if command is not None and command != "run":
         return False, f"flask {command} is a maintenance command"
     if command == "run":
-        debug = environ.get("FLASK_DEBUG", "").lower() in ("1", "true") or "--debug" in argv
+        debug = env.get("FLASK_DEBUG", "").lower() in ("1", "true") or "--debug" in argv
         reloading = "--reload" in argv or (debug and "--no-reload" not in argv)
-        if reloading and environ.get("WERKZEUG_RUN_MAIN") != "true":
+        if reloading and env.get("WERKZEUG_RUN_MAIN") != "true":
             return False, "this is the debug reloader's watcher process"
     return True, "enabled"

@@ -66,12 +66,12 @@ def add_versions(model: type, rows: list[dict[str, Any]]) -> None:
     outbox.record_versions(model, rows)
 
 
-def history(model: type, record_id: RecordId) -> list[Any]:
+def history(model: type[VersionRowMixin], record_id: RecordId) -> list[Any]:
     return list(db.session.scalars(
         select(model).where(model.record_id == record_id).order_by(model.version.desc())))
 
 
-def as_of(model: type, record_id: RecordId, at: datetime) -> Any | None:
+def as_of(model: type[VersionRowMixin], record_id: RecordId, at: datetime) -> Any | None:
     """The version that was current at `at`, or None if the record did not exist yet."""
     return db.session.scalars(
         select(model).where(model.record_id == record_id, model.changed_at <= at)
@@ -83,12 +83,12 @@ class VersionedStore:
     """Reads that every versioned record type has alike: by id (404 / 410), as of a moment,
     its history, a page of a query, and the `If-Match` check. `kind` names it in errors."""
 
-    model: type
-    versions: type
+    model: type[VersionedRecordMixin]
+    versions: type[VersionRowMixin]
     kind: str
 
     def get(self, record_id: RecordId, *, for_update: bool = False, include_deleted: bool = False) -> Any:
-        query = select(self.model).where(self.model.id == record_id)
+        query: Any = select(self.model).where(self.model.id == record_id)
         record = db.session.scalars(query.with_for_update() if for_update else query).first()
         if record is None:
             raise NotFound(f"{self.kind} {record_id} does not exist")

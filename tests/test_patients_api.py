@@ -438,8 +438,8 @@ def test_filter_with_nul_character_gives_422_naming_the_parameter(patient_client
 
 
 def test_json_that_is_not_an_object_gives_422(patient_client):
-    for text in ("null", "[]", '"Max"'):
-        response = patient_client.post("/api/patients", data=text, content_type="application/json", headers=AUTH)
+    for document in ("null", "[]", '"Max"'):
+        response = patient_client.post("/api/patients", data=document, content_type="application/json", headers=AUTH)
         assert_problem(response, 422)
 
 

@@ -8,7 +8,7 @@ from sqlalchemy import DateTime, ForeignKey, Index, String, Text, UniqueConstrai
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.extensions import db
+from shared.extensions import Model
 from shared.batch import IdempotencyKeyMixin
 from shared.events import declare_event_tables
 from shared.imports.models import AlertMixin, ImporterStateMixin, ImportModels, ImportRecordMixin
@@ -18,7 +18,7 @@ SCHEMA = "therapist_service"
 GROUPS = ("basic_info", "location", "contact", "professional_info", "availability")
 
 
-class Therapist(VersionedRecordMixin, db.Model):
+class Therapist(VersionedRecordMixin, Model):
     __tablename__ = "therapists"
 
     external_id: Mapped[str | None] = mapped_column(String(200))
@@ -51,7 +51,7 @@ class Therapist(VersionedRecordMixin, db.Model):
     )
 
 
-class TherapistVersion(VersionRowMixin, db.Model):
+class TherapistVersion(VersionRowMixin, Model):
     __tablename__ = "therapist_versions"
     __table_args__ = (
         Index("uq_therapist_versions_record_version", "record_id", "version", unique=True),
@@ -62,22 +62,22 @@ class TherapistVersion(VersionRowMixin, db.Model):
 
 # ---- tables every service has, their columns shared (shared/imports/models.py, shared/batch) ----
 
-class ImportRecord(ImportRecordMixin, db.Model):
+class ImportRecord(ImportRecordMixin, Model):
     __table_args__ = ImportRecordMixin.table_args(SCHEMA)
 
 
-class Alert(AlertMixin, db.Model):
+class Alert(AlertMixin, Model):
     __table_args__ = AlertMixin.table_args(SCHEMA)
 
 
-class ImporterState(ImporterStateMixin, db.Model):
+class ImporterState(ImporterStateMixin, Model):
     __table_args__ = ImporterStateMixin.table_args(SCHEMA)
 
 
 IMPORT_MODELS = ImportModels(record=ImportRecord, alert=Alert, state=ImporterState)
 
 
-class IdempotencyKey(IdempotencyKeyMixin, db.Model):
+class IdempotencyKey(IdempotencyKeyMixin, Model):
     __tablename__ = "idempotency_keys"
     __table_args__ = (UniqueConstraint("actor", "key", name="uq_idempotency_keys_actor_key"), {"schema": SCHEMA})
 

@@ -97,4 +97,6 @@ def csrf_token() -> str:
 
 def csrf_valid(presented: str | None) -> bool:
     expected = session.get(CSRF)
-    return bool(expected and presented) and hmac.compare_digest(presented.encode(), expected.encode())
+    if not expected or not presented:
+        return False
+    return hmac.compare_digest(presented.encode(), str(expected).encode())

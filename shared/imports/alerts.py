@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from shared.config import Settings
 from shared.extensions import db
+from shared.imports.models import AlertMixin
 from shared.logs import describe_exception
 from shared.schemas import now_utc
 
@@ -69,21 +70,21 @@ def source_alert(service: str, *, down: bool, source_description: str, since: An
     return f"[{service}] import source {state}", "\n".join(lines) + "\n"
 
 
-def enqueue(model: type, key: str, subject: str, body: str) -> None:
+def enqueue(model: type[AlertMixin], key: str, subject: str, body: str) -> None:
     """Record an alert in the current transaction, unless one with `key` exists already."""
     db.session.execute(insert(model).values(key=key, subject=subject, body=body, created_at=now_utc(),
                                             send_attempts=0).on_conflict_do_nothing(index_elements=["key"]))
 
 
 class AlertSender:
-    def __init__(self, settings: Settings, model: type):
+    def __init__(self, settings: Settings, model: type[AlertMixin]):
         self.settings = settings
         self.model = model
 
     def send_pending(self, limit: int = 50) -> int:
         """Deliver unsent alerts (call inside an app context). Returns how many went out."""
         sent = 0
-        rows = db.session.scalars(select(self.model).where(self.model.sent_at.is_(None))
+        rows: Any = db.session.scalars(select(self.model).where(self.model.sent_at.is_(None))
                                   .order_by(self.model.id).limit(limit).with_for_update(skip_locked=True)).all()
         for alert in rows:
             alert.send_attempts += 1

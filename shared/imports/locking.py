@@ -79,6 +79,7 @@ class ImporterLock:
         if self._connection is None or self._connection.closed:
             pooled = self.engine.raw_connection()
             connection = pooled.dbapi_connection
+            assert connection is not None  # a fresh checkout is connected
             pooled.detach()  # ours alone: never handed back to the pool
             connection.autocommit = True
             self._connection = connection

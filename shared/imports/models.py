@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -31,6 +31,9 @@ class ImportRecordMixin:
     """
 
     __tablename__ = "imports"
+
+    if TYPE_CHECKING:  # the mapped class takes its columns as keywords
+        def __init__(self, **columns: Any) -> None: ...
 
     @staticmethod
     def table_args(schema: str) -> tuple[Any, ...]:
@@ -106,12 +109,12 @@ class ImportModels:
     state: type[ImporterStateMixin]
 
 
-def importer_state(model: type, *, for_update: bool = False) -> Any:
+def importer_state(model: type[ImporterStateMixin], *, for_update: bool = False) -> Any:
     """The service's one importer-state row, created on first use. Workers starting together may
     all try to create it: the insert does nothing when the row exists."""
     from sqlalchemy import select
     from sqlalchemy.dialects.postgresql import insert
 
     db.session.execute(insert(model).values(id=1).on_conflict_do_nothing(index_elements=["id"]))
-    query = select(model).where(model.id == 1)
+    query: Any = select(model).where(model.id == 1)
     return db.session.scalars(query.with_for_update() if for_update else query).one()

@@ -23,7 +23,7 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -32,7 +32,7 @@ from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports import alerts
 from shared.imports.models import (DONE, FAILED, PARTIAL, PENDING, PROCESSING, QUARANTINED, SUCCEEDED,
-                                   ImportModels, empty_counts, importer_state)
+                                   ImportModels, ImportRecordMixin, empty_counts, importer_state)
 from shared.imports.types import (Claim, Fetched, FileHandler, FileVanished, InputError, Outcome, Source, SourceFile,
                                   SourceUnavailable, item_error)
 from shared.logs import describe_exception, import_context
@@ -140,7 +140,8 @@ class ImportRunner:
 
     # ---- one file ----------------------------------------------------------------------------
 
-    def process(self, file: SourceFile, downloaded: Future | None = None) -> str | Claim:
+    def process(self, file: SourceFile,
+                downloaded: Future | None = None) -> str | Literal[Claim.SKIP, Claim.FINISH_AGAIN]:
         """Import one file; returns its new status, or the claim when it was not imported
         (`Claim.SKIP`, `Claim.FINISH_AGAIN`). `downloaded`: the bucket object's download, started
         ahead (its errors surface here)."""
@@ -156,7 +157,7 @@ class ImportRunner:
             return Claim.SKIP
         if claim is Claim.FINISH_AGAIN:
             self._finish_at_source(file)
-        if claim is not Claim.IMPORT:
+        if claim is Claim.SKIP or claim is Claim.FINISH_AGAIN:
             return claim
         with import_context(record.id):  # every line logged from here on carries the import id
             log.info("%s: import #%s started (%s, attempt %s)", self.service, record.id, record.label,
@@ -191,7 +192,7 @@ class ImportRunner:
             status = self._fail(record.id, [item_error(
                 "internal-error", f"{describe_exception(error)}; the file is kept and will be retried")],
                 input_error=False, fetched=fetched, transient=transient)
-        finished = db.session.get(self.models.record, record.id)
+        finished = db.session.get_one(self.models.record, record.id)
         if transient and finished.status == FAILED and finished.next_attempt_at is not None:
             self.retries.append((file, finished.next_attempt_at))
         if self.on_record_finished:
@@ -215,10 +216,8 @@ class ImportRunner:
             latest = db.session.scalars(
                 select(Record).where(Record.source == self.source.kind, Record.name == file.name)
                 .order_by(Record.id.desc()).limit(1).with_for_update()).first()
-            same_version = latest is not None and (
-                latest.generation == file.generation if file.generation is not None
-                else latest.sha256 == fetched.sha256)
-            if same_version:
+            record: ImportRecordMixin
+            if latest is not None and _same_version(latest, file, fetched):
                 if latest.status in DONE:
                     return Claim.FINISH_AGAIN, latest
                 if latest.status == QUARANTINED:
@@ -252,6 +251,7 @@ class ImportRunner:
             record = self._locked_record(record_id)
             if record.status != PROCESSING:  # someone retried or finished it meanwhile
                 return record.status
+            assert fetched.payload is not None  # a file too large to read failed before
             outcome = self.handler.apply(fetched.payload, file, import_id=record.id)
             record.sha256, record.size = fetched.sha256, fetched.size  # one UPDATE with the outcome
             if outcome.status == PARTIAL or outcome.status == SUCCEEDED:
@@ -370,7 +370,14 @@ def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{key} {value}" for key, value in counts.items() if value) or "nothing to do"
 
 
-def retry_record(record_model: type, record_id: int) -> Any:
+def _same_version(record: ImportRecordMixin, file: SourceFile, fetched: Fetched | None) -> bool:
+    """A bucket object's version is its generation; a folder file's, its content."""
+    if file.generation is not None:
+        return record.generation == file.generation
+    return fetched is not None and record.sha256 == fetched.sha256
+
+
+def retry_record(record_model: type[ImportRecordMixin], record_id: int) -> Any:
     """Clear a failed or quarantined import so the next pass tries it afresh (count starts again)."""
     from shared.errors import Conflict, NotFound
 

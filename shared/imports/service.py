@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from flask import Flask
 from sqlalchemy import select
@@ -26,6 +26,9 @@ from shared.imports.runner import ImportRunner, PassSummary, retry_record
 from shared.imports.types import FileHandler, Source
 from shared.logs import describe_exception
 from shared.schemas import now_utc
+
+if TYPE_CHECKING:
+    from shared.imports.worker import BackgroundImporter
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ class ImportsExtension:
         self.settings: Settings = app.extensions["settings"]
         self.source = spec.make_source(self.settings)
         self.poll_seconds = spec.poll_seconds(self.settings)
-        self.worker = None
+        self.worker: BackgroundImporter | None = None
         self.alert_sender = AlertSender(self.settings, spec.models.alert)
 
     @property
@@ -63,6 +66,8 @@ class ImportsExtension:
         return self.source is not None
 
     def runner(self, still_leader: Callable[[], bool] = lambda: True) -> ImportRunner:
+        if self.source is None:
+            raise RuntimeError(f"{self.service}: no import source configured ({self.spec.missing_source_hint})")
         return ImportRunner(
             service=self.service, source=self.source, handler=self.spec.handler, models=self.models,
             max_file_bytes=self.settings.IMPORT_MAX_FILE_BYTES,
@@ -121,7 +126,7 @@ class ImportsExtension:
         if not self.configured:
             return ComponentReport({"configured": False})
         state: dict[str, Any] = {"configured": True, "started": self.worker is not None}
-        warnings = []
+        warnings: list[Problem] = []
         if self.worker is not None:
             next_poll = self.worker.next_poll_at()
             state.update(alive=self.worker.alive(), leader=self.worker.is_leader,
@@ -141,7 +146,7 @@ class ImportsExtension:
             if row is not None:
                 state.update({key: value.isoformat() if hasattr(value, "isoformat") else value
                               for key, value in row._asdict().items()})
-            if state.get("source_down_since"):
+            if state.get("source_down_since") and self.source is not None:
                 warnings.append(Problem("source", f"source ({self.source.description}) unreachable since "
                                                   f"{state['source_down_since']}"))
         return ComponentReport(state, warnings)
@@ -149,12 +154,16 @@ class ImportsExtension:
     def start(self) -> None:
         from shared.imports.worker import BackgroundImporter
 
-        if not self.configured:
+        if self.source is None:
             log.warning("%s importer off: %s", self.service, self.spec.missing_source_hint)
             return
-        self.worker = BackgroundImporter(self.app, self)
-        self.worker.start()
-        self.app.extensions["importer_stop"] = self.worker.stop
+        worker = self.worker = BackgroundImporter(self.app, self)
+        worker.start()
+        self.app.extensions["importer_stop"] = worker.stop
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
 
 
 def install(app: Flask, spec: ImporterSpec) -> ImportsExtension:

@@ -14,9 +14,11 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from shared.imports.types import Fetched, SourceFile, SourceUnavailable, WatchedSource
@@ -37,15 +39,15 @@ class _Enqueue(FileSystemEventHandler):
 
     def on_created(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
-            self.folder.notice(event.src_path)
+            self.folder.notice(os.fsdecode(event.src_path))
 
     def on_modified(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
-            self.folder.notice(event.src_path)
+            self.folder.notice(os.fsdecode(event.src_path))
 
     def on_moved(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
-            self.folder.notice(event.dest_path)
+            self.folder.notice(os.fsdecode(event.dest_path))
 
 
 class FolderSource(WatchedSource):
@@ -60,7 +62,7 @@ class FolderSource(WatchedSource):
         self._pending: dict[str, tuple[int, int] | None] = {}  # relative name → last (size, mtime_ns)
         self._pending_lock = threading.Lock()
         self._hashes: dict[tuple[str, int, int], str] = {}
-        self._observer = None
+        self._observer: BaseObserver | None = None
 
     # ---- names and settling --------------------------------------------------------------------
 
@@ -77,7 +79,7 @@ class FolderSource(WatchedSource):
             with self._pending_lock:
                 self._pending.setdefault(relative, None)
 
-    def _settled(self, relative: str, now: float) -> SourceFile | None | bool:
+    def _settled(self, relative: str, now: float) -> SourceFile | None | Literal[False]:
         """The file if it is settled; None if it is gone; False if it is still changing."""
         try:
             stat = (self.root / relative).stat()
@@ -98,7 +100,7 @@ class FolderSource(WatchedSource):
         now = time.time()
         with self._pending_lock:
             names = sorted(self._pending)
-        ready = []
+        ready: list[SourceFile] = []
         for relative in names:
             result = self._settled(relative, now)
             if result is False:
@@ -127,10 +129,10 @@ class FolderSource(WatchedSource):
                 if is_candidate(relative):
                     found.append(relative)
         now = time.time()
-        ready = []
+        ready: list[SourceFile] = []
         for relative in found:
             result = self._settled(relative, now)
-            if result:
+            if result is not None and result is not False:
                 with self._pending_lock:
                     self._pending.pop(relative, None)
                 ready.append(result)
