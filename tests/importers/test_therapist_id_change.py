@@ -236,11 +236,16 @@ def test_patch_of_external_id_undoes_a_wrong_take_over(inbox, client):
 
 def test_previous_external_ids_are_read_only(therapist_client):
     body = {k: v for k, v in practice("praxis67").items() if k not in ("id", "status")}
+    created = therapist_client.post("/api/therapists", json={**body, "external_id": "praxis67"}, headers=AUTH)
+    path = f"/api/therapists/{created.get_json()['id']}"
 
-    response = therapist_client.post("/api/therapists", json={**body, "previous_external_ids": ["x"]}, headers=AUTH)
+    posted = therapist_client.post("/api/therapists", json={**body, "previous_external_ids": ["x"]}, headers=AUTH)
+    patched = therapist_client.patch(path, json={"previous_external_ids": ["x"]}, headers=AUTH)
 
-    assert_problem(response, 422)
-    assert pointers(response) == ["/previous_external_ids"]
+    for response in (posted, patched):
+        assert_problem(response, 422)
+        assert pointers(response) == ["/previous_external_ids"]
+    assert therapist_client.get(path, headers=AUTH).get_json()["previous_external_ids"] == []
 
 
 # ---- batch requests follow the same rule -------------------------------------------------------------
