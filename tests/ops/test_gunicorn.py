@@ -130,6 +130,9 @@ def test_a_request_gunicorn_refuses_is_answered_with_problem_details(gunicorn):
     assert long_header.headers["Content-Type"] == "application/problem+json"
     assert long_header.json()["status"] == 431
 
+    process.send_signal(signal.SIGTERM)  # a clean stop: no worker left writing while the tables are emptied
+    assert process.wait(timeout=20) == 0
+
 
 def _answers(process, url: str) -> bool:
     try:
