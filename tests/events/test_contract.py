@@ -208,3 +208,22 @@ def test_without_a_broker_retention_removes_recorded_events(make_app, admin_engi
         assert app.extensions["relay"].remove_expired() == 1
 
     assert [row["id"] for row in outbox_rows(admin_engine, "patient_service")] == [2]
+
+
+def test_an_erasure_over_rest_publishes_patient_erased_after_its_versions(patient_app, start_relay, reader):
+    client = patient_app.test_client()
+    first, last, mail, born = PEOPLE[0]
+    created = client.post("/api/patients", json={"vorname": first, "nachname": last, "email": mail,
+                                                 "geburtsdatum": born}, headers=AUTH).get_json()
+    client.patch(f"/api/patients/{created['id']}", json={"plz": "52062"}, headers=AUTH)
+    erased = client.post(f"/api/patients/{created['id']}/erasure", json={"reason": "Art. 17 request"}, headers=AUTH)
+    assert erased.status_code == 200, erased.get_json()
+    start_relay(patient_app)
+
+    received = reader.read("patient", 3)
+
+    events = [message.event for message in received]
+    assert [(e["type"], e["sequence"]) for e in events] == [
+        ("de.curavani.patient.created", 1), ("de.curavani.patient.updated", 2), ("de.curavani.patient.erased", 3)]
+    assert events[2]["data"] == {"id": created["id"], "version": 3, "changed": []}
+    assert not [p for p in people_patterns() if any(p in m.value for m in received)]
