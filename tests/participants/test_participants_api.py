@@ -136,8 +136,9 @@ def test_the_mid_is_accepted_under_each_spelling(therapist_client, key):
     assert read(therapist_client, "temp-001")["mid"] == "MID-1"
 
 
-def test_two_mid_spellings_with_different_values_are_422(therapist_client, admin_engine):
-    response = send(therapist_client, person(1), {**person(2), "mid": "MID-1", "MID": "MID-2"})
+@pytest.mark.parametrize("first, second", [("MID-1", "MID-2"), (None, "MID-2")])
+def test_two_mid_spellings_with_different_values_are_422(therapist_client, admin_engine, first, second):
+    response = send(therapist_client, person(1), {**person(2), "mid": first, "MID": second})
     [error] = problem_errors(response)
     assert error["pointer"] == "/participants/1/MID"
     assert count(admin_engine, "participants") == 0

@@ -167,8 +167,9 @@ def look_up(items: list[dict[str, Any]]) -> Known:
         matches.append(tuple_(TABLE.c.match_email, TABLE.c.match_first_name, TABLE.c.match_last_name).in_(identities))
     if mids:
         matches.append(TABLE.c.mid.in_(mids))
-    found = {row.id: ParticipantRow(**{key: row._mapping[column] for key, column in COLUMN_OF.items()}, stored=True)
-             for row in db.session.execute(select(TABLE).where(or_(*matches)).order_by(TABLE.c.id).with_for_update())}
+    found = {row["id"]: ParticipantRow(**{key: row[column] for key, column in COLUMN_OF.items()}, stored=True)
+             for row in db.session.execute(select(TABLE).where(or_(*matches)).order_by(TABLE.c.id)
+                                           .with_for_update()).mappings()}
     if found:
         for alias in db.session.execute(select(ALIASES).where(ALIASES.c.participant_id.in_(found))
                                         .order_by(ALIASES.c.created_at, ALIASES.c.alias)):
