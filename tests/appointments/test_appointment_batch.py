@@ -168,3 +168,19 @@ def test_return_minimal_gives_201_without_a_body(therapist_client, admin_engine)
     assert response.headers["Preference-Applied"] == "return=minimal"
     with admin_engine.connect() as conn:
         assert conn.scalar(text("SELECT count(*) FROM therapist_service.appointments")) == 1
+
+
+def test_every_appointment_version_has_its_event_in_the_outbox(therapist_client, admin_engine):
+    """Single writes and the batch's bulk path alike write versions through shared.versioning."""
+    single = created(therapist_client, appointment("single"))
+    therapist_client.delete(f"/api/appointments/{single}", headers=AUTH)
+    send(therapist_client, [appointment("a", start="2025-07-14 12:00", end="2025-07-14 13:00"),
+                            appointment("a", start="2025-07-14 13:00", end="2025-07-14 14:00", updated_at="2025-07-02"),
+                            appointment("b", start="2025-07-14 15:00", end="2025-07-14 16:00")])
+
+    with admin_engine.connect() as conn:
+        versions = set(conn.execute(text("SELECT record_id::text, version FROM therapist_service.appointment_versions")))
+        events = set(conn.execute(text("SELECT record_id, sequence FROM therapist_service.event_outbox "
+                                       "WHERE aggregate = 'appointment'")))
+    assert len(versions) == 5
+    assert events == versions

@@ -173,6 +173,18 @@ def test_an_overlapping_create_is_409_overlap_naming_the_conflicting_appointment
     assert version_count(admin_engine) == 1
 
 
+def test_an_overlap_logs_nothing_of_the_constraints_detail(therapist_client, caplog):
+    """PostgreSQL's DETAIL of a 23P01 carries the rows' values: it never reaches a log."""
+    created(therapist_client, appointment("a"))
+
+    with caplog.at_level("DEBUG"):
+        assert post(therapist_client, appointment("b", start="2025-07-14 09:30")).status_code == 409
+
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "conflicts with existing key" not in logged and "tstzrange" not in logged
+    assert not [record for record in caplog.records if record.levelname in ("ERROR", "WARNING")]
+
+
 def test_an_update_moving_onto_another_appointment_is_409_and_keeps_the_stored_one(therapist_client, admin_engine):
     holder = created(therapist_client, appointment("a"))
     created(therapist_client, appointment("b", start="2025-07-14 11:00", end="2025-07-14 12:00"))
