@@ -50,6 +50,28 @@ BACKOFF_SECONDS = (1, 2, 5, 10, 30)
 DELIVERY_TIMEOUT_SECONDS = 10.0  # librdkafka's message.timeout.ms: how long a broker outage takes to notice
 
 
+class _OncePerMinute(logging.Filter):
+    """librdkafka logs every reconnect attempt (several a second while a broker is down): pass one
+    line per kind (`FAIL`, `ERROR` …) a minute. The relay's own warnings say what happened."""
+
+    def __init__(self, seconds: float = 60.0):
+        super().__init__()
+        self.seconds = seconds
+        self.last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = record.getMessage().split(" ", 1)[0]
+        now = time.monotonic()
+        if now - self.last.get(kind, -self.seconds) < self.seconds:
+            return False
+        self.last[kind] = now
+        return True
+
+
+KAFKA_LOG = logging.getLogger("shared.events.kafka")
+KAFKA_LOG.addFilter(_OncePerMinute())
+
+
 def topic_for(prefix: str, aggregate: str) -> str:
     return f"{prefix}{aggregate}"
 
@@ -67,7 +89,7 @@ class KafkaPublisher:
             "linger.ms": 5,
             "message.timeout.ms": int(DELIVERY_TIMEOUT_SECONDS * 1000),
             "reconnect.backoff.max.ms": 1000,
-            "logger": logging.getLogger("shared.events.kafka"),
+            "logger": KAFKA_LOG,
         }
         self.topic_prefix = topic_prefix
         self._producer: Any = None
