@@ -12,9 +12,10 @@ rate achieved, p50/p99/max latency per phase, and whether GET p99 ≤ 20 ms at 2
 target from the issue).
 
 Then the cost of the access log (SPEC §10.3): a second gunicorn serves the same database with the
-log not written (`create_app_without_access_log`, this bench's own baseline), and GET phases
-alternate between the two, ROUNDS each; it prints both p99s and their ratio against the target of
-at most 20 % slower. Then it stops gunicorn and the database.
+log not written (`create_app_without_access_log`, this bench's own baseline), and one more GET
+phase at 200 requests/s sends its requests to the two in turn, so both meet the same moments of a
+shared machine; it prints both p99s and their ratio against the target of at most 20 % slower.
+Then it stops gunicorn and the database.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -45,7 +46,7 @@ SEED_PATIENTS = 1000
 GET_RATE, POST_RATE, DURATION_SECONDS = 200, 50, 15
 CLIENT_THREADS = 32
 TARGET_P99_MS = 20.0
-ROUNDS, ROUND_SECONDS = 3, 10  # the access log comparison: alternating phases per server
+COMPARE_SECONDS = 30  # the access log comparison: the two servers take turns, request by request
 TARGET_LOG_RATIO = 1.20
 
 
@@ -55,6 +56,7 @@ class Phase:
     latencies_ms: list[float]  # successful requests only
     failures: int
     elapsed_seconds: float  # from the first scheduled send to the last answer
+    by_index: list[float | None] = field(default_factory=list)  # request i's latency; None: failed
 
     def percentile(self, fraction: float) -> float:
         """Nearest-rank percentile of the successful requests' latencies."""
@@ -207,34 +209,37 @@ def run_open_loop(name: str, send, rate: int, duration: int) -> Phase:
                 time.sleep(delay)
             pool.submit(timed, i, scheduled)
     successes = [latency for latency in latencies if latency is not None]
-    return Phase(name, successes, count - len(successes), max(finished_at) - start)
+    return Phase(name, successes, count - len(successes), max(finished_at) - start, latencies)
 
 
 # ---- the access log's cost ----------------------------------------------------------------------
 
 def compare_access_log(logged: Client, unlogged: Client, ids: list[int]) -> None:
-    """GET p99 with the access log and without it, in alternating phases on one database."""
+    """GET p99 with the access log and without it, on one database: the two servers take turns
+    request by request, so both meet the same moments of the machine (others' load comes and goes)."""
     picks = random.Random(7)
-    latencies: dict[str, list[float]] = {"with": [], "without": []}
-    failures = {"with": 0, "without": 0}
     for patient_id in ids[:200]:
         unlogged.get_patient(patient_id)  # its warm-up, as the logged server had
-    for round_number in range(ROUNDS):
-        order = [("with", logged), ("without", unlogged)]
-        for variant, client in order if round_number % 2 == 0 else order[::-1]:
-            chosen = [picks.choice(ids) for _ in range(GET_RATE * ROUND_SECONDS)]
-            phase = run_open_loop(f"GET {variant} access log", lambda i: client.get_patient(chosen[i]),
-                                  GET_RATE, ROUND_SECONDS)
-            latencies[variant] += phase.latencies_ms
-            failures[variant] += phase.failures
-    pooled = {variant: Phase(variant, values, failures[variant], 0.0) for variant, values in latencies.items()}
+    servers = (("with", logged), ("without", unlogged))
+    chosen = [picks.choice(ids) for _ in range(GET_RATE * COMPARE_SECONDS)]
+    phase = run_open_loop("GET both, taking turns", lambda i: servers[i % 2][1].get_patient(chosen[i]),
+                          GET_RATE, COMPARE_SECONDS)
+    achieved = len(phase.by_index) / phase.elapsed_seconds
+    print(f"GET to both servers in turn: offered {GET_RATE}/s for {COMPARE_SECONDS} s, achieved {achieved:.1f}/s")
+    if achieved < 0.95 * GET_RATE:
+        print("  the machine could not keep up: both servers' latencies are the client's queue, and the "
+              "ratio below says nothing; run again on a quieter machine")
+    pooled = {}
+    for turn, (variant, _) in enumerate(servers):
+        mine = phase.by_index[turn::2]
+        ok = [latency for latency in mine if latency is not None]
+        pooled[variant] = Phase(variant, ok, len(mine) - len(ok), phase.elapsed_seconds)
     for variant in ("without", "with"):
-        phase = pooled[variant]
-        print(f"GET {variant + ' access log':<22} {ROUNDS} × {ROUND_SECONDS} s at {GET_RATE}/s: "
-              f"{len(phase.latencies_ms)} ok, {phase.failures} failed   p50 {phase.percentile(0.50):.1f} ms   "
-              f"p99 {phase.percentile(0.99):.1f} ms")
+        part = pooled[variant]
+        print(f"GET {variant + ' access log':<22} {len(part.latencies_ms)} ok, {part.failures} failed   "
+              f"p50 {part.percentile(0.50):.1f} ms   p99 {part.percentile(0.99):.1f} ms")
     ratio = pooled["with"].percentile(0.99) / pooled["without"].percentile(0.99)
-    met = ratio <= TARGET_LOG_RATIO and not any(failures.values())
+    met = ratio <= TARGET_LOG_RATIO and not any(part.failures for part in pooled.values())
     print(f"access log cost: GET p99 with / without = {ratio:.2f} "
           f"(target <= {TARGET_LOG_RATIO:.2f}): {'met' if met else 'NOT met'}; "
           f"entries for patient {ids[0]}: {logged.access_log_total(ids[0])}")
