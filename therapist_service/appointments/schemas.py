@@ -50,7 +50,8 @@ class WriteResultSchema(StrictSchema):
 
 
 class AppointmentQuerySchema(StrictSchema):
-    org = fields.String(load_default=DEFAULT_ORG, validate=validate.Length(1, 100))
+    org = TrimmedString(load_default=DEFAULT_ORG, validate=validate.Length(1, 100),
+                        metadata={"description": "the practice (`orgId`)"})
     at = UtcDateTime(metadata={"description": "the organisation's appointments as they were at this instant"})
     window_from = UtcDateTime(data_key="from", metadata={"description": "keep those ending after this"})
     window_to = UtcDateTime(data_key="to", metadata={"description": "keep those starting before this"})
