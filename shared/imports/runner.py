@@ -14,8 +14,9 @@ Per file:
 Failures leave the file where it is, with specific errors on the record, a retry time with
 exponential back-off, quarantine after `max_attempts`, and an alert on the first failure and on
 quarantine — once, whatever the number of workers and passes. A transient failure (a lost
-database connection, an I/O error) backs off in seconds instead, and the pass names the file and
-its retry time (`PassSummary.retries`) so the worker tries it again then, not at the next poll.
+database connection, an I/O error) backs off in seconds instead (2 s, 4 s, … up to 24 h) and never
+quarantines the file, which is not at fault; the pass names the file and its retry time
+(`PassSummary.retries`) so the worker tries it again then, not at the next poll.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ from shared.schemas import now_utc
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(hours=24)
-TRANSIENT_BACKOFF = timedelta(seconds=2)  # doubled per attempt, never above the regular back-off
+TRANSIENT_BACKOFF = timedelta(seconds=2)  # doubled per attempt, up to MAX_BACKOFF
+MAX_DOUBLINGS = 20  # beyond it every back-off is MAX_BACKOFF anyway (and the product stays a timedelta)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -285,13 +287,13 @@ class ImportRunner:
             if outcome is None:
                 record.counts = empty_counts()
             retry = self.retry_input_errors or not input_error
-            if retry and record.attempts >= self.max_attempts:
+            doublings = min(record.attempts - 1, MAX_DOUBLINGS)
+            if transient:  # not the file's fault: quick retries, and never a quarantine for it
+                record.next_attempt_at = record.finished_at + min(TRANSIENT_BACKOFF * 2 ** doublings, MAX_BACKOFF)
+            elif retry and record.attempts >= self.max_attempts:
                 record.status = QUARANTINED
             elif retry:
-                delay = min(self.retry_base * (2 ** (record.attempts - 1)), MAX_BACKOFF)
-                if transient:
-                    delay = min(TRANSIENT_BACKOFF * (2 ** (record.attempts - 1)), delay)
-                record.next_attempt_at = record.finished_at + delay
+                record.next_attempt_at = record.finished_at + min(self.retry_base * 2 ** doublings, MAX_BACKOFF)
             if record.status == QUARANTINED or record.attempts == 1:
                 self._alert(record)
             status = record.status

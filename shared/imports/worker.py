@@ -33,7 +33,7 @@ from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports import alerts
 from shared.imports.locking import ImporterLock
-from shared.imports.runner import TRANSIENT_BACKOFF, is_transient
+from shared.imports.runner import MAX_DOUBLINGS, TRANSIENT_BACKOFF, is_transient
 from shared.imports.types import WatchedSource
 from shared.logs import describe_exception
 from shared.schemas import now_utc
@@ -254,7 +254,7 @@ class BackgroundImporter:
                     log.error("import pass failed: %s", describe_exception(error))
                     if is_transient(error):
                         self.broken_passes += 1
-                        delay = min(TRANSIENT_BACKOFF.total_seconds() * 2 ** (self.broken_passes - 1),
+                        delay = min(TRANSIENT_BACKOFF.total_seconds() * 2 ** min(self.broken_passes - 1, MAX_DOUBLINGS),
                                     self.imports.poll_seconds)
                         self._hand_over_at(now_utc() + timedelta(seconds=delay), item, job_id="retry-pass")
 
