@@ -123,8 +123,8 @@ def reset(database_url: str) -> None:
     conn = psycopg2.connect(database_url)
     with conn, conn.cursor() as cur:
         cur.execute("TRUNCATE therapist_service.therapists, therapist_service.therapist_versions, "
-                    "therapist_service.imports, therapist_service.alerts, therapist_service.importer_state "
-                    "RESTART IDENTITY CASCADE")
+                    "therapist_service.imports, therapist_service.alerts, therapist_service.importer_state, "
+                    "therapist_service.event_outbox RESTART IDENTITY CASCADE")
     conn.close()
 
 
