@@ -249,12 +249,12 @@ def test_x_request_id_counts_as_the_key_and_another_body_under_it_is_422(therapi
     assert response.get_json()["type"] == "idempotency-key-reused"
 
 
-def test_an_identical_resend_writes_no_version(therapist_client, admin_engine):
+def test_an_identical_resend_writes_no_version_and_no_event(therapist_client, admin_engine):
     send(therapist_client, person(1), person(2))
-    before = count(admin_engine, "participant_versions")
+    before = count(admin_engine, "participant_versions"), count(admin_engine, "event_outbox")
     response = send(therapist_client, person(1), person(2, firstName=" jana2 "), batchId="another-batch")
     assert [r["action"] for r in response.get_json()["results"]] == ["unchanged", "unchanged"]
-    assert count(admin_engine, "participant_versions") == before
+    assert (count(admin_engine, "participant_versions"), count(admin_engine, "event_outbox")) == before == (2, 2)
     assert read(therapist_client, "temp-002")["version"] == 1
 
 
