@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import unicodedata
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +29,7 @@ from shared.db import reserve_ids, unique_or_duplicate
 from shared.errors import StaleUpdate
 from shared.extensions import db
 from shared.schemas import now_utc
+from shared.text import fold
 from therapist_service.models import GROUPS, Therapist, TherapistVersion
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,6 @@ def canonical(value: Any) -> Any:
 
 def content_of(data: dict[str, Any]) -> dict[str, Any]:
     return {"external_id": data.get("external_id"), **{g: canonical(data.get(g) or {}) for g in GROUPS}}
-
-
-def fold(value: str) -> str:
-    """Trimmed, case-folded, NFC (as the patient service's duplicate rule compares names)."""
-    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", value.strip()).casefold())
 
 
 def practice_identity(data: dict[str, Any]) -> str | None:
