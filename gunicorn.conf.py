@@ -18,12 +18,14 @@ gunicorn before the app sees the request, as problem details like every other er
 What the hooks do:
 - metrics: every worker counts into files in `PROMETHEUS_MULTIPROC_DIR` (a private temporary
   folder when unset), emptied when the master starts; a dead worker's gauges are dropped;
-- `post_fork`: a worker forked from a master that loaded the app (`--preload`) drops the
-  database connections it inherited and starts its own importer and event relay; without
-  `--preload` each worker creates the app itself and there is nothing to drop;
-- `worker_exit` / `on_exit`: the importer and the event relay stop cleanly (the current file or
-  batch finishes, the advisory locks are released at once, so a standby takes over within a
-  second instead of waiting for the connection to die).
+- `when_ready` / `post_fork`: a master that loaded the app (`--preload`) stops its background
+  components (importer, event relay) and lets go of its connections; each worker it forks drops
+  the connections it inherited and starts them again; without `--preload` each worker creates
+  the app itself and there is nothing to drop;
+- `worker_exit` / `on_exit`: the background components stop cleanly (the current file or batch
+  finishes, the advisory locks are released at once, so a standby takes over within a second
+  instead of waiting for the connection to die).
+The life cycle itself is written down once, in shared/background.py.
 """
 from __future__ import annotations
 
@@ -138,33 +140,29 @@ def _loaded_app(server):
 
 def when_ready(server) -> None:
     """In the master, before the first fork. With `--preload` the master created the app and with it
-    started an importer; the master must not import (it would hold the lock while its workers
-    stand by), so it stops that one and lets go of its database connections."""
+    started the background components; the master must not run them (it would hold the locks while
+    its workers stand by), so it stops them and lets go of its database connections."""
+    from shared.background import stop_background
+
     app = _loaded_app(server)
     if app is None or not hasattr(app, "extensions"):
         return
-    stop = app.extensions.get("importer_stop")
-    if stop is not None:
-        stop()
-        app.extensions["importer_start_after_fork"] = True
-    stop_relay = app.extensions.get("relay_stop")  # the event relay likewise: one per worker, not the master
-    if stop_relay is not None:
-        stop_relay()
-        app.extensions["relay_start_after_fork"] = True
+    if stop_background(app):
+        app.extensions["background_start_after_fork"] = True
     _dispose_engine(app, close=True)
 
 
 def post_fork(server, worker) -> None:
     """In a new worker. Connections inherited from the master are the master's: forget them without
-    closing them (closing would end the master's session), and start this worker's importer."""
+    closing them (closing would end the master's session), and start this worker's components."""
+    from shared.background import start_background
+
     app = _loaded_app(server)
     if app is None or not hasattr(app, "extensions"):
         return  # not preloaded: the worker creates its app (engine, importer) after this
     _dispose_engine(app, close=False)
-    if app.extensions.pop("importer_start_after_fork", False):
-        app.extensions["imports"].start()
-    if app.extensions.pop("relay_start_after_fork", False):
-        app.extensions["relay"].start()
+    if app.extensions.pop("background_start_after_fork", False):
+        start_background(app)
 
 
 def _dispose_engine(app, *, close: bool) -> None:
@@ -175,20 +173,20 @@ def _dispose_engine(app, *, close: bool) -> None:
 
 
 def worker_exit(server, worker) -> None:
-    """In the worker, on its way out: stop its importer so the lock is released now."""
+    """In the worker, on its way out: stop its components so the locks are released now."""
+    from shared.background import stop_background
+
     app = getattr(worker, "wsgi", None)
-    for name in ("importer_stop", "relay_stop"):
-        stop = app.extensions.get(name) if hasattr(app, "extensions") else None
-        if stop is not None:
-            stop()
+    if hasattr(app, "extensions"):
+        stop_background(app)
 
 
 def on_exit(server) -> None:
-    """In the master, last: the importer a preloaded master may still run, and our metrics folder."""
+    """In the master, last: the components a preloaded master may still run, and our metrics folder."""
+    from shared.background import stop_background
+
     app = _loaded_app(server)
-    for name in ("importer_stop", "relay_stop"):
-        stop = app.extensions.get(name) if hasattr(app, "extensions") else None
-        if stop is not None:
-            stop()
+    if hasattr(app, "extensions"):
+        stop_background(app)
     if os.environ.get("CURAVANI_METRICS_DIR_OWNED") and os.environ.get(METRICS_DIR):
         shutil.rmtree(os.environ[METRICS_DIR], ignore_errors=True)

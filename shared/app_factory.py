@@ -15,6 +15,7 @@ from flask_migrate import Migrate
 from shared import metrics
 from shared.auth import init_auth
 from shared.batch import BatchAdapter, batches_blp
+from shared.background import start_background
 from shared.config import Settings
 from shared.dashboard import init_dashboard
 from shared.db import ENGINE_OPTIONS
@@ -100,16 +101,17 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     for blueprint in (*service.blueprints, imports_api.blp, batches_blp):
         api.register_blueprint(blueprint)
     app.extensions["batch"] = service.batch
-    importer = imports.install(app, service.importer)
+    imports.install(app, service.importer)
     init_dashboard(app)  # /imports: the pages on-call reads, over the imports extension
-    relay = events_relay.install(app)
+    events_relay.install(app)
     metrics.declare_series(service.name)
     metrics.declare_event_series(service.name)
 
+    # The importer and the event relay run where the importer may: a maintenance command or a test
+    # app publishes nothing. Their whole life cycle: shared/background.py.
     start, reason = should_start_importer(settings.IMPORTS_ENABLED)
     if start:
-        importer.start()
-        relay.start()  # where the importer starts: a maintenance command or a test app publishes nothing
+        start_background(app)
     else:
         log.info("background importer and event relay not started: %s", reason)
     return app

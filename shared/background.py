@@ -1,9 +1,23 @@
-"""The background components a process runs beside its requests (the importer; the event relay
-plugs in the same way): one registry per app, read by `/health` and `/ready` (SPEC §6.4)."""
+"""The background components a process runs beside its requests (the importer, the event relay):
+one registry per app, read by `/health` and `/ready` (SPEC §6.4), and their one life cycle.
+
+Life cycle, the only place it is decided:
+1. `create_app()` registers each component (`register_component`) and, when
+   `shared.runtime.should_start_importer` says this process may run them (IMPORTS_ENABLED, and
+   not a Flask maintenance command or the debug reloader's watcher), calls `start_background`.
+2. Under gunicorn with `--preload` the master made the app: its `when_ready` hook calls
+   `stop_background` (the master never imports) and each worker's `post_fork` hook starts again
+   what was stopped (`start_background`). Without `--preload` each worker runs step 1 itself.
+3. On the way out (`worker_exit`, `on_exit`, or the interpreter's exit) `stop_background` stops
+   them: the current file or batch finishes and the advisory locks are released at once.
+Whatever runs where, the database locks guarantee one active importer and one relay per service.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
+
+import atexit
 
 from flask import Flask
 
@@ -33,6 +47,12 @@ class BackgroundComponent(Protocol):
     def report(self, *, database_ok: bool) -> ComponentReport:
         """Its state and warnings; `database_ok` says whether it may read its state from the database."""
 
+    def start(self) -> None:
+        """Start its threads in this process (a component with nothing configured logs why and stays off)."""
+
+    def stop(self) -> None:
+        """Stop cleanly: finish the current unit of work, release its lock."""
+
 
 def register_component(app: Flask, component: BackgroundComponent) -> None:
     """Add a component to the app's registry; `/health` and `/ready` pick it up from there."""
@@ -41,3 +61,25 @@ def register_component(app: Flask, component: BackgroundComponent) -> None:
 
 def components(app: Flask) -> list[BackgroundComponent]:
     return list(app.extensions.get("background_components", {}).values())
+
+
+def start_background(app: Flask) -> None:
+    """Start every registered component in this process; `stop_background` stops them again."""
+    started = app.extensions.setdefault("background_started", [])
+    for component in components(app):
+        if component not in started:
+            component.start()
+            started.append(component)
+    if not app.extensions.get("background_stop_at_exit"):
+        atexit.register(stop_background, app)
+        app.extensions["background_stop_at_exit"] = True
+
+
+def stop_background(app: Flask) -> list[BackgroundComponent]:
+    """Stop what `start_background` started here; returns those components (so a forked worker can
+    start them again). Stopping twice does nothing."""
+    started = app.extensions.get("background_started", [])
+    app.extensions["background_started"] = []
+    for component in started:
+        component.stop()
+    return started

@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import queue
@@ -63,7 +62,6 @@ class BackgroundImporter:
         self.last_leader_note: datetime | None = None
         self.observer_restarts = 0
         self.broken_passes = 0  # passes in a row that broke off for a transient reason
-        self._fork_hook_installed = False
 
     # ---- life cycle ----------------------------------------------------------------------------
 
@@ -82,11 +80,6 @@ class BackgroundImporter:
                                id="poll", next_run_time=now + timedelta(seconds=self.imports.poll_seconds))
         self.scheduler.add_job(self._send_alerts, "interval", seconds=ALERT_RETRY_SECONDS, id="alerts")
         self.scheduler.start()
-        if not self._fork_hook_installed:
-            # gunicorn --preload forks after create_app(): threads do not survive a fork.
-            os.register_at_fork(after_in_child=self._restart_in_child)
-            atexit.register(self.stop)
-            self._fork_hook_installed = True
         log.info("background importer started (%s, full pass every %ss)", self.imports.source.description,
                  self.imports.poll_seconds)
 
@@ -105,17 +98,6 @@ class BackgroundImporter:
         self._step_down()
         self.lock.release()
         self._report()
-
-    def _restart_in_child(self) -> None:
-        if self.scheduler is None:
-            return
-        self.lock.forget_after_fork()
-        self.scheduler = None
-        self.thread = None
-        self.work = queue.Queue()
-        self.full_pass_queued.clear()
-        self.identity = f"{socket.gethostname()}:{os.getpid()}"
-        self.start()
 
     # ---- what the API and the jobs ask for ------------------------------------------------------
 
