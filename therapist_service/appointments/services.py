@@ -13,8 +13,8 @@ Rules:
 - *One writer per organisation at a time*: every write first takes its organisations'
   transaction-scoped advisory locks, sorted. Two inserts of overlapping ranges can otherwise
   wait for each other inside the exclusion check (each sees the other's index entry) and end in a
-  deadlock (40P01) instead of one 201 and one 409; and two writes of one appointment could not
-  both read the stored `updatedAt` before either writes, so the highest always wins.
+  deadlock (40P01) instead of one 201 and one 409; and of two writes of one appointment the
+  second reads what the first wrote, so the highest `updatedAt` wins whatever the arrival order.
 """
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def _planned_organisations() -> frozenset[str]:
 
 def lock_organisations(org_ids: Iterable[str]) -> None:
     """Wait for, and hold until the transaction ends, the write lock of each organisation, in
-    one order for everyone (so two writers never hold one each and wait for the other)."""
+    one order for everyone (so two writers never hold one each and wait for the other). The key is
+    a CRC of the organisation: two practices that share one merely take turns."""
     keys = sorted({_int4(zlib.crc32(org_id.encode())) for org_id in org_ids})
     if keys:  # unnest yields the keys in array order: the locks are taken sorted
         db.session.execute(text("SELECT pg_advisory_xact_lock(:namespace, key) "
