@@ -143,7 +143,7 @@ def main() -> int:
         for name, target in TARGETS.items():
             # Per round, then the median: a round's three timings are taken back to back, so a
             # machine that gets busier between rounds moves both sides of its ratio alike.
-            ratio = statistics.median(ours / raw for ours, raw in zip(times[name], times["raw"]))
+            ratio = statistics.median(ours / raw for ours, raw in zip(times[name], times["raw"], strict=True))
             verdict = "PASS" if ratio <= target else "FAIL"
             passed &= verdict == "PASS"
             print(f"{name}/raw = {ratio:.1f}x   (median of the rounds' ratios; target <= {target:.0f}x)   {verdict}")

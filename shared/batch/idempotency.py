@@ -86,17 +86,18 @@ def request_hash(path: str, body: Any) -> str:
 class IdempotencyStore:
     """The idempotency keys of one service (`model`), kept for `ttl`."""
 
-    model: type
+    model: Any  # a service's IdempotencyKey table (IdempotencyKeyMixin)
     ttl: timedelta
 
     def run(self, work: Callable[[], Outcome], *, actor: str, key: str | None, path: str, body: Any) -> Outcome:
         """Do `work` (writes in the session, not committed; it may roll back itself) once per key:
         commit its writes together with its stored outcome, or replay the outcome of an earlier run."""
-        claim = None
+        claim: int | None = None
         if key is not None:
-            claim = self.claim(actor, key, request_hash(path, body), path)
-            if isinstance(claim, Outcome):
-                return claim
+            claimed = self.claim(actor, key, request_hash(path, body), path)
+            if isinstance(claimed, Outcome):
+                return claimed
+            claim = claimed
         try:
             outcome = work()
             if claim is not None:
@@ -147,7 +148,7 @@ class IdempotencyStore:
                        replayed=True)
 
 
-def stored_outcome(model: type, actor: str, key: str) -> dict[str, Any]:
+def stored_outcome(model: Any, actor: str, key: str) -> dict[str, Any]:
     row = db.session.scalars(select(model).where(model.actor == actor, model.key == key,
                                                  model.expires_at > now_utc())).first()
     if row is None:

@@ -8,7 +8,7 @@ from sqlalchemy import DateTime, ForeignKey, Index, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from shared.extensions import db
+from shared.extensions import Model
 from shared.versioning import VersionedRecordMixin, VersionRowMixin
 from therapist_service.models import SCHEMA
 
@@ -17,7 +17,7 @@ IDENTITY_INDEX = "uq_participants_identity"
 MID_INDEX = "uq_participants_mid"
 
 
-class ParticipantAlias(db.Model):
+class ParticipantAlias(Model):
     """Every id a participant is known by, its own `participantId` included: as the primary key,
     one id names at most one participant, whether it was first sent for them or learnt later."""
 
@@ -34,13 +34,13 @@ class ParticipantAlias(db.Model):
     )
 
 
-class Participant(VersionedRecordMixin, db.Model):
+class Participant(VersionedRecordMixin, Model):
     """A person taking part in appointments and events. `id` is the `participantId` under which
     they were first sent; it never changes (later ids become aliases)."""
 
     __tablename__ = "participants"
 
-    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)  # type: ignore[assignment]
     first_name: Mapped[str | None] = mapped_column(String(200))
     last_name: Mapped[str | None] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(320))
@@ -70,10 +70,11 @@ class Participant(VersionedRecordMixin, db.Model):
     )
 
 
-class ParticipantVersion(VersionRowMixin, db.Model):
+class ParticipantVersion(VersionRowMixin, Model):
     __tablename__ = "participant_versions"
     __table_args__ = (
         Index("uq_participant_versions_record_version", "record_id", "version", unique=True),
         {"schema": SCHEMA},
     )
-    record_id: Mapped[str] = mapped_column(ForeignKey(f"{SCHEMA}.participants.id", ondelete="CASCADE"))
+    record_id: Mapped[str] = mapped_column(  # type: ignore[assignment]
+        ForeignKey(f"{SCHEMA}.participants.id", ondelete="CASCADE"))

@@ -42,6 +42,10 @@ ONE_IDENTITY = ("first name, last name and e-mail name one participant: a change
 class ParticipantItemSchema(StrictSchema):
     """One participant of a batch. The MID may come as `mid`, `MID` or `mId`."""
 
+    # True on the instance the batch loads its items with: the batch's schema has checked every
+    # string in them for what PostgreSQL cannot store (`StrictSchema`), once for the whole body.
+    strings_checked_by_parent = False
+
     participant_id = fields.String(data_key="participantId", required=True,
                                    validate=validate.Length(min=1, max=ID_LENGTH))
     first_name = _optional(data_key="firstName")

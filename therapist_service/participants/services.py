@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, or_, select, tuple_, update
+from sqlalchemy import Table, bindparam, insert, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from shared import versioning
@@ -34,7 +34,7 @@ PARTICIPANTS = versioning.VersionedStore(Participant, ParticipantVersion, "parti
 IDENTITY_FIELDS = ("first_name", "last_name", "email")  # compared folded: another case is no change
 PLAIN_FIELDS = ("phone", "username", "attendance_status", "meta", "mid")
 ATTEMPTS = 3  # an item written alone that meets a racing batch looks again (and then finds its rows)
-TABLE, ALIASES = Participant.__table__, ParticipantAlias.__table__
+TABLE, ALIASES = cast(Table, Participant.__table__), cast(Table, ParticipantAlias.__table__)
 COLUMN_OF = {attribute.key: attribute.columns[0].name for attribute in Participant.__mapper__.column_attrs}
 
 _representation = ParticipantSchema()
@@ -212,9 +212,9 @@ def _receive(data: dict[str, Any], known: Known, *, provenance: Provenance, sour
         raise MidConflict(f"this MID is held by participant {holder.id}", pointer="/mid", existing_id=holder.id)
     now = now_utc()
     if participant is None:
+        sent: dict[str, Any] = {name: data.get(name) for name in (*IDENTITY_FIELDS, *PLAIN_FIELDS)}
         participant = ParticipantRow(id=data["participant_id"], created_at=now, updated_at=now,
-                                     aliases=[AliasRow(data["participant_id"], now)],
-                                     **{name: data.get(name) for name in (*IDENTITY_FIELDS, *PLAIN_FIELDS)})
+                                     aliases=[AliasRow(data["participant_id"], now)], **sent)
         known.created.append(participant)
         action = "created"
     else:
