@@ -8,12 +8,12 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Collection, cast
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import CursorResult, delete, func, insert, select, text, update
 
 from patient_service import services
-from patient_service.models import (AccessLogEntry, Alert, BackupDeletion, Consent, Erasure, IdempotencyKey,
+from patient_service.models import (SCHEMA, AccessLogEntry, Alert, BackupDeletion, Consent, Erasure, IdempotencyKey,
                                     ImportRecord, Patient, PatientVersion, Registration)
 from shared.db import page_of, unit_of_work
 from shared.errors import NotFound
@@ -86,7 +86,7 @@ def erase(patient_id: int, *, reason: str, expected_versions: Collection[int] | 
         except Exception as error:  # noqa: BLE001 — committed: the rows left are done after the next pass
             db.session.rollback()
             log.error("erasure %s: deleting its backup copies failed: %s", erasure_id, describe_exception(error))
-    return db.session.get(Erasure, erasure_id, populate_existing=True)
+    return _erasure(erasure_id)
 
 
 def erase_patient(patient_id: int, *, reason: str, expected_versions: Collection[int] | None, actor: str,
@@ -135,6 +135,11 @@ def erase_patient(patient_id: int, *, reason: str, expected_versions: Collection
     return erasure
 
 
+def _erasure(erasure_id: int) -> Erasure:
+    return db.session.scalars(select(Erasure).where(Erasure.id == erasure_id)
+                              .execution_options(populate_existing=True)).one()
+
+
 def _tokens_of(patient_id: int) -> list[str]:
     return list(db.session.scalars(select(Registration.token).where(Registration.patient_id == patient_id)))
 
@@ -149,7 +154,12 @@ def _import_records(tokens: list[str]) -> list[Any]:
 
 
 def _delete(model: type, condition: Any) -> int:
-    return db.session.execute(delete(model).where(condition)).rowcount
+    return _rows(delete(model).where(condition))
+
+
+def _rows(statement: Any) -> int:
+    """Run a DELETE or UPDATE; how many rows it touched."""
+    return cast(CursorResult, db.session.execute(statement)).rowcount
 
 
 def _scrub_batch_answers(patient_id: int) -> int:
@@ -160,11 +170,12 @@ def _scrub_batch_answers(patient_id: int) -> int:
         "jsonb_path_exists(CAST(response_body AS jsonb), "
         "'$.results[*] ? (@.id == $id || @.errors[*].existing_id == $id)', jsonb_build_object('id', :id))"
     ).bindparams(id=patient_id)
-    return db.session.execute(
-        IdempotencyKey.__table__.update()
+    return _rows(
+        update(IdempotencyKey)
         .where(IdempotencyKey.response_body.is_not(None), IdempotencyKey.response_body.like("{%"), names_patient)
         .values(response_status=410, response_body=json.dumps(ERASED_BATCH_ANSWER),
-                response_headers={"Content-Type": "application/problem+json"})).rowcount
+                response_headers={"Content-Type": "application/problem+json"})
+        .execution_options(synchronize_session=False))
 
 
 def delete_pending_backups(backup_dir: str, *, erasure_id: int | None = None) -> int:
@@ -191,7 +202,7 @@ def delete_pending_backups(backup_dir: str, *, erasure_id: int | None = None) ->
             except OSError as error:
                 deletion.attempts += 1
                 deletion.last_error = _safe_os_error(error)
-                _alert_undeleted(db.session.get(Erasure, deletion.erasure_id), deletion)
+                _alert_undeleted(_erasure(deletion.erasure_id), deletion)
                 log.warning("erasure %s: backup copy %s not deleted (%s); will retry", deletion.erasure_id,
                             deletion.file_name, deletion.last_error)
                 pending += 1
@@ -234,7 +245,7 @@ RECORDING = True
 # One round trip for any number of patients (a list logs each one it shows).
 _LOG_READS = text(
     "SET LOCAL synchronous_commit = off; "
-    f"INSERT INTO {AccessLogEntry.__table__.fullname} (read_at, actor, patient_id, what) "
+    f"INSERT INTO {SCHEMA}.{AccessLogEntry.__tablename__} (read_at, actor, patient_id, what) "
     "SELECT :read_at, :actor, unnest(CAST(:ids AS bigint[])), :what")
 
 
@@ -347,7 +358,7 @@ def prune_access_log(days: int, *, now: datetime | None = None) -> int:
     while True:
         with unit_of_work():
             batch = select(AccessLogEntry.id).where(AccessLogEntry.read_at < cutoff).limit(PRUNE_BATCH)
-            count = db.session.execute(delete(AccessLogEntry).where(AccessLogEntry.id.in_(batch))).rowcount
+            count = _rows(delete(AccessLogEntry).where(AccessLogEntry.id.in_(batch)))
         removed += count
         if count < PRUNE_BATCH:
             return removed

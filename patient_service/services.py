@@ -50,7 +50,7 @@ class Erased(Gone):
 class PatientStore(versioning.VersionedStore):
     """The shared reads, where an id whose patient was erased is `Erased` rather than not found."""
 
-    def get(self, record_id: int, *, for_update: bool = False, include_deleted: bool = False) -> Any:
+    def get(self, record_id: versioning.RecordId, *, for_update: bool = False, include_deleted: bool = False) -> Any:
         try:
             return super().get(record_id, for_update=for_update, include_deleted=include_deleted)
         except NotFound:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-
 from urllib.parse import quote
 
 from sqlalchemy import text

@@ -9,12 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import text
 
-from conftest import AUTH, OTHER_TOKEN
+from conftest import AUTH
 from patient_import.support import JUERGEN, get_json, object_name, registration, run_pass, sample_bytes
 from patient_service import privacy
 from shared.db import unit_of_work
 
-OTHER_AUTH = {"Authorization": f"Bearer {OTHER_TOKEN}"}
 # A person of our own, so that a scan for her name cannot match anything else.
 PERSON = {"vorname": "Zuzanna", "nachname": "Quellbrunn", "email": "zuzanna.quellbrunn@example.org",
           "geburtsdatum": "1979-03-17"}
