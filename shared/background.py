@@ -21,6 +21,9 @@ import atexit
 
 from flask import Flask
 
+from shared.extensions import db
+from shared.logs import describe_exception
+
 
 class Problem(NamedTuple):
     """One finding of a check, as `/health` and `/ready` show it: which check, and what is wrong."""
@@ -83,3 +86,17 @@ def stop_background(app: Flask) -> list[BackgroundComponent]:
     for component in started:
         component.stop()
     return started
+
+
+def read_state(*queries: Any) -> tuple[list[dict[str, Any] | None], str | None]:
+    """For a component's report: the first row of each read-only query as a dict (times in
+    ISO 8601; None for no row), or no rows and the database error described. Never raises:
+    `/ready`'s database check says why the database failed."""
+    try:
+        rows = [db.session.execute(query).first() for query in queries]
+    except Exception as error:  # noqa: BLE001 — reported, not raised
+        return [], describe_exception(error)
+    finally:
+        db.session.rollback()
+    return [None if row is None else {key: value.isoformat() if hasattr(value, "isoformat") else value
+                                      for key, value in row._asdict().items()} for row in rows], None

@@ -16,7 +16,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from shared import metrics
-from shared.background import ComponentReport, Problem, register_component
+from shared.background import ComponentReport, Problem, read_state, register_component
 from shared.config import Settings
 from shared.db import unit_of_work
 from shared.extensions import db
@@ -134,18 +134,13 @@ class ImportsExtension:
             if (death := self.death()) is not None:
                 warnings.append(death)
         if database_ok:
-            try:
-                State = self.models.state
-                row = db.session.execute(select(State.lock_holder, State.lock_heartbeat_at, State.last_success_at,
-                                                State.source_down_since).where(State.id == 1)).first()
-                db.session.rollback()
-            except Exception as error:  # noqa: BLE001 — reported, not raised: the database check said why
-                db.session.rollback()
-                state["state_error"] = describe_exception(error)
+            State = self.models.state
+            rows, error = read_state(select(State.lock_holder, State.lock_heartbeat_at, State.last_success_at,
+                                            State.source_down_since).where(State.id == 1))
+            if error is not None:
+                state["state_error"] = error
                 return ComponentReport(state, warnings)
-            if row is not None:
-                state.update({key: value.isoformat() if hasattr(value, "isoformat") else value
-                              for key, value in row._asdict().items()})
+            state.update(rows[0] or {})
             if state.get("source_down_since") and self.source is not None:
                 warnings.append(Problem("source", f"source ({self.source.description}) unreachable since "
                                                   f"{state['source_down_since']}"))
