@@ -30,7 +30,9 @@ The life cycle itself is written down once, in shared/background.py.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -107,6 +109,28 @@ def _problem_error(sock, status_int: int, reason: str, mesg: str) -> None:
 gunicorn_util.write_error = _problem_error
 
 
+class _NoRequestContent(logging.Filter):
+    """gunicorn's own lines about a refused or failed request quote the request line or a header
+    ("Invalid HTTP request line: 'GET /api/patients?email=…'"), and a query string can hold patient
+    data: quoted parts and query strings are cut out of them."""
+
+    REQUEST_CONTENT = re.compile(r"'[^']*'|\"[^\"]*\"|\?\S*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self.REQUEST_CONTENT.sub("…", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def _keep_request_content_out_of_logs() -> None:
+    """On gunicorn's error log of this process (its logging is set up by now)."""
+    error_log = logging.getLogger("gunicorn.error")
+    if not any(isinstance(f, _NoRequestContent) for f in error_log.filters):
+        error_log.addFilter(_NoRequestContent())
+
+
 # ---- metrics from every worker ----------------------------------------------------------------
 # Set before any worker imports prometheus_client, which reads the variable once at import. This
 # file is read again on a reload (SIGHUP): the folder is prepared once per master.
@@ -157,6 +181,7 @@ def post_fork(server, worker) -> None:
     closing them (closing would end the master's session), and start this worker's components."""
     from shared.background import start_background
 
+    _keep_request_content_out_of_logs()
     app = _loaded_app(server)
     if app is None or not hasattr(app, "extensions"):
         return  # not preloaded: the worker creates its app (engine, importer) after this

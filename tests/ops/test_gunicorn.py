@@ -114,7 +114,7 @@ def test_two_workers_under_gunicorn_one_importer_metrics_of_both_and_a_clean_sto
 
 
 def test_a_request_gunicorn_refuses_is_answered_with_problem_details(gunicorn):
-    process, base, _log = gunicorn
+    process, base, log = gunicorn
     wait_until(lambda: _answers(process, f"{base}/health"), timeout=30, what="gunicorn to answer")
 
     long_line = requests.get(f"{base}/api/therapists?city={'a' * 8200}", headers=AUTH, timeout=10)
@@ -130,8 +130,20 @@ def test_a_request_gunicorn_refuses_is_answered_with_problem_details(gunicorn):
     assert long_header.headers["Content-Type"] == "application/problem+json"
     assert long_header.json()["status"] == 431
 
+    # A malformed request line: 400 as a problem, and the line (a query can name a patient) not logged.
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(b"GET /api/patients?nachname=Geheimname\x7f HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b"".join(iter(lambda: connection.recv(65536), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"Content-Type: application/problem+json" in head
+    assert json.loads(body)["status"] == 400
+
     process.send_signal(signal.SIGTERM)  # a clean stop: no worker left writing while the tables are emptied
     assert process.wait(timeout=20) == 0
+    log.seek(0)
+    logged = log.read()
+    assert "Invalid HTTP request line" in logged and "Geheimname" not in logged
 
 
 def _answers(process, url: str) -> bool:
