@@ -8,7 +8,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
+from sqlalchemy import text
+
 from conftest import AUTH
+from shared.extensions import db
+from therapist_service.appointments import services
+from therapist_service.appointments.schemas import AppointmentWriteSchema
 
 from .support import ORG, appointment, stored_rows
 
@@ -89,3 +94,28 @@ def test_batches_crossing_organisations_in_opposite_orders_all_answer_without_er
     assert actions == {"created": 2, "error": 22}, actions
     assert sorted(row["org_id"] for row in stored_rows(admin_engine)) == ["praxis-a", "praxis-b"]
     assert ORG not in {row["org_id"] for row in stored_rows(admin_engine)}
+
+
+def test_a_batch_redone_item_by_item_takes_all_its_practices_locks_at_its_first_item(therapist_app, admin_engine):
+    """The fast path's savepoint let go of the locks; the first single write takes them all again
+    (sorted), so the redo never holds one practice while waiting for another's lock."""
+    items = [AppointmentWriteSchema().load(appointment(f"x-{org}", org=org)) for org in ("praxis-a", "praxis-b")]
+
+    def locks_held_by(pid):
+        with admin_engine.connect() as conn:
+            return conn.scalar(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                                    "AND classid = :namespace AND pid = :pid"),
+                               {"namespace": services.LOCK_NAMESPACE, "pid": pid})
+
+    with therapist_app.app_context():
+        pid = db.session.scalar(text("SELECT pg_backend_pid()"))
+        fast_path = db.session.begin_nested()
+        services.prepare_batch(items)
+        assert locks_held_by(pid) == 2
+        fast_path.rollback()  # as when the batch's one flush meets an overlap
+        assert locks_held_by(pid) == 0
+
+        services.upsert_appointment(items[1], source="batch", actor="tests")  # the redo's first item
+
+        assert locks_held_by(pid) == 2
+        db.session.rollback()
