@@ -145,7 +145,8 @@ class PatientErasure(MethodView):
 
 @blp.route("/<int:patient_id>/export")
 class PatientExport(MethodView):
-    @blp.response(200, PatientExportSchema)
+    @blp.response(200, PatientExportSchema, headers={"Content-Disposition": {
+        "description": 'attachment; filename="patient-<id>-export.json"', "schema": {"type": "string"}}})
     @blp.problems(401, 404, 410, descriptions=ERASED)
     @atomic
     def get(self, patient_id):
