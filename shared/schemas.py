@@ -19,7 +19,9 @@ _UNSTORABLE_JSON = re.compile(r"\\u0000|[\ud800-\udfff]")  # the same, as json.d
 # An OpenAPI extension naming a rule JSON Schema cannot say (also written into the description);
 # the contract test accepts a 422 only for properties that carry it.
 SERVER_RULE = "x-server-rule"
-_TIME_RANGE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+# Digits spelled [0-9]: Python's \d also matches other scripts' digits (and int() reads them),
+# and the pattern is published, where \d means [0-9].
+_TIME_RANGE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])$")
 
 
 def _unstorable_strings(value: Any) -> Any:
@@ -123,7 +125,7 @@ def weekly_hours(**kwargs) -> Nested:
     return Nested(WeeklyHoursSchema, **kwargs)
 
 
-POSTCODE = validate.Regexp(r"^\d{5}$", error="must be 5 digits")
+POSTCODE = validate.Regexp(r"^[0-9]{5}$", error="must be 5 digits")
 
 
 def optional_string(**kwargs) -> TrimmedString:

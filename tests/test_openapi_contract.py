@@ -260,3 +260,12 @@ def test_an_error_in_weekly_hours_points_into_the_document(make_app, path, body,
     assert pointers(response) == [pointer]
     body[group] = {"feiertag": []} if group == "zeitliche_verfuegbarkeit" else {"telephone_hours": {"feiertag": []}}
     assert pointers(client.post(path, json=body, headers=AUTH)) == [pointer.replace("montag/1", "feiertag")]
+
+
+def test_digits_are_the_ascii_digits_the_published_patterns_mean(patient_client):
+    """Python's `\\d` also matches other scripts' digits; the document's patterns are read by
+    clients where it does not, so the server takes 0-9 only."""
+    body = {**PATIENTS[0], "plz": "٥٢٠٦٢", "zeitliche_verfuegbarkeit": {"montag": ["٠٩:٠٠-١٠:٠٠"]}}
+    response = patient_client.post("/api/patients", json=body, headers=AUTH)
+    assert_problem(response, 422)
+    assert sorted(pointers(response)) == ["/plz", "/zeitliche_verfuegbarkeit/montag/0"]
