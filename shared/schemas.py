@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
@@ -29,6 +29,7 @@ def _unstorable_strings(value: Any) -> Any:
     message = ["must not contain NUL characters or unpaired surrogates"]
     if isinstance(value, str):
         return message if _UNSTORABLE.search(value) else None
+    items: Iterable[tuple[Any, Any]]
     if isinstance(value, Mapping):  # a dict, or webargs' view of the query string
         items = value.items()
     elif isinstance(value, list):
@@ -48,9 +49,11 @@ class StrictSchema(Schema):
         unknown = RAISE
         ordered = True
 
+    strings_checked_by_parent = False  # set on a `Nested` group's schema
+
     @pre_load(pass_collection=True)
     def _storable_strings_only(self, data, **_kwargs):
-        if getattr(self, "strings_checked_by_parent", False):
+        if self.strings_checked_by_parent:
             return data  # a `Nested` group: the outer schema looked at every string in it already
         # Fast path: one C-level serialisation and search; the walk only runs to name the field.
         # Only for plain JSON: json.dumps writes webargs' query-string view through str(), where a
@@ -70,7 +73,8 @@ class Nested(fields.Nested):
     @property
     def schema(self):
         schema = super().schema
-        schema.strings_checked_by_parent = True
+        if isinstance(schema, StrictSchema):
+            schema.strings_checked_by_parent = True
         return schema
 
 
