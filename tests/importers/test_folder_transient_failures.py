@@ -12,13 +12,13 @@ RESCAN_SECONDS = 300.0  # the default: a retry must not wait for it
 
 
 def importer_waiting_on_a_lock(admin_engine) -> int | None:
-    """The importer's backend, waiting for us to let it write therapists (not a heartbeat that
-    happens to wait a moment for a row lock)."""
+    """The importer's backend, waiting for us to let it write therapists (INSERT or COPY; not a
+    heartbeat that happens to wait a moment for a row lock)."""
     with admin_engine.connect() as connection:
         return connection.execute(text(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
             "AND application_name = 'therapist_service' AND wait_event_type = 'Lock' "
-            "AND query ILIKE 'INSERT INTO therapist_service.therapists %'")).scalar()
+            "AND query ~ '^(INSERT INTO|COPY) \"?therapist_service\"?\\.\"?therapists\"? '")).scalar()
 
 
 def version_rows(admin_engine) -> int:
