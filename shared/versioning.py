@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Collection
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, insert, select
+from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from shared.bulk import copy_rows
 from shared.db import page_of
 from shared.errors import Gone, NotFound, PreconditionFailed
 from shared.events import outbox
@@ -58,11 +59,15 @@ def add_version(model: type, record: Any, data: dict[str, Any], *, source: str, 
     outbox.record_versions(model, [row])
 
 
+VERSION_COLUMNS = ("record_id", "version", "changed_at", "source", "actor", "data", "deleted")
+
+
 def add_versions(model: type, rows: list[dict[str, Any]]) -> None:
-    """Version rows written in bulk (one multi-row INSERT; keys as the columns), and their events."""
+    """Version rows written in bulk (one COPY; keys as the columns), and their events. A row's
+    `data` may be `shared.bulk.JsonText`, serialised already: it is written as it is."""
     if any(row["source"] not in SOURCES for row in rows):
         raise ValueError("unknown source")
-    db.session.execute(insert(model), rows)
+    copy_rows(model.__table__, VERSION_COLUMNS, ([row[column] for column in VERSION_COLUMNS] for row in rows))
     outbox.record_versions(model, rows)
 
 

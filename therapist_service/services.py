@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Collection, Iterable
 
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import func, or_, select
 
 from shared import versioning
+from shared.bulk import JsonText, copy_rows
 from shared.db import reserve_ids, unique_or_duplicate
 from shared.errors import StaleUpdate
 from shared.extensions import db
@@ -128,6 +129,14 @@ def list_therapists(filters: dict[str, Any], *, page: int, page_size: int) -> tu
 
 def therapist_history(therapist_id: int) -> list[TherapistVersion]:
     return THERAPISTS.history(therapist_id)
+
+
+def identities_in_use(identities: Collection[str]) -> bool:
+    """Whether any stored therapist (deleted ones too) has one of these practice identities."""
+    if not identities:
+        return False
+    return db.session.scalar(select(Therapist.id).where(Therapist.practice_identity.in_(list(identities)))
+                             .limit(1)) is not None
 
 
 def import_fingerprints(external_ids: Iterable[str]) -> dict[str, tuple[str | None, bool]]:
@@ -244,9 +253,13 @@ def flush_and_release(keep: Iterable[Therapist] = ()) -> None:
             db.session.expunge(instance)
 
 
+_CREATED_COLUMNS = ("id", "version", "created_at", "updated_at", "deleted_at", "external_id", "last_modified",
+                    "import_fingerprint", "practice_identity", *GROUPS, "previous_external_ids")
+
+
 def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str, now: datetime | None = None,
                       fingerprints: list[str | None] | None = None) -> list[int]:
-    """Create therapists and their first versions: one multi-row INSERT per table, no ORM objects.
+    """Create therapists and their first versions: one COPY per table, no ORM objects.
 
     Nothing is guarded here: a taken `external_id` raises `IntegrityError` for the whole call, and
     the caller decides (`create_therapist` makes it a `Duplicate`; the importer redoes the file
@@ -260,12 +273,26 @@ def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str, n
              "import_fingerprint": fingerprint, "previous_external_ids": [],
              "practice_identity": practice_identity(data), **{group: dict(data.get(group) or {}) for group in GROUPS}}
             for therapist_id, data, fingerprint in zip(reserve_ids(ID_SEQUENCE, len(items)), items,
-                                                       fingerprints or [None] * len(items))]
-    db.session.execute(insert(Therapist), rows)
+                                                       fingerprints or [None] * len(items), strict=True)]
+    # Each group is serialised once, for the row, its version and its event alike.
+    groups = [{group: JsonText(json.dumps(row[group], ensure_ascii=False)) for group in GROUPS} for row in rows]
+    # A new therapist has no previous external ids: the empty array, in PostgreSQL's text form.
+    copy_rows(Therapist.__table__, _CREATED_COLUMNS,
+              ([*(row[column] for column in _CREATED_COLUMNS[:-6]), *serialised.values(), "{}"]
+               for row, serialised in zip(rows, groups, strict=True)))
     versioning.add_versions(TherapistVersion, [
         {"record_id": row["id"], "version": 1, "changed_at": now, "source": source, "actor": actor,
-         "data": representation(row), "deleted": False} for row in rows])
+         "data": _representation_json(row, serialised), "deleted": False}
+        for row, serialised in zip(rows, groups, strict=True)])
     return [row["id"] for row in rows]
+
+
+def _representation_json(row: dict[str, Any], groups: dict[str, JsonText]) -> JsonText:
+    """`json.dumps(representation(row), ensure_ascii=False)`, byte for byte, from groups serialised
+    already (the groups are the representation's last members)."""
+    head = json.dumps({key: value for key, value in representation(row).items() if key not in GROUPS},
+                      ensure_ascii=False)
+    return JsonText(head[:-1] + "".join(f', "{group}": {groups[group]}' for group in GROUPS) + "}")
 
 
 def create_therapist(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,

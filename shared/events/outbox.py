@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text, insert, select, text
+from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text, select, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from shared.bulk import JsonText, copy_rows
 from shared.events.cloudevents import cloud_event
 from shared.extensions import db
 
@@ -103,6 +104,9 @@ def changed_fields(before: dict[str, Any] | None, after: dict[str, Any]) -> list
 RECORDING = True
 
 
+_EVENT_COLUMNS = ("event_id", "aggregate", "record_id", "sequence", "type", "document")
+
+
 def record_versions(version_model: type, rows: Iterable[dict[str, Any]]) -> None:
     """Record one event per version row (keys as `VersionRowMixin`: record_id, version,
     changed_at, source, actor, data, deleted), in the current transaction.
@@ -118,8 +122,9 @@ def record_versions(version_model: type, rows: Iterable[dict[str, Any]]) -> None
     for row in rows:
         kind = "deleted" if row["deleted"] else "created" if row["version"] == 1 else "updated"
         if aggregate in PERSONS:
+            after = json.loads(row["data"]) if isinstance(row["data"], JsonText) else row["data"]
             data = {"id": row["record_id"], "version": row["version"],
-                    "changed": changed_fields(_previous_data(version_model, row), row["data"])}
+                    "changed": changed_fields(_previous_data(version_model, row), after)}
             _remember(version_model, row)
         else:
             data = row["data"]
@@ -128,7 +133,8 @@ def record_versions(version_model: type, rows: Iterable[dict[str, Any]]) -> None
     if len(events) == 1:
         db.session.add(models.outbox(**events[0]))  # flushed with the version row, in one round trip
     elif events:
-        db.session.execute(insert(models.outbox), events)
+        copy_rows(models.outbox.__table__, _EVENT_COLUMNS, ([event[column] for column in _EVENT_COLUMNS]
+                                                            for event in events))
 
 
 def record_erasure(service: str, aggregate: str, record_id: Any, *, version: int, actor: str,
@@ -142,13 +148,19 @@ def record_erasure(service: str, aggregate: str, record_id: Any, *, version: int
 
 
 def _outbox_row(service: str, aggregate: str, kind: str, record_id: Any, version: int, *, origin: str,
-                actor: str, time: datetime, data: dict[str, Any]) -> dict[str, Any]:
+                actor: str, time: datetime, data: dict[str, Any] | JsonText) -> dict[str, Any]:
+    """`data` already serialised (`JsonText`, a bulk write's version data) is put in as it is:
+    the same bytes `json.dumps` writes, `data` being the event's last member."""
     event_id = str(uuid.uuid4())
+    serialised = data if isinstance(data, JsonText) else None
     document = cloud_event(event_id=event_id, service=service, aggregate=aggregate, kind=kind,
                            subject=str(record_id), sequence=version, origin=origin, actor=actor,
-                           time=time, data=data)
+                           time=time, data={} if serialised is not None else data)
+    written = json.dumps(document, ensure_ascii=False, default=str)
+    if serialised is not None:
+        written = written[:-len('{}}')] + serialised + "}"
     return {"event_id": event_id, "aggregate": aggregate, "record_id": str(record_id), "sequence": version,
-            "type": document["type"], "document": json.dumps(document, ensure_ascii=False, default=str)}
+            "type": document["type"], "document": written}
 
 
 # A person's `changed` list needs the previous version's data. Versions written earlier in the
