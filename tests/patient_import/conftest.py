@@ -36,6 +36,34 @@ class Emulator:
         self._server = create_server(self.host, self.port, in_memory=True, default_bucket=BUCKET)
         self._server.start()
 
+    @staticmethod
+    def enforce_generation_match(monkeypatch) -> None:
+        """Give the emulator's object delete the precondition check GCS makes: `ifGenerationMatch`
+        other than the object's generation is 412 (the emulator deletes whatever generation is
+        there). The importer relies on GCS for it, so the tests' bucket must behave like GCS."""
+        from http import HTTPStatus
+
+        from gcp_storage_emulator import server
+        from gcp_storage_emulator.exceptions import NotFound
+        from gcp_storage_emulator.handlers import objects
+
+        def delete(request, response, storage, *args, **kwargs):
+            wanted = request.query.get("ifGenerationMatch")
+            if wanted:
+                try:
+                    current = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+                except NotFound:
+                    response.status = HTTPStatus.NOT_FOUND
+                    return
+                if str(current["generation"]) != wanted[0]:
+                    response.status = HTTPStatus.PRECONDITION_FAILED
+                    return
+            objects.delete(request, response, storage, *args, **kwargs)
+
+        for _, handlers in server.HANDLERS:
+            if handlers.get(server.DELETE) is objects.delete:
+                monkeypatch.setitem(handlers, server.DELETE, delete)
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
@@ -51,6 +79,7 @@ def emulator(monkeypatch):
     from shared.imports.sources import bucket
 
     server = Emulator()
+    Emulator.enforce_generation_match(monkeypatch)
     server.start()
     # Read by the google client when `create_app` builds the service's bucket: set it first.
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)

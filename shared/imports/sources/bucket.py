@@ -5,9 +5,9 @@
   re-uploaded object (a new generation) is never deleted unread. Reads and listings use the
   client's `DEFAULT_RETRY` bounded by a deadline; the delete is retried too because it carries a
   precondition. A delete answered 404 — already gone, perhaps by our own earlier retried call — is
-  done. Just before deleting we also compare the current generation: real GCS enforces the
-  precondition atomically, but the emulator used in tests ignores it, and the check costs one
-  metadata request.
+  done. GCS enforces the precondition itself, atomically: no request of ours looks at the
+  generation first. (gcp-storage-emulator ignores `ifGenerationMatch` on a delete; the tests'
+  emulator is given the check GCS makes, tests/patient_import/conftest.py.)
 - `LocalBucket`: a folder that behaves like a bucket (list, read, delete), which `make run` uses.
   A file's generation is its modification time in nanoseconds; write files under a temporary
   name (or a hidden one) and rename them into place.
@@ -99,12 +99,6 @@ class GcsBucket:
         from google.api_core import exceptions as google
 
         try:
-            current = self.bucket.get_blob(file.name, retry=self.retry, timeout=REQUEST_TIMEOUT_SECONDS)
-            if current is None:
-                return  # already gone
-            if int(current.generation) != file.generation:
-                log.info("object re-uploaded since it was read (generation changed); not deleted")
-                return
             self.bucket.delete_blob(file.name, if_generation_match=file.generation, retry=self.retry,
                                     timeout=REQUEST_TIMEOUT_SECONDS)
         except google.NotFound:
