@@ -172,7 +172,7 @@ class PatientAccessLog(MethodView):
 
 BATCH = batch.BatchAdapter(item_schema=PatientBatchItemSchema(), upsert=services.upsert_patient,
                            delete=services.delete_patient, key_model=IdempotencyKey,
-                           prepare=services.prepare_batch)
+                           prepare=services.prepare_batch, finish=services.finish_batch)
 
 
 @blp.route("/batch")

@@ -6,7 +6,7 @@ caller's unit of work does (one request, one batch, one imported file).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Collection
 
@@ -139,18 +139,25 @@ def _write_guarding_identity(patient: Patient, data: dict[str, Any], **bookkeepi
         db.session.flush()
 
 
-def _record(patient: Patient, *, source: str, actor: str, now: datetime) -> None:
-    versioning.add_version(PatientVersion, patient, representation(patient),
-                           source=source, actor=actor, changed_at=now)
+def _record(patient: Patient, *, source: str, actor: str, now: datetime, versions: list | None = None) -> None:
+    """Write `patient`'s version (and its event); with `versions` (a batch's), leave the row there,
+    for the batch to write all of them at once (`finish_batch`)."""
+    if versions is None:
+        versioning.add_version(PatientVersion, patient, representation(patient),
+                               source=source, actor=actor, changed_at=now)
+        return
+    versions.append({"record_id": patient.id, "version": patient.version, "changed_at": now, "source": source,
+                     "actor": actor, "data": representation(patient), "deleted": patient.deleted_at is not None})
 
 
 def create_patient(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
-                   reserved_id: int | None = None) -> Patient:
+                   reserved_id: int | None = None, versions: list | None = None) -> Patient:
     """Create a patient and its first version.
 
     Without `reserved_id` the insert is flushed at once in a savepoint, and a duplicate raises
     `Duplicate`. With one (from `BatchContext`), nothing is flushed here: the caller flushes many
     at once and handles an `IntegrityError` itself (a batch then redoes its items one by one).
+    `versions`: see `_record`.
     """
     now = now or now_utc()
     patient = Patient(version=1, created_at=now, updated_at=now)
@@ -160,13 +167,14 @@ def create_patient(data: dict[str, Any], *, source: str, actor: str, now: dateti
         patient.id = reserved_id
         _apply(patient, data)
         db.session.add(patient)
-    _record(patient, source=source, actor=actor, now=now)
+    _record(patient, source=source, actor=actor, now=now, versions=versions)
     return patient
 
 
 def update_patient(patient: Patient, data: dict[str, Any], *, source: str, actor: str,
-                   now: datetime | None = None) -> bool:
-    """Replace `patient`'s fields with `data`. Returns False (and writes nothing) if nothing changed."""
+                   now: datetime | None = None, versions: list | None = None) -> bool:
+    """Replace `patient`'s fields with `data`. Returns False (and writes nothing) if nothing changed.
+    `versions`: see `_record`."""
     if field_values(patient) == {name: data.get(name) for name in DATA_FIELDS}:
         return False
     now = now or now_utc()
@@ -177,7 +185,7 @@ def update_patient(patient: Patient, data: dict[str, Any], *, source: str, actor
         _apply(patient, data)
         for name, value in bookkeeping.items():
             setattr(patient, name, value)
-    _record(patient, source=source, actor=actor, now=now)
+    _record(patient, source=source, actor=actor, now=now, versions=versions)
     return True
 
 
@@ -303,6 +311,7 @@ class BatchContext:
     by_id: dict[int, Patient]
     by_identity: dict[tuple[str, str, str], Patient]
     ids: IdReserver
+    versions: list[dict[str, Any]] = field(default_factory=list)  # written by `finish_batch`
 
 
 def prepare_batch(items: list[dict[str, Any]]) -> BatchContext:
@@ -320,7 +329,18 @@ def prepare_batch(items: list[dict[str, Any]]) -> BatchContext:
             Patient.deleted_at.is_(None)).with_for_update())
         by_identity = {key: p for p in matches
                        if (key := (p.match_email, p.match_vorname, p.match_nachname)) in wanted}
-    return BatchContext(by_id, by_identity, IdReserver(f"{Patient.__table__.schema}.patients_id_seq"))
+    # Ids for every item that may create a patient, in one round trip when the first is needed.
+    creates = sum(1 for item in items if item.get("id") is None and identity_of(item) not in by_identity)
+    return BatchContext(by_id, by_identity, IdReserver(f"{Patient.__table__.schema}.patients_id_seq",
+                                                       block=max(creates, 1)))
+
+
+def finish_batch(context: BatchContext) -> None:
+    """The batch's pending version rows and their events, in one COPY each (the patients are
+    flushed first); called at the end of the batch and before a delete item."""
+    if context.versions:
+        versioning.add_versions(PatientVersion, context.versions)
+        context.versions.clear()
 
 
 def upsert_patient(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
@@ -340,7 +360,8 @@ def upsert_patient(data: dict[str, Any], *, source: str, actor: str, now: dateti
     if patient is None:
         try:
             patient = create_patient(data, source=source, actor=actor, now=now,
-                                     reserved_id=context.ids.next() if context else None)
+                                     reserved_id=context.ids.next() if context else None,
+                                     versions=context.versions if context else None)
             action = "created"
         except Duplicate as duplicate:  # created by someone else a moment ago
             if duplicate.existing_id is None:  # and gone again: nothing to update, the clash stands
@@ -348,7 +369,8 @@ def upsert_patient(data: dict[str, Any], *, source: str, actor: str, now: dateti
             patient = get_patient(duplicate.existing_id, for_update=True)
     before = (patient.match_email, patient.match_vorname, patient.match_nachname)
     if action is None:
-        action = "updated" if update_patient(patient, data, source=source, actor=actor, now=now) else "unchanged"
+        action = "updated" if update_patient(patient, data, source=source, actor=actor, now=now,
+                                             versions=context.versions if context else None) else "unchanged"
     if context is not None:  # later items of the batch see this one
         context.by_identity.pop(before, None)
         context.by_identity[(patient.match_email, patient.match_vorname, patient.match_nachname)] = patient

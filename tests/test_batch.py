@@ -527,6 +527,24 @@ def test_patient_delete_item_soft_deletes(patient_client):
     assert patient_client.get(f"/api/patients/{patient_id}", headers=AUTH).status_code == 410
 
 
+def test_a_patient_created_updated_and_deleted_in_one_batch_has_its_versions_and_events_in_order(
+        patient_client, admin_engine):
+    """A batch writes its versions and events together at the end, except before a delete item:
+    the deleted patient's earlier versions come first."""
+    response = send(patient_client, [patient_item(7), patient_item(7, ort="Köln"), patient_item(8)])
+    patient_id = response.get_json()["results"][0]["id"]
+
+    send(patient_client, [patient_item(7, ort="Bonn"), {"op": "delete", "id": patient_id}, patient_item(9)])
+
+    history = patient_client.get(f"/api/patients/{patient_id}/history", headers=AUTH).get_json()
+    assert [(v["version"], v["data"]["ort"]) for v in history] == [(4, "Bonn"), (3, "Bonn"), (2, "Köln"), (1, "Aachen")]
+    with admin_engine.connect() as conn:
+        events = conn.execute(text("SELECT type, sequence FROM patient_service.event_outbox WHERE record_id = :id "
+                                   "ORDER BY id"), {"id": str(patient_id)}).all()
+    assert [(e.type.rsplit(".", 1)[1], e.sequence) for e in events] == [
+        ("created", 1), ("updated", 2), ("updated", 3), ("deleted", 4)]
+
+
 # ---- therapists --------------------------------------------------------------------------------
 
 def test_therapists_are_matched_on_external_id_and_latest_wins(therapist_client, admin_engine):

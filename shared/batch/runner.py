@@ -32,7 +32,9 @@ class BatchAdapter:
     # bulk, ids reserved) with which writes are flushed together at the end of the batch.
     prepare: Callable[[list[dict[str, Any]]], Any] | None = None
     # Optional, with `prepare`: called with the context once every item is through, before that
-    # flush (to write in bulk what the upserts left in the context, such as their version rows).
+    # flush (to write in bulk what the upserts left in the context, such as their version rows);
+    # with `delete`, also before each delete item (so a record's versions stay in order): it writes
+    # what is pending and forgets it.
     finish: Callable[[Any], None] | None = None
 
 
@@ -123,6 +125,8 @@ def _write_item(adapter: BatchAdapter, item: _Item, *, actor: str, context: Any,
         with db.session.begin_nested() if isolated else nullcontext():
             if item.deleting:
                 assert adapter.delete is not None
+                if context is not None and adapter.finish is not None:
+                    adapter.finish(context)
                 record = adapter.delete(item.data["id"], source="batch", actor=actor)
                 action = "deleted"
             else:
