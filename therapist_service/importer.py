@@ -8,13 +8,14 @@ with `source="import"` and the import's id as the actor.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
 from collections import Counter
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Collection, Iterable, Iterator
 
 from marshmallow import ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -22,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from shared.config import Settings
 from shared.extensions import db
 from shared.errors import DomainError, StaleUpdate, flatten_messages
+from shared.imports import pool
 from shared.imports.parsing import decode
 from shared.imports.types import InputError, Outcome, SourceFile, item_error
 from shared.imports.service import ImporterSpec
@@ -32,7 +34,14 @@ from therapist_service.schemas import TherapistImportItemSchema
 
 NAME = re.compile(r"^\d{5}\.json$")
 FLUSH_EVERY = 2000
+CHUNK = 1000  # entries per validation task in a worker process, written together when back
+POOLED_FROM = 2000  # fewer entries to validate are validated here: a worker would only add a hop
+PREFETCH_MAX_BYTES = 4 * 1024 * 1024  # larger files are validated in chunks when their turn comes
+_PRELOAD = ("therapist_service.importer",)  # what the worker processes import once
 _schema = TherapistImportItemSchema()
+# One validated entry: (index, ref, fingerprint, status, loaded data, None) or, when invalid,
+# (index, ref, fingerprint, None, None, the flattened error messages).
+Validated = tuple[int, str | None, str, str | None, dict[str, Any] | None, list[dict[str, str]] | None]
 
 
 def _check_shape(document: Any) -> tuple[dict[str, Any], list[Any]]:
@@ -67,6 +76,50 @@ def _load(item: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return data.pop("status"), data
 
 
+@dataclass
+class _Ahead:
+    """A file read ahead (`TherapistFileHandler.prefetch`): its entries, and their validation."""
+
+    payload: bytes
+    metadata: dict[str, Any]
+    items: list[Any]
+    validated: Future
+
+    def read(self) -> tuple[dict[str, Any], list[Any]]:
+        return self.metadata, self.items
+
+
+def validate_entries(entries: list[tuple[int, dict[str, Any]]]) -> list[Validated]:
+    """Fingerprint and load each `(index, scraped entry)`: in a worker process for a large file."""
+    results: list[Validated] = []
+    for index, item in entries:
+        ref = item.get("id") if isinstance(item.get("id"), str) else None
+        entry_print = fingerprint(item)
+        try:
+            status, data = _load(item)
+        except ValidationError as error:
+            results.append((index, ref, entry_print, None, None, flatten_messages(error.messages)))
+            continue
+        results.append((index, ref, entry_print, status, data, None))
+    return results
+
+
+def _raw_identity(item: dict[str, Any]) -> str | None:
+    """The practice identity an entry will have once loaded, read from the entry as scraped (loading
+    only trims strings, and folding trims them too); None when it has none or is malformed."""
+    if not all(isinstance(item.get(group) or {}, dict) for group in ("basic_info", "location")):
+        return None
+    return services.practice_identity(item)
+
+
+def _taken_in_chunks(entries: list[tuple[int, dict[str, Any]]], size: int) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+    """`entries` in chunks of `size`, each taken out of the list as it is handed on (so it can be
+    freed once sent to a worker, rather than when the whole file is done)."""
+    entries.reverse()
+    while entries:
+        yield [entries.pop() for _ in range(min(size, len(entries)))]
+
+
 class TherapistFileHandler:
     """The therapist service's `FileHandler`."""
 
@@ -77,8 +130,47 @@ class TherapistFileHandler:
         if not NAME.match(PurePosixPath(file.name).name):
             raise InputError("bad-name", "a scrape file must be named <5-digit postcode>.json, e.g. 52074.json")
 
+    def __init__(self) -> None:
+        self._ahead: _Ahead | None = None
+
+    def prefetch(self, payload: bytes) -> None:
+        """The runner reads the next file of a pass while this one imports: a small file is
+        validated whole in a worker process meanwhile, and `apply` takes the results. A large one is
+        validated chunk by chunk when its turn comes anyway; a file that cannot be read as a scrape
+        fails when its turn comes."""
+        self._ahead = None
+        if len(payload) > PREFETCH_MAX_BYTES:
+            return
+        try:
+            metadata, items = _check_shape(decode(payload))
+        except InputError:
+            return
+        self._ahead = _Ahead(payload, metadata, items,
+                             pool.submit(validate_entries, list(enumerate(items)), preload=_PRELOAD))
+
     def apply(self, payload: bytes, file: SourceFile, *, import_id: int) -> Outcome:
-        metadata, items = _check_shape(decode(payload))
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.payload is not payload:
+            ahead = None  # read ahead for a file that was not imported after all
+        try:
+            with db.session.begin_nested():
+                return self._import(payload, f"import:{import_id}", bulk=True, ahead=ahead)
+        except IntegrityError:  # an external_id was created meanwhile by someone else: one by one
+            return self._import(payload, f"import:{import_id}", bulk=False)
+
+    def _import(self, payload: bytes, actor: str, *, bulk: bool, ahead: _Ahead | None = None) -> Outcome:
+        """Read the file, skip the entries imported unchanged last time (by fingerprint), validate
+        the others and write them.
+
+        A large file is validated in worker processes (`shared.imports.pool`) a chunk at a time,
+        and each chunk is written as soon as it is back, while the next ones are validated — unless
+        an entry under an unknown id may be a stored therapist under a new id (§7.2.6): which one
+        it is depends on the whole file, so then the whole file is validated before anything is
+        written. Raw entries are let go of as they are handed to validation, and loaded ones once
+        written: the file is never held three times over."""
+        if ahead is None and len(payload) > PREFETCH_MAX_BYTES:
+            pool.start(_PRELOAD)  # the workers start while the file is read
+        metadata, items = _check_shape(decode(payload)) if ahead is None else ahead.read()
         outcome = Outcome()
         declared = metadata.get("total_therapists")
         if declared is not None and declared != len(items):
@@ -87,30 +179,56 @@ class TherapistFileHandler:
                 pointer="/metadata/total_therapists"))
 
         stored = services.import_fingerprints(item["id"] for item in items if isinstance(item.get("id"), str))
-        loaded: list[tuple[int, str, dict[str, Any], str]] = []
+        statuses = {item["id"]: item.get("status") for item in items if isinstance(item.get("id"), str)}
+        entries: list[tuple[int, dict[str, Any]]] = []
+        unknown_identities: set[str] = set()
         for index, item in enumerate(items):
             ref = item.get("id") if isinstance(item.get("id"), str) else None
-            entry_print = fingerprint(item)
-            if ref in stored and _unchanged_by_fingerprint(item.get("status"), entry_print, *stored[ref]):
-                outcome.count(services.UNCHANGED)  # the very entry imported last time: nothing to load
-                continue
-            try:
-                status, data = _load(item)
-            except ValidationError as error:
-                outcome.count("failed")
-                outcome.errors.extend(item_error("validation", e["detail"], pointer=_pointer(index, e["pointer"]),
-                                                 index=index, ref=ref) for e in flatten_messages(error.messages))
-                continue
-            loaded.append((index, status, data, entry_print))
+            if ref in stored:
+                if _unchanged_by_fingerprint(item.get("status"), fingerprint(item), *stored[ref]):
+                    outcome.count(services.UNCHANGED)  # the very entry imported last time: nothing to load
+                    continue
+            elif item.get("status") != "deleted" and (identity := _raw_identity(item)) is not None:
+                unknown_identities.add(identity)
+            entries.append((index, item))
+        del items
+        invalid: list[dict[str, Any]] = []  # validation errors come first in the record, as they always did
+        chunks = self._validated(entries, outcome, invalid, ahead)
+        if bulk and not services.identities_in_use(unknown_identities):
+            for loaded in chunks:
+                self._write(loaded, statuses, outcome, actor, bulk=True, known=stored.keys())
+        else:
+            self._write([entry for loaded in chunks for entry in loaded], statuses, outcome, actor, bulk=bulk)
+        outcome.errors[:0] = invalid
+        return outcome
 
-        try:
-            with db.session.begin_nested():
-                return self._write(loaded, items, copy.deepcopy(outcome), f"import:{import_id}", bulk=True)
-        except IntegrityError:  # an external_id was created meanwhile by someone else: one by one
-            return self._write(loaded, items, outcome, f"import:{import_id}", bulk=False)
+    @staticmethod
+    def _validated(entries: list[tuple[int, dict[str, Any]]], outcome: Outcome, invalid: list[dict[str, Any]],
+                   ahead: _Ahead | None = None) -> Iterator[list[tuple[int, str, dict[str, Any], str]]]:
+        """The valid entries as `(index, status, loaded data, fingerprint)`, a chunk at a time; the
+        invalid ones counted failed and their errors added to `invalid`, with pointers into the file.
+        `ahead`: the whole file, validated while the file before it was imported."""
+        if ahead is not None:
+            wanted = {index for index, _ in entries}
+            results: Iterable[list[Validated]] = [[result for result in ahead.validated.result()
+                                                   if result[0] in wanted]]
+        elif len(entries) < POOLED_FROM:
+            results: Iterable[list[Validated]] = [validate_entries(entries)]
+        else:
+            results = pool.map_chunks(validate_entries, _taken_in_chunks(entries, CHUNK), preload=_PRELOAD)
+        for chunk in results:
+            loaded = []
+            for index, ref, entry_print, status, data, messages in chunk:
+                if messages is not None:
+                    outcome.count("failed")
+                    invalid.extend(item_error("validation", e["detail"], pointer=_pointer(index, e["pointer"]),
+                                              index=index, ref=ref) for e in messages)
+                else:
+                    loaded.append((index, status, data, entry_print))
+            yield loaded
 
-    def _write(self, loaded: list[tuple[int, str, dict[str, Any], str]], items: list[dict[str, Any]],
-               outcome: Outcome, actor: str, *, bulk: bool) -> Outcome:
+    def _write(self, loaded: list[tuple[int, str, dict[str, Any], str]], statuses: dict[str, Any],
+               outcome: Outcome, actor: str, *, bulk: bool, known: Collection[str] | None = None) -> Outcome:
         """Write the valid therapists through the service functions.
 
         `bulk`: new therapists are created `FLUSH_EVERY` at a time by `create_therapists` (one
@@ -120,13 +238,16 @@ class TherapistFileHandler:
 
         Entries under unknown ids are first looked up by practice identity, all in one query
         (SPEC §7.2.6); when every id is known, that costs nothing. Which stored therapists the
-        file marks deleted or keeps is read from all its `items`, those skipped by fingerprint too.
+        file marks deleted or keeps is read from the `statuses` of all its entries, those skipped by
+        fingerprint too. `known`: a chunk of a file whose unknown ids match no stored practice
+        identity; only these ids (those stored when the file was read) are looked up, and nothing by
+        identity (a therapist created meanwhile under one of the others clashes on `external_id`).
         """
-        existing = services.find_by_external_ids(data["external_id"] for _, _, data, _ in loaded)
+        existing = services.find_by_external_ids(data["external_id"] for _, _, data, _ in loaded
+                                                 if known is None or data["external_id"] in known)
         unknown = [data for _, status, data, _ in loaded if status != "deleted" and data["external_id"] not in existing]
         identities = {}
-        if unknown:
-            statuses = {item["id"]: item.get("status") for item in items if isinstance(item.get("id"), str)}
+        if unknown and known is None:
             identities = services.match_unknown_ids(
                 unknown, marked_deleted={i for i, status in statuses.items() if status == "deleted"},
                 kept={i for i, status in statuses.items() if status in ("new", "modified", "unchanged")})

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Literal
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from shared.db import unit_of_work
@@ -111,17 +111,23 @@ class ImportRunner:
         remote = self.source.finish_concurrency
         self._finishing = ThreadPoolExecutor(remote, thread_name_prefix="finish") if remote else None
         downloads = ThreadPoolExecutor(1, thread_name_prefix="download") if remote else None
+        prefetch = getattr(self.handler, "prefetch", None) if not remote else None
         try:
             ahead = None
             for position, file in enumerate(files):
                 if not self.still_leader():
                     log.warning("importer lock lost; stopping this pass")
                     break
-                # A remote source: the next object downloads while this one imports. Imports and
-                # their transactions still happen one at a time, in order.
+                # A remote source: the next object downloads while this one imports. A local one
+                # with a handler that can `prefetch`: the next file is read and handed to it (which
+                # validates it in worker processes) before this one imports. Imports and their
+                # transactions still happen one at a time, in order.
                 current, ahead = ahead, None
-                if downloads is not None and position + 1 < len(files) and self._name_ok(files[position + 1]):
-                    ahead = downloads.submit(self.source.fetch, files[position + 1], self.max_file_bytes)
+                if position + 1 < len(files) and self._name_ok(files[position + 1]):
+                    if downloads is not None:
+                        ahead = downloads.submit(self.source.fetch, files[position + 1], self.max_file_bytes)
+                    elif prefetch is not None:
+                        ahead = self._read_ahead(files[position + 1], prefetch)
                 status = self.process(file, downloaded=current)
                 if status is Claim.SKIP:
                     summary.skipped += 1
@@ -145,12 +151,12 @@ class ImportRunner:
     def process(self, file: SourceFile,
                 downloaded: Future | None = None) -> str | Literal[Claim.SKIP, Claim.FINISH_AGAIN]:
         """Import one file; returns its new status, or the claim when it was not imported
-        (`Claim.SKIP`, `Claim.FINISH_AGAIN`). `downloaded`: the bucket object's download, started
-        ahead (its errors surface here)."""
+        (`Claim.SKIP`, `Claim.FINISH_AGAIN`). `downloaded`: the bucket object's download, or the
+        folder file read ahead, started before its turn (its errors surface here)."""
         fetched = None
         try:
             if file.generation is None:  # a folder file: its version is its content
-                fetched = self.source.fetch(file, self.max_file_bytes)
+                fetched = downloaded.result() if downloaded else self.source.fetch(file, self.max_file_bytes)
             claim, record = self._claim(file, fetched)
         except FileVanished:
             return Claim.SKIP
@@ -203,6 +209,20 @@ class ImportRunner:
             self._finish_at_source(file)
         return status
 
+    def _read_ahead(self, file: SourceFile, prefetch: Callable[[bytes], None]) -> Future:
+        """Read a folder file that is next in line and hand it to the handler's `prefetch`; the
+        future holds what was read, or the error reading it (raised when its turn comes)."""
+        ahead: Future = Future()
+        try:
+            fetched = self.source.fetch(file, self.max_file_bytes)
+        except Exception as error:  # noqa: BLE001 — the file's own turn raises it
+            ahead.set_exception(error)
+            return ahead
+        if fetched.payload is not None:
+            prefetch(fetched.payload)
+        ahead.set_result(fetched)
+        return ahead
+
     def _name_ok(self, file: SourceFile) -> bool:
         try:
             self.handler.check_name(file)
@@ -215,6 +235,10 @@ class ImportRunner:
         Record = self.models.record
         now = now_utc()
         with unit_of_work():
+            # The claim's commit need not wait for its WAL to reach the disk: the import's own
+            # commit, synchronous, flushes it too, and a claim lost to a crash before any import
+            # committed is only claimed again. That is one disk flush less per file.
+            db.session.execute(text("SET LOCAL synchronous_commit TO OFF"))
             latest = db.session.scalars(
                 select(Record).where(Record.source == self.source.kind, Record.name == file.name)
                 .order_by(Record.id.desc()).limit(1).with_for_update()).first()

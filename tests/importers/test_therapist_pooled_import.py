@@ -1,0 +1,83 @@
+"""A large scrape file is validated in worker processes, a chunk at a time, and written chunk by
+chunk (issue 14): the same schema decides, every error keeps its pointer, and the outcome is the
+one a file validated in line gets. The thresholds are lowered so a small file takes that path."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from .support import drop, history, imports_of, scrape, the_therapist, therapist, wait_for_import
+from .test_therapist_id_change import WEEK_2, counts, practice
+
+
+@pytest.fixture
+def pooled(monkeypatch) -> list[int]:
+    """Every file goes through the worker processes in chunks of 2; returns the chunk count per file."""
+    from shared.imports import pool
+    from therapist_service import importer
+
+    chunks: list[int] = []
+    real = pool.map_chunks
+
+    def counted(function, parts, **kwargs):
+        results = list(real(function, parts, **kwargs))
+        chunks.append(len(results))
+        yield from results
+
+    monkeypatch.setattr(importer, "POOLED_FROM", 1)
+    monkeypatch.setattr(importer, "CHUNK", 2)
+    monkeypatch.setattr(pool, "map_chunks", counted)
+    return chunks
+
+
+def _import(inbox, client, *entries: dict) -> dict:
+    after = max((r["id"] for r in imports_of(client, "52074.json")), default=0)
+    drop(inbox, "52074.json", scrape(*entries))
+    return wait_for_import(client, "52074.json", after=after)
+
+
+def test_invalid_entries_of_a_pooled_file_keep_their_pointers_and_the_valid_ones_are_written(
+        inbox, client, pooled, admin_engine):
+    bad_email = therapist("praxis2")
+    bad_email["contact"]["email"] = "not an address"
+    bad_status = therapist("praxis4", status="renamed")
+    entries = [therapist("praxis1"), bad_email, therapist("praxis3"), bad_status, therapist("praxis5")]
+
+    record = _import(inbox, client, *entries)
+
+    assert pooled == [3]  # 5 entries in chunks of 2, validated by the workers
+    assert record["status"] == "partial"
+    assert record["counts"] == counts(created=3, failed=2)
+    assert [(e["index"], e["ref"], e["pointer"], e["kind"]) for e in record["errors"]] == [
+        (1, "praxis2", "/therapists/1/contact/email", "validation"),
+        (3, "praxis4", "/therapists/3/status", "validation")]
+    for external_id in ("praxis1", "praxis3", "praxis5"):
+        created = the_therapist(client, external_id)
+        assert [v["version"] for v in history(client, created["id"])] == [1]
+    with admin_engine.connect() as conn:
+        events = conn.execute(text("SELECT type FROM therapist_service.event_outbox")).scalars().all()
+    assert events == ["de.curavani.therapist.created"] * 3
+
+
+def test_a_pooled_file_imported_again_unchanged_writes_nothing(inbox, client, pooled):
+    entries = [therapist(f"praxis{n}") for n in range(5)]
+    _import(inbox, client, *entries)
+
+    record = _import(inbox, client, *entries)
+
+    assert record["counts"] == counts(unchanged=5)
+    assert pooled == [3]  # the second time, nothing was left to validate
+
+
+def test_an_id_change_in_a_pooled_file_is_decided_on_the_whole_file(inbox, client, pooled):
+    """An unknown id whose practice identity is stored: the file is validated whole before it is
+    written, so the take-over sees the deletion of the old id later in the file."""
+    _import(inbox, client, practice("praxis67"))
+    before = the_therapist(client, "praxis67")
+
+    record = _import(inbox, client, practice("p-0815", "new", WEEK_2), therapist("praxis1"), therapist("praxis2"),
+                     practice("praxis67", "deleted", WEEK_2))
+
+    assert record["errors"] == [] and record["counts"] == counts(created=2, updated=1, unchanged=1)
+    after = the_therapist(client, "p-0815")
+    assert (after["id"], after["previous_external_ids"]) == (before["id"], ["praxis67"])
