@@ -131,27 +131,28 @@ class TherapistFileHandler:
             raise InputError("bad-name", "a scrape file must be named <5-digit postcode>.json, e.g. 52074.json")
 
     def __init__(self) -> None:
-        self._ahead: _Ahead | None = None
+        # Files read ahead, by the identity of their bytes: the runner reads the next file before it
+        # imports this one, so this one's and the next one's are here at once.
+        self._ahead: dict[int, _Ahead] = {}
 
     def prefetch(self, payload: bytes) -> None:
         """The runner reads the next file of a pass while this one imports: a small file is
         validated whole in a worker process meanwhile, and `apply` takes the results. A large one is
         validated chunk by chunk when its turn comes anyway; a file that cannot be read as a scrape
         fails when its turn comes."""
-        self._ahead = None
+        while len(self._ahead) > 1:  # read ahead for files that were not imported after all
+            del self._ahead[next(iter(self._ahead))]
         if len(payload) > PREFETCH_MAX_BYTES:
             return
         try:
             metadata, items = _check_shape(decode(payload))
         except InputError:
             return
-        self._ahead = _Ahead(payload, metadata, items,
-                             pool.submit(validate_entries, list(enumerate(items)), preload=_PRELOAD))
+        self._ahead[id(payload)] = _Ahead(payload, metadata, items,
+                                          pool.submit(validate_entries, list(enumerate(items)), preload=_PRELOAD))
 
     def apply(self, payload: bytes, file: SourceFile, *, import_id: int) -> Outcome:
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead.payload is not payload:
-            ahead = None  # read ahead for a file that was not imported after all
+        ahead = self._ahead.pop(id(payload), None)  # it holds these bytes: no other object has their id
         try:
             with db.session.begin_nested():
                 return self._import(payload, f"import:{import_id}", bulk=True, ahead=ahead)

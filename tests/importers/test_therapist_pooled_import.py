@@ -81,3 +81,40 @@ def test_an_id_change_in_a_pooled_file_is_decided_on_the_whole_file(inbox, clien
     assert record["errors"] == [] and record["counts"] == counts(created=2, updated=1, unchanged=1)
     after = the_therapist(client, "p-0815")
     assert (after["id"], after["previous_external_ids"]) == (before["id"], ["praxis67"])
+
+
+def test_a_pass_of_several_files_validates_each_next_file_while_the_one_before_imports(
+        inbox, make_app, admin_engine, monkeypatch, tmp_path):
+    """Only the first file of the pass is validated here; the others were read ahead and validated
+    in a worker process. Each file is still its own import, with its own counts and errors."""
+    from therapist_service import importer
+
+    loaded_here: list[str] = []
+    real_load = importer._load
+
+    def counted(item):
+        loaded_here.append(item.get("id"))
+        return real_load(item)
+
+    monkeypatch.setattr(importer, "_load", counted)  # the worker processes keep their own, uncounted
+    bad = therapist("praxis29")
+    bad["location"]["postcode"] = "5206"
+    drop(inbox, "52074.json", scrape(therapist("praxis11"), therapist("praxis12")))
+    drop(inbox, "52075.json", scrape(therapist("praxis21"), bad, therapist("praxis22")))
+    drop(inbox, "52076.json", scrape(therapist("praxis31")))
+    app = make_app("therapist", IMPORTS_ENABLED=False, THERAPIST_IMPORT_DIR=str(inbox),
+                   THERAPIST_IMPORT_SETTLE_SECONDS=0, ALERT_OUTBOX_DIR=str(tmp_path / "outbox"))
+
+    with app.app_context():
+        summary = app.extensions["imports"].run_pass(app.extensions["imports"].source.list())
+
+    assert summary.by_status == {"succeeded": 2, "partial": 1}
+    assert loaded_here == ["praxis11", "praxis12"]  # the first file; the next ones came validated
+    with admin_engine.connect() as conn:
+        records = conn.execute(text("SELECT name, counts->>'created', errors FROM therapist_service.imports "
+                                    "ORDER BY name")).all()
+        stored = conn.execute(text("SELECT external_id FROM therapist_service.therapists ORDER BY 1")).scalars().all()
+    assert [(name, created) for name, created, _ in records] == [("52074.json", "2"), ("52075.json", "2"),
+                                                                 ("52076.json", "1")]
+    assert [(e["index"], e["pointer"]) for e in records[1][2]] == [(1, "/therapists/1/location/postcode")]
+    assert stored == ["praxis11", "praxis12", "praxis21", "praxis22", "praxis31"]
