@@ -3,11 +3,12 @@
     gunicorn -c gunicorn.conf.py "patient_service.app:create_app()"
     SERVICE_APP="therapist_service.app:create_app()" gunicorn -c gunicorn.conf.py
 
-Read from the environment: `HOST` and `PORT` (the bind address; the port defaults to the
-service's own, 5001 or 5002), `GUNICORN_WORKERS` (2), `GUNICORN_THREADS` (4),
-`GUNICORN_TIMEOUT` (60 s), `GUNICORN_GRACEFUL_TIMEOUT` (30 s), `SERVICE_APP` (the app, when it is
-not given on the command line), `LOG_FORMAT` (json: gunicorn's own lines are JSON too) and
-`PROMETHEUS_MULTIPROC_DIR`.
+Read from the environment, through the services' own settings (`shared.config.ServerSettings`,
+so a malformed value stops gunicorn with the same one-line error as the app): `HOST` and `PORT`
+(the bind address; the port defaults to the service's own, 5001 or 5002), `GUNICORN_WORKERS` (2),
+`GUNICORN_THREADS` (4), `GUNICORN_TIMEOUT` (60 s), `GUNICORN_GRACEFUL_TIMEOUT` (30 s). Also
+`SERVICE_APP` (the app, when it is not given on the command line), `LOG_FORMAT` (json: gunicorn's
+own lines are JSON too) and `PROMETHEUS_MULTIPROC_DIR`.
 
 Request limits (fixed, not from the environment): a request line of at most 8190 bytes
 (`limit_request_line`, gunicorn's largest; the default 4094 is short for a filtered list with long
@@ -40,6 +41,8 @@ from pathlib import Path
 
 from gunicorn import util as gunicorn_util
 
+from shared.config import ServerSettings
+
 DEFAULT_PORTS = {"patient_service": 5001, "therapist_service": 5002}
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -50,22 +53,18 @@ def _service() -> str | None:
     return next((name for name in DEFAULT_PORTS if name in said), None)
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw else default
-
-
 # ---- serving ----------------------------------------------------------------------------------
 
 if os.environ.get("SERVICE_APP"):
     wsgi_app = os.environ["SERVICE_APP"]
 SERVICE = _service()
-bind = [f"{os.environ.get('HOST') or '127.0.0.1'}:{os.environ.get('PORT') or DEFAULT_PORTS.get(SERVICE, 8000)}"]
-workers = _env_int("GUNICORN_WORKERS", 2)
-threads = _env_int("GUNICORN_THREADS", 4)  # gthread: requests wait on the database, not the CPU
+SERVER = ServerSettings.from_env(default_port=DEFAULT_PORTS.get(SERVICE, 8000))
+bind = [f"{SERVER.HOST}:{SERVER.PORT}"]
+workers = SERVER.GUNICORN_WORKERS
+threads = SERVER.GUNICORN_THREADS  # gthread: requests wait on the database, not the CPU
 worker_class = "gthread" if threads > 1 else "sync"
-timeout = _env_int("GUNICORN_TIMEOUT", 60)
-graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 30)  # in-flight requests and the current import file
+timeout = SERVER.GUNICORN_TIMEOUT
+graceful_timeout = SERVER.GUNICORN_GRACEFUL_TIMEOUT  # in-flight requests and the current import file
 keepalive = 5
 # Request lines carry query strings, and those can hold patient data (?email=…): no access log.
 # /metrics counts requests by route and status instead.

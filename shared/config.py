@@ -1,4 +1,5 @@
-"""Settings read from the environment (SPEC §3), validated once at start.
+"""Settings read from the environment (SPEC §3), validated once at start by pydantic: one model
+declares every variable with its type and limits; gunicorn.conf.py reads `ServerSettings`.
 
 A missing or malformed setting raises `ConfigError` whose message is one line naming the
 variable; `create_app` lets it propagate so the service refuses to start.
@@ -6,41 +7,14 @@ variable; `create_app` lets it propagate so the service refuses to start.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping, Self, TypeVar
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, NonNegativeFloat, PositiveInt,
+                      ValidationError, model_validator)
 
 
 class ConfigError(Exception):
     """A setting is missing or malformed. The message is one line and names the variable."""
-
-
-def _truthy(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
-
-def _integer(name: str, raw: str, minimum: int = 0) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _number(name: str, raw: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative, got {raw!r}")
-    return value
 
 
 def _list(raw: str) -> list[str]:
@@ -62,111 +36,119 @@ def parse_api_tokens(raw: str) -> dict[str, str]:
     return tokens
 
 
+def _database_url(raw: str) -> str:
+    if not raw.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
+        raise ValueError("DATABASE_URL must be a postgresql:// URL")
+    return sqlalchemy_url(raw)
+
+
+def _log_level(raw: str) -> str:
+    if raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return raw.upper()
+
+
 def sqlalchemy_url(url: str) -> str:
     """The URL with the driver named: SQLAlchemy 2.1 would otherwise pick psycopg 3."""
     scheme, sep, rest = url.partition("://")
     return f"postgresql+psycopg2://{rest}" if scheme in ("postgres", "postgresql") else url
 
+# A comma-separated variable is a list; a value already a list (from `create_app(config)`) stays one.
+CommaList = Annotated[list[str], BeforeValidator(lambda raw: _list(raw) if isinstance(raw, str) else raw)]
+ApiTokens = Annotated[dict[str, str], BeforeValidator(lambda raw: parse_api_tokens(raw) if isinstance(raw, str) else raw)]
+DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
+LogLevel = Annotated[str, AfterValidator(_log_level)]
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything a service reads from its environment. Field names are the variable names."""
 
-    DATABASE_URL: str
-    API_TOKENS: dict[str, str]
+class ServerSettings(BaseModel):
+    """Where and how a service is served: what gunicorn.conf.py reads. Field names are the
+    variable names; types and limits are checked by pydantic, once, when the settings are read."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
     HOST: str = "127.0.0.1"
-    PORT: int = 5001
+    PORT: PositiveInt = 5001
+    GUNICORN_WORKERS: PositiveInt = 2
+    GUNICORN_THREADS: PositiveInt = 4
+    GUNICORN_TIMEOUT: PositiveInt = 60
+    GUNICORN_GRACEFUL_TIMEOUT: PositiveInt = 30
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, default_port: int = 5001) -> Self:
+        """The settings in `env` (the process environment by default): every variable named like a
+        setting and not blank; the others are not ours."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {"PORT": default_port}
+        values.update({name: env[name] for name in cls.model_fields if (env.get(name) or "").strip()})
+        for required, hint in REQUIRED.items():
+            if required in cls.model_fields and required not in values:
+                raise ConfigError(f"{required} is required: {hint}")
+        return _validated(cls, values)
+
+
+class Settings(ServerSettings):
+    """Everything a service reads from its environment."""
+
+    DATABASE_URL: DatabaseUrl
+    API_TOKENS: ApiTokens
     IMPORTS_ENABLED: bool = True
     SMTP_HOST: str | None = None
-    SMTP_PORT: int = 25
+    SMTP_PORT: PositiveInt = 25
     SMTP_USERNAME: str | None = None
     SMTP_PASSWORD: str | None = None
     SMTP_STARTTLS: bool = False
-    SMTP_TIMEOUT: float = 10.0
-    ALERT_EMAIL_TO: list[str] = field(default_factory=lambda: ["info@curavani.com"])
+    SMTP_TIMEOUT: NonNegativeFloat = 10.0
+    ALERT_EMAIL_TO: CommaList = ["info@curavani.com"]
     ALERT_EMAIL_FROM: str = "imports@localhost"
     ALERT_OUTBOX_DIR: str = "./var/outbox"
     PATIENT_IMPORT_SOURCE: str | None = None
-    PATIENT_IMPORT_INTERVAL_SECONDS: float = 3600.0
+    PATIENT_IMPORT_INTERVAL_SECONDS: NonNegativeFloat = 3600.0
     PATIENT_IMPORT_BACKUP_DIR: str | None = None
-    PATIENT_IMPORT_MAX_ATTEMPTS: int = 5
+    PATIENT_IMPORT_MAX_ATTEMPTS: PositiveInt = 5
     THERAPIST_IMPORT_DIR: str | None = None
-    THERAPIST_IMPORT_RESCAN_SECONDS: float = 300.0
-    THERAPIST_IMPORT_SETTLE_SECONDS: float = 2.0
+    THERAPIST_IMPORT_RESCAN_SECONDS: NonNegativeFloat = 300.0
+    THERAPIST_IMPORT_SETTLE_SECONDS: NonNegativeFloat = 2.0
     THERAPIST_IMPORT_POLLING: bool = False
-    IMPORT_MAX_FILE_BYTES: int = 104_857_600
-    BATCH_MAX_ITEMS: int = 1000
-    IDEMPOTENCY_TTL_HOURS: float = 24.0
-    MAX_REQUEST_BYTES: int = 10_485_760
-    CORS_ORIGINS: list[str] = field(default_factory=list)
-    LOG_LEVEL: str = "INFO"
-    LOG_FORMAT: str = "text"
+    IMPORT_MAX_FILE_BYTES: PositiveInt = 104_857_600
+    BATCH_MAX_ITEMS: PositiveInt = 1000
+    IDEMPOTENCY_TTL_HOURS: NonNegativeFloat = 24.0
+    MAX_REQUEST_BYTES: PositiveInt = 10_485_760
+    CORS_ORIGINS: CommaList = []
+    LOG_LEVEL: LogLevel = "INFO"
+    LOG_FORMAT: Literal["text", "json"] = "text"
     EVENTS_KAFKA_BOOTSTRAP: str | None = None
     EVENTS_TOPIC_PREFIX: str = "curavani."
-    EVENTS_RETENTION_HOURS: float = 168.0
-    PATIENT_IMPORT_BACKUP_RETENTION_DAYS: int | None = None
-    ACCESS_LOG_RETENTION_DAYS: int = 730
+    EVENTS_RETENTION_HOURS: NonNegativeFloat = 168.0
+    PATIENT_IMPORT_BACKUP_RETENTION_DAYS: PositiveInt | None = None
+    ACCESS_LOG_RETENTION_DAYS: PositiveInt = 730
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, *, default_port: int = 5001) -> "Settings":
-        env = os.environ if env is None else env
-
-        def get(name: str) -> str | None:
-            value = env.get(name)
-            return value if value is not None and value.strip() != "" else None
-
-        database_url = get("DATABASE_URL")
-        if not database_url:
-            raise ConfigError("DATABASE_URL is required: a PostgreSQL URL such as postgresql://user@host/db")
-        if not database_url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
-            raise ConfigError("DATABASE_URL must be a postgresql:// URL")
-        raw_tokens = get("API_TOKENS")
-        if not raw_tokens:
-            raise ConfigError("API_TOKENS is required: set name:token pairs, comma-separated")
-
-        values: dict[str, Any] = {
-            "DATABASE_URL": sqlalchemy_url(database_url),
-            "API_TOKENS": parse_api_tokens(raw_tokens),
-            "PORT": default_port,
-        }
-        for spec in fields(cls):
-            name = spec.name
-            raw = get(name)
-            if name in ("DATABASE_URL", "API_TOKENS") or raw is None:
-                continue
-            kind = spec.type  # a string: this module uses postponed annotations
-            if kind == "bool":
-                values[name] = _truthy(name, raw)
-            elif kind in ("int", "int | None"):
-                values[name] = _integer(name, raw, minimum=1)
-            elif kind == "float":
-                values[name] = _number(name, raw)
-            elif kind.startswith("list"):
-                values[name] = _list(raw)
-            else:
-                values[name] = raw.strip()
-
-        if values.get("LOG_FORMAT", "text") not in ("text", "json"):
-            raise ConfigError(f"LOG_FORMAT must be text or json, got {values['LOG_FORMAT']!r}")
-        if values.get("LOG_LEVEL", "INFO").upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ConfigError("LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, "
-                              f"got {values['LOG_LEVEL']!r}")
-        values["LOG_LEVEL"] = values.get("LOG_LEVEL", "INFO").upper()
-        if values.get("PATIENT_IMPORT_SOURCE") and not values.get("PATIENT_IMPORT_BACKUP_DIR"):
-            raise ConfigError("PATIENT_IMPORT_BACKUP_DIR is required when PATIENT_IMPORT_SOURCE is set")
-        return cls(**values)
+    @model_validator(mode="after")
+    def _bucket_needs_a_backup_folder(self) -> "Settings":
+        if self.PATIENT_IMPORT_SOURCE and not self.PATIENT_IMPORT_BACKUP_DIR:
+            raise ValueError("PATIENT_IMPORT_BACKUP_DIR is required when PATIENT_IMPORT_SOURCE is set")
+        return self
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
-        """A copy with some values replaced: how tests and `create_app(config=...)` adjust settings."""
-        known = {f.name for f in fields(self)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise ConfigError(f"unknown setting {sorted(unknown)[0]}")
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data.update(overrides)
-        if isinstance(data["API_TOKENS"], str):
-            data["API_TOKENS"] = parse_api_tokens(data["API_TOKENS"])
-        return Settings(**data)
+        """A copy with some values replaced, checked like the rest: how tests and
+        `create_app(config=...)` adjust settings."""
+        return _validated(Settings, {**self.model_dump(), **overrides})
+
+
+SettingsModel = TypeVar("SettingsModel", bound=ServerSettings)
+REQUIRED = {"DATABASE_URL": "a PostgreSQL URL such as postgresql://user@host/db",
+            "API_TOKENS": "set name:token pairs, comma-separated"}
+
+
+def _validated(model: type[SettingsModel], values: Mapping[str, Any]) -> SettingsModel:
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        first = error.errors(include_url=False, include_input=False)[0]  # never the value: it may be a token
+        name = ".".join(str(part) for part in first["loc"]) or "settings"
+        detail = str(first["msg"]).removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            detail = f"unknown setting {name}"
+        raise ConfigError(detail if detail.startswith(name) or name == "settings" else f"{name}: {detail}") from None
 
 
 def load_settings(config: Mapping[str, Any] | None, *, default_port: int) -> Settings:
@@ -176,7 +158,7 @@ def load_settings(config: Mapping[str, Any] | None, *, default_port: int) -> Set
     """
     env = dict(os.environ)
     overrides = dict(config or {})
-    for required in ("DATABASE_URL", "API_TOKENS"):
+    for required in REQUIRED:
         if required in overrides and isinstance(overrides[required], str):
             env[required] = overrides.pop(required)
     settings = Settings.from_env(env, default_port=default_port)
