@@ -62,13 +62,13 @@ def add_version(model: type, record: Any, data: dict[str, Any], *, source: str, 
 VERSION_COLUMNS = ("record_id", "version", "changed_at", "source", "actor", "data", "deleted")
 
 
-def add_versions(model: type, rows: list[dict[str, Any]]) -> None:
+def add_versions(model: Any, rows: list[dict[str, Any]]) -> None:
     """Version rows written in bulk (one COPY; keys as the columns), and their events. A row's
     `data` may be `shared.bulk.JsonText`, serialised already: it is written as it is."""
     if any(row["source"] not in SOURCES for row in rows):
         raise ValueError("unknown source")
     copy_rows(model.__table__, VERSION_COLUMNS, ([row[column] for column in VERSION_COLUMNS] for row in rows))
-    outbox.record_versions(model, rows)
+    outbox.record_versions(model, rows, written=True)
 
 
 def history(model: type[VersionRowMixin], record_id: RecordId) -> list[Any]:

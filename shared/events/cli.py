@@ -37,7 +37,7 @@ def tail(from_beginning: bool, count: int, timeout: float) -> None:
             message = consumer.poll(0.5)
             if message is None or message.error():
                 continue
-            click.echo(message.value().decode())
+            click.echo((message.value() or b"").decode())
             seen += 1
     except KeyboardInterrupt:
         pass

@@ -19,10 +19,10 @@ import socket
 import threading
 import time
 from datetime import datetime, timedelta
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from flask import Flask
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from shared import metrics
@@ -278,6 +278,7 @@ class EventRelay:
         db.session.rollback()  # no transaction stays open while the broker is waited for
         if not events:
             return 0
+        assert self.publisher is not None  # step() publishes only with a broker configured
         delivered, error = self.publisher.publish(events)
         if delivered:
             with unit_of_work():
@@ -301,7 +302,8 @@ class EventRelay:
         while not self.stopping.is_set():
             with unit_of_work():
                 batch = select(Outbox.id).where(expired).order_by(Outbox.id).limit(RETENTION_BATCH)
-                count = db.session.execute(delete(Outbox).where(Outbox.id.in_(batch.scalar_subquery()))).rowcount
+                result = db.session.execute(delete(Outbox).where(Outbox.id.in_(batch.scalar_subquery())))
+                count = cast(CursorResult, result).rowcount
             removed += count
             if count < RETENTION_BATCH:
                 break
@@ -364,7 +366,7 @@ class EventRelay:
     def _state(self, *, for_update: bool = False) -> Any:
         State = self.models.state
         db.session.execute(insert(State).values(id=1).on_conflict_do_nothing(index_elements=["id"]))
-        query = select(State).where(State.id == 1)
+        query: Any = select(State).where(State.id == 1)
         return db.session.scalars(query.with_for_update() if for_update else query).one()
 
     def _heartbeat(self) -> None:

@@ -4,7 +4,7 @@ person is on the bus, the message is CloudEvents structured mode; and what on-ca
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
+from datetime import date
 
 import jsonschema_rs
 import pytest

@@ -2,7 +2,6 @@
 for one service. Every event that was committed arrives; a re-sent one carries the same `id`."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from sqlalchemy import text
 from conftest import AUTH, ROOT
 from helpers import wait_until
 
-from .support import outbox_events, outbox_rows
+from .support import outbox_events
 
 LONG = 60.0
 
