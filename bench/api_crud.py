@@ -15,7 +15,8 @@ Then the cost of the access log (SPEC §10.3): a second gunicorn serves the same
 log not written (`create_app_without_access_log`, this bench's own baseline), and one more GET
 phase at 200 requests/s sends its requests to the two in turn, so both meet the same moments of a
 shared machine; it prints both p99s and their ratio against the target of at most 20 % slower.
-Then it stops gunicorn and the database.
+When the machine cannot keep up with 200/s (the latencies are then the queue, not the servers),
+it says so and compares again at 50/s. Then it stops gunicorn and the database.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ GET_RATE, POST_RATE, DURATION_SECONDS = 200, 50, 15
 CLIENT_THREADS = 32
 TARGET_P99_MS = 20.0
 COMPARE_SECONDS = 30  # the access log comparison: the two servers take turns, request by request
+COMPARE_RATES = (GET_RATE, 50)  # the lower one only when a shared machine cannot keep up with the first
 TARGET_LOG_RATIO = 1.20
 
 
@@ -216,19 +218,24 @@ def run_open_loop(name: str, send, rate: int, duration: int) -> Phase:
 
 def compare_access_log(logged: Client, unlogged: Client, ids: list[int]) -> None:
     """GET p99 with the access log and without it, on one database: the two servers take turns
-    request by request, so both meet the same moments of the machine (others' load comes and goes)."""
-    picks = random.Random(7)
+    request by request, so both meet the same moments of the machine (others' load comes and goes).
+    First at GET_RATE; when the machine cannot keep up with that, also at a rate it can."""
     for patient_id in ids[:200]:
         unlogged.get_patient(patient_id)  # its warm-up, as the logged server had
+    for rate in COMPARE_RATES:
+        if compare_at(rate, logged, unlogged, ids):
+            return
+
+
+def compare_at(rate: int, logged: Client, unlogged: Client, ids: list[int]) -> bool:
+    """One comparison at `rate`; False when the machine could not keep up (the ratio means nothing)."""
+    picks = random.Random(rate)
     servers = (("with", logged), ("without", unlogged))
-    chosen = [picks.choice(ids) for _ in range(GET_RATE * COMPARE_SECONDS)]
+    chosen = [picks.choice(ids) for _ in range(rate * COMPARE_SECONDS)]
     phase = run_open_loop("GET both, taking turns", lambda i: servers[i % 2][1].get_patient(chosen[i]),
-                          GET_RATE, COMPARE_SECONDS)
+                          rate, COMPARE_SECONDS)
     achieved = len(phase.by_index) / phase.elapsed_seconds
-    print(f"GET to both servers in turn: offered {GET_RATE}/s for {COMPARE_SECONDS} s, achieved {achieved:.1f}/s")
-    if achieved < 0.95 * GET_RATE:
-        print("  the machine could not keep up: both servers' latencies are the client's queue, and the "
-              "ratio below says nothing; run again on a quieter machine")
+    print(f"GET to both servers in turn: offered {rate}/s for {COMPARE_SECONDS} s, achieved {achieved:.1f}/s")
     pooled = {}
     for turn, (variant, _) in enumerate(servers):
         mine = phase.by_index[turn::2]
@@ -236,13 +243,17 @@ def compare_access_log(logged: Client, unlogged: Client, ids: list[int]) -> None
         pooled[variant] = Phase(variant, ok, len(mine) - len(ok), phase.elapsed_seconds)
     for variant in ("without", "with"):
         part = pooled[variant]
-        print(f"GET {variant + ' access log':<22} {len(part.latencies_ms)} ok, {part.failures} failed   "
+        print(f"  GET {variant + ' access log':<22} {len(part.latencies_ms)} ok, {part.failures} failed   "
               f"p50 {part.percentile(0.50):.1f} ms   p99 {part.percentile(0.99):.1f} ms")
+    if achieved < 0.95 * rate:
+        print("  the machine could not keep up: both servers' latencies are the client's queue; no ratio")
+        return False
     ratio = pooled["with"].percentile(0.99) / pooled["without"].percentile(0.99)
     met = ratio <= TARGET_LOG_RATIO and not any(part.failures for part in pooled.values())
-    print(f"access log cost: GET p99 with / without = {ratio:.2f} "
+    print(f"access log cost at {rate}/s: GET p99 with / without = {ratio:.2f} "
           f"(target <= {TARGET_LOG_RATIO:.2f}): {'met' if met else 'NOT met'}; "
           f"entries for patient {ids[0]}: {logged.access_log_total(ids[0])}")
+    return True
 
 
 # ---- the run -----------------------------------------------------------------------------------
