@@ -7,7 +7,7 @@ import re
 import uuid
 from functools import cache
 from http import HTTPStatus
-from typing import Callable
+from typing import Any, Callable
 
 from apispec.ext.marshmallow.common import resolve_schema_cls
 from flask import Response, g, jsonify, request
@@ -59,7 +59,9 @@ class PaginationSchema(Schema):
 
 def schema_name(schema) -> str:
     """`PatientSchema` → `Patient`; its partial form (a PATCH body) → `PatientPatch`."""
-    name = resolve_schema_cls(schema).__name__.removesuffix("Schema")
+    resolved = resolve_schema_cls(schema)
+    schema_class = resolved[0] if isinstance(resolved, list) else resolved  # a list only for a union of schemas
+    name = schema_class.__name__.removesuffix("Schema")
     return f"{name}Patch" if getattr(schema, "partial", False) else name
 
 
@@ -77,7 +79,7 @@ class Api(SmorestApi):
     def _register_responses(self):
         problem = {PROBLEM_MIMETYPE: {"schema": self.ERROR_SCHEMA}}
         for status in HTTPStatus:
-            response = {"description": status.phrase}
+            response: dict[str, Any] = {"description": status.phrase}
             if status >= 400:
                 response["content"] = dict(problem)
             self.spec.components.response(status.name, response, lazy=True)
