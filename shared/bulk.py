@@ -23,12 +23,12 @@ def copy_value(value: Any) -> str:
     dicts and lists are written as JSON (for jsonb columns)."""
     if value is None:
         return "\\N"
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, str):
+    if isinstance(value, str):  # the most common: tested first
         text = value
+    elif isinstance(value, bool):
+        return "t" if value else "f"
+    elif isinstance(value, (int, float)):
+        return str(value)
     elif isinstance(value, (datetime, date)):
         return value.isoformat()
     elif isinstance(value, uuid.UUID):

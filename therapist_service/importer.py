@@ -90,7 +90,8 @@ class _Ahead:
 
 
 def validate_entries(entries: list[tuple[int, dict[str, Any]]]) -> list[Validated]:
-    """Fingerprint and load each `(index, scraped entry)`: in a worker process for a large file."""
+    """Fingerprint and load each `(index, scraped entry)`, and prepare what a create writes
+    (`PreparedTherapist`): in a worker process for a large file."""
     results: list[Validated] = []
     for index, item in entries:
         ref = item.get("id") if isinstance(item.get("id"), str) else None
@@ -100,7 +101,7 @@ def validate_entries(entries: list[tuple[int, dict[str, Any]]]) -> list[Validate
         except ValidationError as error:
             results.append((index, ref, entry_print, None, None, flatten_messages(error.messages)))
             continue
-        results.append((index, ref, entry_print, status, data, None))
+        results.append((index, ref, entry_print, status, services.PreparedTherapist(data), None))
     return results
 
 

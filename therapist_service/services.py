@@ -257,6 +257,20 @@ _CREATED_COLUMNS = ("id", "version", "created_at", "updated_at", "deleted_at", "
                     "import_fingerprint", "practice_identity", *GROUPS, "previous_external_ids")
 
 
+class PreparedTherapist(dict):
+    """Loaded therapist data that also carries what `create_therapists` makes of it: its practice
+    identity, its `last_modified` as text and each group serialised as JSON (once, for the row, its
+    version and its event alike). An import prepares them where it validates — in a worker process —
+    so the process that writes only joins text."""
+
+    def __init__(self, data: dict[str, Any]):
+        super().__init__(data)
+        self.identity = practice_identity(data)
+        self.last_modified = data["last_modified"].isoformat() if data.get("last_modified") is not None else None
+        self.groups = {group: JsonText(json.dumps(dict(data.get(group) or {}), ensure_ascii=False))
+                       for group in GROUPS}
+
+
 def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str, now: datetime | None = None,
                       fingerprints: list[str | None] | None = None) -> list[int]:
     """Create therapists and their first versions: one COPY per table, no ORM objects.
@@ -268,31 +282,29 @@ def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str, n
     if not items:
         return []
     now = now or now_utc()
-    rows = [{"id": therapist_id, "version": 1, "created_at": now, "updated_at": now, "deleted_at": None,
-             "external_id": data.get("external_id"), "last_modified": data.get("last_modified"),
-             "import_fingerprint": fingerprint, "previous_external_ids": [],
-             "practice_identity": practice_identity(data), **{group: dict(data.get(group) or {}) for group in GROUPS}}
-            for therapist_id, data, fingerprint in zip(reserve_ids(ID_SEQUENCE, len(items)), items,
-                                                       fingerprints or [None] * len(items), strict=True)]
-    # Each group is serialised once, for the row, its version and its event alike.
-    groups = [{group: JsonText(json.dumps(row[group], ensure_ascii=False)) for group in GROUPS} for row in rows]
+    stamp = now.isoformat()
+    prepared = [data if isinstance(data, PreparedTherapist) else PreparedTherapist(data) for data in items]
+    ids = reserve_ids(ID_SEQUENCE, len(items))
+    rows = list(zip(ids, prepared, fingerprints or [None] * len(items), strict=True))
     # A new therapist has no previous external ids: the empty array, in PostgreSQL's text form.
     copy_rows(Therapist.__table__, _CREATED_COLUMNS,
-              ([*(row[column] for column in _CREATED_COLUMNS[:-6]), *serialised.values(), "{}"]
-               for row, serialised in zip(rows, groups, strict=True)))
+              ([therapist_id, 1, stamp, stamp, None, data.get("external_id"), data.last_modified, fingerprint,
+                data.identity, *data.groups.values(), "{}"] for therapist_id, data, fingerprint in rows))
     versioning.add_versions(TherapistVersion, [
-        {"record_id": row["id"], "version": 1, "changed_at": now, "source": source, "actor": actor,
-         "data": _representation_json(row, serialised), "deleted": False}
-        for row, serialised in zip(rows, groups, strict=True)])
-    return [row["id"] for row in rows]
+        {"record_id": therapist_id, "version": 1, "changed_at": now, "source": source, "actor": actor,
+         "data": _created_representation(therapist_id, data, stamp), "deleted": False}
+        for therapist_id, data, _ in rows])
+    return ids
 
 
-def _representation_json(row: dict[str, Any], groups: dict[str, JsonText]) -> JsonText:
-    """`json.dumps(representation(row), ensure_ascii=False)`, byte for byte, from groups serialised
-    already (the groups are the representation's last members)."""
-    head = json.dumps({key: value for key, value in representation(row).items() if key not in GROUPS},
-                      ensure_ascii=False)
-    return JsonText(head[:-1] + "".join(f', "{group}": {groups[group]}' for group in GROUPS) + "}")
+def _created_representation(therapist_id: int, data: PreparedTherapist, stamp: str) -> JsonText:
+    """`json.dumps(representation(therapist), ensure_ascii=False)` of the therapist just created,
+    byte for byte (a test holds them equal), from its groups serialised already (the groups are the
+    representation's last members)."""
+    head = json.dumps({"id": therapist_id, "external_id": data.get("external_id"), "previous_external_ids": [],
+                       "last_modified": data.last_modified, "deleted_at": None, "version": 1,
+                       "created_at": stamp, "updated_at": stamp}, ensure_ascii=False)
+    return JsonText(head[:-1] + "".join(f', "{group}": {data.groups[group]}' for group in GROUPS) + "}")
 
 
 def create_therapist(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,

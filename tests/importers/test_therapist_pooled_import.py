@@ -53,7 +53,7 @@ def test_invalid_entries_of_a_pooled_file_keep_their_pointers_and_the_valid_ones
         (3, "praxis4", "/therapists/3/status", "validation")]
     for external_id in ("praxis1", "praxis3", "praxis5"):
         created = the_therapist(client, external_id)
-        assert [v["version"] for v in history(client, created["id"])] == [1]
+        assert [v["data"] for v in history(client, created["id"])] == [created]  # prepared in a worker
     with admin_engine.connect() as conn:
         events = conn.execute(text("SELECT type FROM therapist_service.event_outbox")).scalars().all()
     assert events == ["de.curavani.therapist.created"] * 3
