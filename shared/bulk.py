@@ -47,11 +47,13 @@ def copy_rows(table: Any, columns: Sequence[str], rows: Iterable[Sequence[Any]])
     session's current transaction; columns left out take their defaults (ids from their sequences).
     What the session has pending is flushed first, so the rows see it (foreign keys). A database
     error is raised as SQLAlchemy's (an `IntegrityError` for a unique index), as an INSERT's would be."""
-    buffer = io.StringIO()
-    for row in rows:
-        buffer.write("\t".join([copy_value(value) for value in row]))
-        buffer.write("\n")
-    data = buffer.getvalue().encode()
+    copy_lines(table, columns, ("\t".join([copy_value(value) for value in row]) + "\n" for row in rows))
+
+
+def copy_lines(table: Any, columns: Sequence[str], lines: Iterable[str]) -> None:
+    """`copy_rows` for rows already in COPY's text format, each line ending in a line break (a bulk
+    path that prepares most of each line elsewhere, e.g. where it validated the data)."""
+    data = "".join(lines).encode()
     if not data:
         return
     db.session.flush()

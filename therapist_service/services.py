@@ -25,7 +25,7 @@ from typing import Any, Collection, Iterable
 from sqlalchemy import func, or_, select
 
 from shared import versioning
-from shared.bulk import JsonText, copy_rows
+from shared.bulk import JsonText, copy_lines, copy_value
 from shared.db import reserve_ids, unique_or_duplicate
 from shared.errors import StaleUpdate
 from shared.extensions import db
@@ -253,22 +253,27 @@ def flush_and_release(keep: Iterable[Therapist] = ()) -> None:
             db.session.expunge(instance)
 
 
-_CREATED_COLUMNS = ("id", "version", "created_at", "updated_at", "deleted_at", "external_id", "last_modified",
-                    "import_fingerprint", "practice_identity", *GROUPS, "previous_external_ids")
+_CREATED_COLUMNS = ("id", "version", "created_at", "updated_at", "deleted_at", "import_fingerprint", "external_id",
+                    "last_modified", "practice_identity", *GROUPS, "previous_external_ids")
 
 
 class PreparedTherapist(dict):
-    """Loaded therapist data that also carries what `create_therapists` makes of it: its practice
-    identity, its `last_modified` as text and each group serialised as JSON (once, for the row, its
-    version and its event alike). An import prepares them where it validates — in a worker process —
-    so the process that writes only joins text."""
+    """Loaded therapist data that also carries what `create_therapists` makes of it, as text: its
+    row's columns from `external_id` on (COPY format), and its representation's members from
+    `external_id` to `deleted_at` and from `basic_info` on (JSON) — each group serialised once, for
+    the row, its version and its event alike. An import prepares them where it validates (in a
+    worker process), so the process that writes only joins text."""
 
     def __init__(self, data: dict[str, Any]):
         super().__init__(data)
-        self.identity = practice_identity(data)
-        self.last_modified = data["last_modified"].isoformat() if data.get("last_modified") is not None else None
-        self.groups = {group: JsonText(json.dumps(dict(data.get(group) or {}), ensure_ascii=False))
-                       for group in GROUPS}
+        groups = {group: json.dumps(dict(data.get(group) or {}), ensure_ascii=False) for group in GROUPS}
+        last_modified = data["last_modified"].isoformat() if data.get("last_modified") is not None else None
+        self.row_tail = "\t".join(copy_value(value) for value in (
+            data.get("external_id"), last_modified, practice_identity(data), *groups.values(), "{}"))
+        self.json_head = (f'"external_id": {json.dumps(data.get("external_id"), ensure_ascii=False)}, '
+                          f'"previous_external_ids": [], "last_modified": {json.dumps(last_modified)}, '
+                          f'"deleted_at": null')
+        self.json_tail = "".join(f', "{group}": {text}' for group, text in groups.items()) + "}"
 
 
 def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str, now: datetime | None = None,
@@ -286,25 +291,15 @@ def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str, n
     prepared = [data if isinstance(data, PreparedTherapist) else PreparedTherapist(data) for data in items]
     ids = reserve_ids(ID_SEQUENCE, len(items))
     rows = list(zip(ids, prepared, fingerprints or [None] * len(items), strict=True))
-    # A new therapist has no previous external ids: the empty array, in PostgreSQL's text form.
-    copy_rows(Therapist.__table__, _CREATED_COLUMNS,
-              ([therapist_id, 1, stamp, stamp, None, data.get("external_id"), data.last_modified, fingerprint,
-                data.identity, *data.groups.values(), "{}"] for therapist_id, data, fingerprint in rows))
+    copy_lines(Therapist.__table__, _CREATED_COLUMNS, (
+        f"{therapist_id}\t1\t{stamp}\t{stamp}\t\\N\t{copy_value(fingerprint)}\t{data.row_tail}\n"
+        for therapist_id, data, fingerprint in rows))
     versioning.add_versions(TherapistVersion, [
         {"record_id": therapist_id, "version": 1, "changed_at": now, "source": source, "actor": actor,
-         "data": _created_representation(therapist_id, data, stamp), "deleted": False}
+         "data": JsonText(f'{{"id": {therapist_id}, {data.json_head}, "version": 1, "created_at": "{stamp}", '
+                          f'"updated_at": "{stamp}"{data.json_tail}'), "deleted": False}
         for therapist_id, data, _ in rows])
     return ids
-
-
-def _created_representation(therapist_id: int, data: PreparedTherapist, stamp: str) -> JsonText:
-    """`json.dumps(representation(therapist), ensure_ascii=False)` of the therapist just created,
-    byte for byte (a test holds them equal), from its groups serialised already (the groups are the
-    representation's last members)."""
-    head = json.dumps({"id": therapist_id, "external_id": data.get("external_id"), "previous_external_ids": [],
-                       "last_modified": data.last_modified, "deleted_at": None, "version": 1,
-                       "created_at": stamp, "updated_at": stamp}, ensure_ascii=False)
-    return JsonText(head[:-1] + "".join(f', "{group}": {data.groups[group]}' for group in GROUPS) + "}")
 
 
 def create_therapist(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
