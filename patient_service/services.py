@@ -11,11 +11,14 @@ from datetime import date, datetime
 from typing import Any, Collection
 
 from marshmallow import fields
-from sqlalchemy import select, true
+from sqlalchemy import inspect, select, true
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import make_transient_to_detached
 
 from patient_service.models import Consent, Erasure, Patient, PatientVersion, Registration
 from patient_service.schemas import PatientSchema
 from shared import versioning
+from shared.bulk import copy_rows
 from shared.db import IdReserver, unique_or_duplicate
 from shared.errors import Conflict, Duplicate, Gone, NotFound
 from shared.extensions import db
@@ -175,13 +178,15 @@ def _record(patient: Patient, *, source: str, actor: str, now: datetime, version
 
 
 def create_patient(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
-                   reserved_id: int | None = None, versions: list | None = None) -> Patient:
+                   reserved_id: int | None = None, versions: list | None = None,
+                   created: list | None = None) -> Patient:
     """Create a patient and its first version.
 
     Without `reserved_id` the insert is flushed at once in a savepoint, and a duplicate raises
     `Duplicate`. With one (from `BatchContext`), nothing is flushed here: the caller flushes many
     at once and handles an `IntegrityError` itself (a batch then redoes its items one by one).
-    `versions`: see `_record`.
+    `versions`: see `_record`. `created` (a batch's, with `reserved_id`): the new patient is left
+    there, outside the session, for the batch to write all of them by COPY (`finish_batch`).
     """
     now = now or now_utc()
     patient = Patient(version=1, created_at=now, updated_at=now)
@@ -190,7 +195,10 @@ def create_patient(data: dict[str, Any], *, source: str, actor: str, now: dateti
     else:
         patient.id = reserved_id
         _apply(patient, data)
-        db.session.add(patient)
+        if created is None:
+            db.session.add(patient)
+        else:
+            created.append(patient)
     _record(patient, source=source, actor=actor, now=now, versions=versions)
     return patient
 
@@ -336,6 +344,7 @@ class BatchContext:
     by_identity: dict[tuple[str, str, str], Patient]
     ids: IdReserver
     versions: list[dict[str, Any]] = field(default_factory=list)  # written by `finish_batch`
+    created: list[Patient] = field(default_factory=list)  # written by `finish_batch`
 
 
 def prepare_batch(items: list[dict[str, Any]]) -> BatchContext:
@@ -360,11 +369,30 @@ def prepare_batch(items: list[dict[str, Any]]) -> BatchContext:
 
 
 def finish_batch(context: BatchContext) -> None:
-    """The batch's pending version rows and their events, in one COPY each (the patients are
-    flushed first); called at the end of the batch and before a delete item."""
+    """The batch's pending writes: the patients it created by one COPY, then their version rows and
+    events (one COPY each); called at the end of the batch and before a delete item."""
+    # Those a later item did not write already (a new identity is flushed at once, to guard it).
+    created = [patient for patient in context.created if inspect(patient).transient]
+    context.created.clear()
+    if created:
+        copy_rows(Patient.__table__, _PATIENT_COLUMNS, ([_stored(patient, column) for column in _PATIENT_COLUMNS]
+                                                        for patient in created))
+        for patient in created:  # persistent again, as if loaded: later changes in the batch are UPDATEs
+            make_transient_to_detached(patient)
+            db.session.add(patient)
     if context.versions:
         versioning.add_versions(PatientVersion, context.versions)
         context.versions.clear()
+
+
+_PATIENT_COLUMNS = tuple(column.name for column in Patient.__table__.columns)
+_JSONB_COLUMNS = frozenset(column.name for column in Patient.__table__.columns if isinstance(column.type, JSONB))
+
+
+def _stored(patient: Patient, column: str) -> Any:
+    """A created patient's column value as the ORM would store it: None in a jsonb column is JSON null."""
+    value = getattr(patient, column)
+    return "null" if value is None and column in _JSONB_COLUMNS else value
 
 
 def upsert_patient(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
@@ -385,7 +413,8 @@ def upsert_patient(data: dict[str, Any], *, source: str, actor: str, now: dateti
         try:
             patient = create_patient(data, source=source, actor=actor, now=now,
                                      reserved_id=context.ids.next() if context else None,
-                                     versions=context.versions if context else None)
+                                     versions=context.versions if context else None,
+                                     created=context.created if context else None)
             action = "created"
         except Duplicate as duplicate:  # created by someone else a moment ago
             if duplicate.existing_id is None:  # and gone again: nothing to update, the clash stands

@@ -545,6 +545,30 @@ def test_a_patient_created_updated_and_deleted_in_one_batch_has_its_versions_and
         ("created", 1), ("updated", 2), ("updated", 3), ("deleted", 4)]
 
 
+def test_a_patient_created_by_a_batch_is_stored_as_one_created_over_rest(patient_client, admin_engine):
+    """A batch writes its new patients by COPY: every column as the ORM writes it for a REST create
+    (a missing list or group is JSON null, not SQL NULL), and a later item of the same batch that
+    updates one of them is written too."""
+    minimal = {key: patient_item(1)[key] for key in ("vorname", "nachname", "geburtsdatum", "email")}
+    over_rest = patient_client.post("/api/patients", json=minimal, headers=AUTH).get_json()["id"]
+    by_batch = send(patient_client, [dict(minimal, email="other@example.de"), patient_item(2),
+                                     patient_item(2, ort="Köln")]).get_json()["results"]
+
+    # Each column's value, and whether it is SQL NULL (to_jsonb alone shows SQL NULL and JSON null alike).
+    query = text("SELECT jsonb_object_agg(key, jsonb_build_array(value, value IS NULL)) FROM patient_service.patients p, "
+                 "jsonb_each(to_jsonb(p) - 'id' - 'email' - 'match_email' - 'created_at' - 'updated_at') "
+                 "WHERE id = :id")
+    nulls = text("SELECT symptome IS NULL, zeitliche_verfuegbarkeit IS NULL FROM patient_service.patients WHERE id = :id")
+    with admin_engine.connect() as conn:
+        rows = [conn.execute(query, {"id": patient_id}).scalar_one() for patient_id in (over_rest, by_batch[0]["id"])]
+        sql_nulls = [tuple(conn.execute(nulls, {"id": patient_id}).one()) for patient_id in (over_rest, by_batch[0]["id"])]
+        updated = conn.execute(text("SELECT ort, version FROM patient_service.patients WHERE id = :id"),
+                               {"id": by_batch[1]["id"]}).one()
+    assert rows[0] == rows[1]
+    assert sql_nulls[0] == sql_nulls[1]
+    assert tuple(updated) == ("Köln", 2)
+
+
 # ---- therapists --------------------------------------------------------------------------------
 
 def test_therapists_are_matched_on_external_id_and_latest_wins(therapist_client, admin_engine):
