@@ -210,22 +210,24 @@ class TherapistFileHandler:
         """The valid entries as `(index, status, loaded data, fingerprint)`, a chunk at a time; the
         invalid ones counted failed and their errors added to `invalid`, with pointers into the file.
         `ahead`: the whole file, validated while the file before it was imported."""
+        results: Iterable[list[Validated]]
         if ahead is not None:
             wanted = {index for index, _ in entries}
-            results: Iterable[list[Validated]] = [[result for result in ahead.validated.result()
+            results = [[result for result in ahead.validated.result()
                                                    if result[0] in wanted]]
         elif len(entries) < POOLED_FROM:
-            results: Iterable[list[Validated]] = [validate_entries(entries)]
+            results = [validate_entries(entries)]
         else:
             results = pool.map_chunks(validate_entries, _taken_in_chunks(entries, CHUNK), preload=_PRELOAD)
         for chunk in results:
-            loaded = []
+            loaded: list[tuple[int, str, dict[str, Any], str]] = []
             for index, ref, entry_print, status, data, messages in chunk:
                 if messages is not None:
                     outcome.count("failed")
                     invalid.extend(item_error("validation", e["detail"], pointer=_pointer(index, e["pointer"]),
                                               index=index, ref=ref) for e in messages)
                 else:
+                    assert status is not None and data is not None  # what validates has both
                     loaded.append((index, status, data, entry_print))
             yield loaded
 
@@ -254,7 +256,7 @@ class TherapistFileHandler:
                 unknown, marked_deleted={i for i, status in statuses.items() if status == "deleted"},
                 kept={i for i, status in statuses.items() if status in ("new", "modified", "unchanged")})
         taken_over = {m.therapist.external_id: m.therapist for m in identities.values() if m.therapist is not None}
-        write = {"source": "import", "actor": actor}
+        write: dict[str, Any] = {"source": "import", "actor": actor}
         new: list[tuple[dict[str, Any], str]] = []
 
         def write_pending() -> None:
@@ -269,7 +271,7 @@ class TherapistFileHandler:
             try:
                 if status == "deleted" and data["external_id"] in taken_over:
                     action, warning = services.UNCHANGED, None  # it lives on under its new id
-                elif taking_over:
+                elif match is not None and match.therapist is not None:
                     action, warning = self._take_over(status, data, match.therapist, write, entry_print)
                 elif therapist is None and status != "deleted":
                     if bulk:
@@ -300,7 +302,7 @@ class TherapistFileHandler:
         return outcome
 
     @staticmethod
-    def _take_over(status: str, data: dict[str, Any], therapist: Any, write: dict[str, str],
+    def _take_over(status: str, data: dict[str, Any], therapist: Any, write: dict[str, Any],
                    entry_print: str) -> tuple[str, str | None]:
         """SPEC §7.2.6: the entry is `therapist` under a new id. The action and the `id-changed`
         warning, which names both ids and ours, never a name."""
@@ -313,7 +315,7 @@ class TherapistFileHandler:
         return action, services.describe_id_change(previous_external_id, therapist)
 
     @staticmethod
-    def _apply_one(status: str, data: dict[str, Any], therapist: Any, write: dict[str, str],
+    def _apply_one(status: str, data: dict[str, Any], therapist: Any, write: dict[str, Any],
                    entry_print: str) -> tuple[str, str | None]:
         """SPEC §7.2.3 for a therapist we have, or a deletion: the action taken and a warning, if any."""
         try:

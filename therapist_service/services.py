@@ -79,9 +79,10 @@ def practice_identity(data: dict[str, Any]) -> str | None:
     basic_info, location = data.get("basic_info") or {}, data.get("location") or {}
     parts = [basic_info.get("first_name"), basic_info.get("last_name"), location.get("postcode"),
              location.get("street"), location.get("house_number")]
-    if not all(isinstance(part, str) and part.strip() for part in parts):
+    texts = [part for part in parts if isinstance(part, str) and part.strip()]
+    if len(texts) < len(parts):
         return None
-    return json.dumps([fold(part) for part in parts], ensure_ascii=False)
+    return json.dumps([fold(text) for text in texts], ensure_ascii=False)
 
 
 def same_content(therapist: Therapist, data: dict[str, Any]) -> bool:
@@ -144,7 +145,8 @@ def import_fingerprints(external_ids: Iterable[str]) -> dict[str, tuple[str | No
     ids = list(external_ids)
     rows = db.session.execute(select(Therapist.external_id, Therapist.import_fingerprint,
                                      Therapist.deleted_at.is_not(None)).where(Therapist.external_id.in_(ids)))
-    return {external_id: (fingerprint, deleted) for external_id, fingerprint, deleted in rows}
+    return {external_id: (fingerprint, deleted) for external_id, fingerprint, deleted in rows
+            if external_id is not None}
 
 
 def find_by_external_ids(external_ids: Iterable[str]) -> dict[str, Therapist]:
@@ -153,7 +155,7 @@ def find_by_external_ids(external_ids: Iterable[str]) -> dict[str, Therapist]:
     if not ids:
         return {}
     rows = db.session.scalars(select(Therapist).where(Therapist.external_id.in_(ids)).with_for_update())
-    return {t.external_id: t for t in rows}
+    return {t.external_id: t for t in rows if t.external_id is not None}
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ def match_unknown_ids(entries: Iterable[dict[str, Any]], *, marked_deleted: Coll
             claims.setdefault(identity, []).append(data["external_id"])
     if not claims:
         return {}
-    stored: dict[str, list[Therapist]] = {}
+    stored: dict[str | None, list[Therapist]] = {}
     for therapist in db.session.scalars(select(Therapist).where(Therapist.practice_identity.in_(list(claims)))
                                         .order_by(Therapist.id).with_for_update()):
         stored.setdefault(therapist.practice_identity, []).append(therapist)
@@ -307,7 +309,7 @@ def create_therapist(data: dict[str, Any], *, source: str, actor: str, now: date
     """Create one therapist (`create_therapists` with one item); a taken `external_id` is a `Duplicate`."""
     with _external_id_guarded(data.get("external_id")):
         [therapist_id] = create_therapists([data], source=source, actor=actor, now=now, fingerprints=[fingerprint])
-    return db.session.get(Therapist, therapist_id)
+    return db.session.get_one(Therapist, therapist_id)
 
 
 def update_therapist(therapist: Therapist, data: dict[str, Any], *, source: str, actor: str,
@@ -328,6 +330,7 @@ def update_therapist(therapist: Therapist, data: dict[str, Any], *, source: str,
             therapist.import_fingerprint = fingerprint  # known unchanged: next time without loading
         return UNCHANGED
     if is_stale(therapist, data.get("last_modified"), strictly_older=not stale_if_equal):
+        assert therapist.last_modified is not None  # only a stored time makes a write stale
         raise StaleUpdate(
             f"therapist {therapist.id}: last_modified {data['last_modified'].isoformat()} is not newer "
             f"than the stored {therapist.last_modified.isoformat()}")
@@ -411,12 +414,12 @@ def upsert_therapist(data: dict[str, Any], *, source: str, actor: str,
     Returns the therapist and `created` / `updated` / `unchanged` / `ignored_stale`."""
     external_id = data.get("external_id")
     therapist = find_by_external_ids([external_id]).get(external_id) if external_id else None
-    write = {"source": source, "actor": actor, "now": now}
+    write: dict[str, Any] = {"source": source, "actor": actor, "now": now}
     if therapist is None:
         match = match_unknown_ids([data]).get(external_id) if external_id else None
         if match is None or match.therapist is None:
             created = create_therapist(data, **write)
-            if match is not None:  # a batch answer has no warnings: the log keeps it (ids only)
+            if match is not None and external_id:  # a batch answer has no warnings: the log keeps it (ids only)
                 log.warning("possible duplicate: %s", describe_possible_duplicate(external_id, match.possible_duplicates))
             return created, CREATED
         therapist, previous_external_id = match.therapist, match.therapist.external_id
