@@ -93,6 +93,10 @@ class ImportRunner:
         self.on_record_finished = on_record_finished
         self._finishing: ThreadPoolExecutor | None = None
         self.retries: list[tuple[SourceFile, datetime]] = []
+        # The next file of the pass (and what was read of it ahead, if anything), which a successful
+        # import claims in its own transaction; and that claim, once committed.
+        self._next: tuple[SourceFile, Fetched | None] | None = None
+        self._claimed_ahead: tuple[SourceFile, Claim, Any] | None = None
 
     # ---- a pass ------------------------------------------------------------------------------
 
@@ -122,12 +126,15 @@ class ImportRunner:
                 # with a handler that can `prefetch`: the next file is read and handed to it (which
                 # validates it in worker processes) before this one imports. Imports and their
                 # transactions still happen one at a time, in order.
-                current, ahead = ahead, None
+                current, ahead, self._next = ahead, None, None
                 if position + 1 < len(files) and self._name_ok(files[position + 1]):
                     if downloads is not None:
                         ahead = downloads.submit(self.source.fetch, files[position + 1], self.max_file_bytes)
                     elif prefetch is not None:
                         ahead = self._read_ahead(files[position + 1], prefetch)
+                    following, read = files[position + 1], _read_already(ahead)
+                    if following.generation is not None or read is not None:  # a folder file's version is its content
+                        self._next = (following, read)
                 status = self.process(file, downloaded=current)
                 if status is Claim.SKIP:
                     summary.skipped += 1
@@ -154,10 +161,14 @@ class ImportRunner:
         (`Claim.SKIP`, `Claim.FINISH_AGAIN`). `downloaded`: the bucket object's download, or the
         folder file read ahead, started before its turn (its errors surface here)."""
         fetched = None
+        claimed, self._claimed_ahead = self._claimed_ahead, None
         try:
             if file.generation is None:  # a folder file: its version is its content
                 fetched = downloaded.result() if downloaded else self.source.fetch(file, self.max_file_bytes)
-            claim, record = self._claim(file, fetched)
+            if claimed is not None and claimed[0] == file:
+                claim, record = claimed[1], claimed[2]  # claimed with the file before it
+            else:
+                claim, record = self._claim(file, fetched)
         except FileVanished:
             return Claim.SKIP
         except SourceUnavailable as error:
@@ -232,40 +243,47 @@ class ImportRunner:
 
     def _claim(self, file: SourceFile, fetched: Fetched | None) -> tuple[Claim, Any]:
         """The decision for this file, and with `Claim.IMPORT` its record, marked processing."""
-        Record = self.models.record
-        now = now_utc()
         with unit_of_work():
             # The claim's commit need not wait for its WAL to reach the disk: the import's own
             # commit, synchronous, flushes it too, and a claim lost to a crash before any import
             # committed is only claimed again. That is one disk flush less per file.
             db.session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-            latest = db.session.scalars(
-                select(Record).where(Record.source == self.source.kind, Record.name == file.name)
-                .order_by(Record.id.desc()).limit(1).with_for_update()).first()
-            record: ImportRecordMixin
-            if latest is not None and _same_version(latest, file, fetched):
-                if latest.status in DONE:
-                    return Claim.FINISH_AGAIN, latest
-                if latest.status == QUARANTINED:
-                    return Claim.SKIP, latest
-                if latest.status == FAILED and (latest.next_attempt_at is None or latest.next_attempt_at > now):
-                    return Claim.SKIP, latest
-                record = latest  # pending (retry asked), failed and due, or processing (its runner died)
-            else:
-                if latest is not None and latest.status not in DONE:
-                    latest.next_attempt_at = None  # superseded: that version is gone from the source
-                record = Record(source=self.source.kind, name=file.name, label=self.handler.label(file),
-                                generation=file.generation, size=file.size, status=PENDING, attempts=0,
-                                retry_round=0, created_at=now, counts=empty_counts(), errors=[], warnings=[])
-                db.session.add(record)
-            if fetched is not None:
-                record.sha256, record.size = fetched.sha256, fetched.size
-            record.status = PROCESSING
-            record.attempts += 1
-            record.started_at = now
-            record.finished_at = None
-            record.next_attempt_at = None
-            db.session.flush()
+            return self._decide(file, fetched)
+
+    def _decide(self, file: SourceFile, fetched: Fetched | None) -> tuple[Claim, Any]:
+        """`_claim` in the current transaction: the import of the file before it claims the next
+        file of the pass with its own commit (one transaction less per file). That claim is only
+        bookkeeping — a record marked processing, an attempt counted — and a crash after it is
+        healed as after any claim: the next pass imports a `processing` file again."""
+        Record = self.models.record
+        now = now_utc()
+        latest = db.session.scalars(
+            select(Record).where(Record.source == self.source.kind, Record.name == file.name)
+            .order_by(Record.id.desc()).limit(1).with_for_update()).first()
+        record: ImportRecordMixin
+        if latest is not None and _same_version(latest, file, fetched):
+            if latest.status in DONE:
+                return Claim.FINISH_AGAIN, latest
+            if latest.status == QUARANTINED:
+                return Claim.SKIP, latest
+            if latest.status == FAILED and (latest.next_attempt_at is None or latest.next_attempt_at > now):
+                return Claim.SKIP, latest
+            record = latest  # pending (retry asked), failed and due, or processing (its runner died)
+        else:
+            if latest is not None and latest.status not in DONE:
+                latest.next_attempt_at = None  # superseded: that version is gone from the source
+            record = Record(source=self.source.kind, name=file.name, label=self.handler.label(file),
+                            generation=file.generation, size=file.size, status=PENDING, attempts=0,
+                            retry_round=0, created_at=now, counts=empty_counts(), errors=[], warnings=[])
+            db.session.add(record)
+        if fetched is not None:
+            record.sha256, record.size = fetched.sha256, fetched.size
+        record.status = PROCESSING
+        record.attempts += 1
+        record.started_at = now
+        record.finished_at = None
+        record.next_attempt_at = None
+        db.session.flush()
         return Claim.IMPORT, record
 
     def _locked_record(self, record_id: int) -> Any:
@@ -280,13 +298,17 @@ class ImportRunner:
             assert fetched.payload is not None  # a file too large to read failed before
             outcome = self.handler.apply(fetched.payload, file, import_id=record.id)
             record.sha256, record.size = fetched.sha256, fetched.size  # one UPDATE with the outcome
+            claimed_ahead = None
             if outcome.status == PARTIAL or outcome.status == SUCCEEDED:
                 self._record_outcome(record, outcome, outcome.status)
                 if outcome.status == PARTIAL:
                     self._alert(record)
                 status = outcome.status
+                if self._next is not None:
+                    claimed_ahead = (self._next[0], *self._decide(*self._next))
             else:
                 status = None
+        self._claimed_ahead = claimed_ahead  # committed with this import
         if status is None:  # every item failed: nothing was written; a failure like any other
             return self._fail(record_id, outcome.errors, input_error=True, fetched=fetched, outcome=outcome)
         log.info("%s: import #%s %s: %s", self.service, record_id, status, _counts_text(outcome.counts))
@@ -394,6 +416,14 @@ class ImportRunner:
 
 def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{key} {value}" for key, value in counts.items() if value) or "nothing to do"
+
+
+def _read_already(ahead: Future | None) -> Fetched | None:
+    """What a read-ahead of the next file got, if it is done and got something; else None (a bucket
+    object's version is its generation, known without reading it)."""
+    if ahead is None or not ahead.done() or ahead.exception() is not None:
+        return None
+    return ahead.result()
 
 
 def _same_version(record: ImportRecordMixin, file: SourceFile, fetched: Fetched | None) -> bool:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from .support import MAX, get_json, imports, patient_history, patients, registration, run_pass, sample_bytes
+from .support import (MAX, encode, get_json, imports, object_name, patient_history, patients, registration, run_pass,
+                      sample_bytes)
 
 
 class SimulatedCrash(Exception):
@@ -91,3 +92,24 @@ def test_bucket_outage_gives_one_unreachable_and_one_recovered_alert(app, client
     assert [str(m["Subject"]) for m in smtp_server.wait_for(2)] == [
         "[patient_service] import source unreachable", "[patient_service] import source reachable again"]
     assert len(patients(client)) == 1 and gcs.names() == []
+
+
+def test_a_pass_stopped_after_a_file_leaves_the_next_one_claimed_and_the_next_pass_imports_it(app, client, gcs):
+    """Each import also claims the next file of the pass, in its own transaction (issue 14): a pass
+    that stops there (the importer lock lost, or a crash) leaves that file `processing`, as a crash
+    after any claim does, and the next pass imports it."""
+    first, second = registration("0b1ab67b"), registration("0c2ac78c", plz="52064", email="erika@example.org")
+    for document in (first, second):
+        gcs.upload(object_name(document), encode(document))
+    leading = iter([True, False])
+
+    with app.app_context():
+        summary = app.extensions["imports"].run_pass(still_leader=lambda: next(leading, False))
+
+    assert summary.by_status == {"succeeded": 1}
+    assert sorted((r["status"], r["attempts"]) for r in imports(client)) == [("processing", 1), ("succeeded", 1)]
+
+    run_pass(app)
+
+    assert sorted((r["status"], r["attempts"]) for r in imports(client)) == [("succeeded", 1), ("succeeded", 2)]
+    assert gcs.names() == [] and len(patients(client)) == 2
