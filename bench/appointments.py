@@ -1,7 +1,7 @@
 """Appointments: a 1,000-item batch against a raw insert, and the API under concurrent calendar
 pushes (run by hand; not part of CI):
 
-    .venv/bin/python bench/appointments.py [--rounds 3] [--clients 100] [--seconds 20]
+    .venv/bin/python bench/appointments.py [--rounds 3] [--clients 100] [--seconds 20] [--batch-only]
 
 It starts an embedded PostgreSQL in ./var/bench-postgres with a fresh database of its own and
 runs the therapist migrations. Then:
@@ -255,6 +255,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--batch-only", action="store_true", help="run part 1 only (batch against raw)")
     args = parser.parse_args()
 
     token = secrets.token_urlsafe(24)
@@ -268,7 +269,7 @@ def main() -> int:
                             "IMPORTS_ENABLED": "false", "LOG_LEVEL": "WARNING"},
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ratio = batch_against_raw(database_url, token, args.rounds)
-        _, errors = under_gunicorn(database_url, token, args.clients, args.seconds)
+        errors = 0 if args.batch_only else under_gunicorn(database_url, token, args.clients, args.seconds)[1]
     finally:
         drop_database(base_url, DATABASE_NAME)
         server.cleanup()
