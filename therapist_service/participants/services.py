@@ -56,6 +56,20 @@ def representation(participant: Any) -> dict[str, Any]:
     return _representation.dump(participant)
 
 
+def _version_data(participant: ParticipantRow) -> dict[str, Any]:
+    """What `representation` dumps for a batch's row, built directly: the schema's dump cost a
+    batch as much per item as loading the item. Keys and order as `ParticipantSchema`."""
+    ordered = sorted(participant.aliases, key=lambda alias: (alias.created_at, alias.alias))
+    return {"participantId": participant.id,
+            "aliases": [alias.alias for alias in ordered if alias.alias != participant.id],
+            "firstName": participant.first_name, "lastName": participant.last_name, "email": participant.email,
+            "phone": participant.phone, "mid": participant.mid, "username": participant.username,
+            "attendanceStatus": participant.attendance_status,
+            "metadata": dict(participant.meta) if participant.meta is not None else None,
+            "batchId": participant.batch_id, "source": participant.source, "version": participant.version,
+            "createdAt": participant.created_at.isoformat(), "updatedAt": participant.updated_at.isoformat()}
+
+
 Identity = tuple[str, str, str]
 
 
@@ -243,7 +257,7 @@ def _receive(data: dict[str, Any], known: Known, *, provenance: Provenance, sour
         identity_of(participant) or (None, None, None))
     known.remember(participant)
     known.versions.append({"record_id": participant.id, "version": participant.version, "changed_at": now,
-                           "source": source, "actor": actor, "data": representation(participant), "deleted": False})
+                           "source": source, "actor": actor, "data": _version_data(participant), "deleted": False})
     return participant, action
 
 
