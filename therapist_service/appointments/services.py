@@ -30,6 +30,7 @@ from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.exc import IntegrityError
 
 from shared import versioning
+from shared.bulk import copy_rows
 from shared.db import page_of
 from shared.errors import Overlap
 from shared.extensions import db
@@ -56,7 +57,7 @@ def utc_text(value: datetime | None) -> str | None:
     return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
-def representation(appointment: Appointment) -> dict[str, Any]:
+def representation(appointment: Appointment | NewAppointment) -> dict[str, Any]:
     """What `AppointmentSchema` describes: the list's, a read's and a version's `data`."""
     return {"id": str(appointment.id), "orgId": appointment.org_id, "externalId": appointment.external_id,
             "start": utc_text(appointment.start), "end": utc_text(appointment.end),
@@ -184,11 +185,34 @@ def _overlap_guarded(own_id: uuid.UUID, data: dict[str, Any]) -> Iterator[None]:
 
 
 @dataclass
+class NewAppointment:
+    """An appointment a batch creates, held as plain values until `finish_batch` copies them all in
+    one COPY (an ORM object per item cost as much as validating it); the attributes of `Appointment`."""
+
+    id: uuid.UUID
+    org_id: str
+    external_id: str
+    start: datetime
+    end: datetime
+    payload_created_at: datetime | None
+    payload_updated_at: datetime
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None = None
+
+
+NEW_APPOINTMENT_COLUMNS = ("id", "org_id", "external_id", "start", "end", "payload_created_at",
+                           "payload_updated_at", "version", "created_at", "updated_at", "deleted_at")
+
+
+@dataclass
 class BatchContext:
     """What a batch knows before it writes: its organisations locked, their stored appointments
     it names looked up in one query. Writes made with it are flushed by the caller, all together."""
 
-    by_key: dict[tuple[str, str], Appointment]
+    by_key: dict[tuple[str, str], Appointment | NewAppointment]
+    created: list[NewAppointment] = field(default_factory=list)  # copied together by `finish_batch`
     versions: list[dict[str, Any]] = field(default_factory=list)  # written together by `finish_batch`
 
 
@@ -204,7 +228,7 @@ def prepare_batch(items: list[dict[str, Any]]) -> BatchContext:
     return BatchContext({key: a for a in stored if (key := (a.org_id, a.external_id)) in keys})
 
 
-def _apply(appointment: Appointment, data: dict[str, Any]) -> None:
+def _apply(appointment: Appointment | NewAppointment, data: dict[str, Any]) -> None:
     appointment.start = data["start"]
     appointment.end = data["end"]
     appointment.payload_created_at = data["payload_created_at"]
@@ -212,13 +236,15 @@ def _apply(appointment: Appointment, data: dict[str, Any]) -> None:
 
 
 def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
-                       context: BatchContext | None = None) -> tuple[Appointment, str]:
+                       context: BatchContext | None = None) -> tuple[Appointment | NewAppointment, str]:
     """Create or update the appointment (`org_id`, `external_id`); returns it and `created`,
     `updated` or `ignored_stale` (nothing written). An overlap raises `Overlap`.
 
     With a batch `context` the organisation is locked and the match looked up already, and the
-    write is left to the batch's one flush (whose overlap makes the batch redo its items singly)."""
+    write is left to the batch's one flush and COPY (whose overlap makes the batch redo its items
+    singly); a created one is then a `NewAppointment`."""
     key = (data["org_id"], data["external_id"])
+    appointment: Appointment | NewAppointment | None
     if context is None:
         lock_organisations({data["org_id"], *_planned_organisations()})
         appointment = _stored(*key)
@@ -229,7 +255,13 @@ def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, now: da
     now = now or now_utc()
     own_id = appointment.id if appointment is not None else uuid.uuid4()
     with _overlap_guarded(own_id, data) if context is None else nullcontext():
-        if appointment is None:
+        if appointment is None and context is not None:
+            appointment = NewAppointment(own_id, data["org_id"], data["external_id"], data["start"], data["end"],
+                                         data["payload_created_at"], data["payload_updated_at"], version=1,
+                                         created_at=now, updated_at=now)
+            context.created.append(appointment)
+            action = CREATED
+        elif appointment is None:
             appointment = Appointment(id=own_id, org_id=data["org_id"], external_id=data["external_id"],
                                       version=1, created_at=now, updated_at=now, deleted_at=None)
             _apply(appointment, data)
@@ -242,6 +274,7 @@ def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, now: da
             appointment.deleted_at = None  # the calendar's newer word brings a cancelled one back
             action = UPDATED
     if context is None:
+        assert isinstance(appointment, Appointment)  # only a batch holds new ones back
         _record(appointment, source=source, actor=actor, now=now)
     else:  # later items of the batch see this one; its version is written with the others
         context.by_key[key] = appointment
@@ -252,10 +285,16 @@ def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, now: da
 
 
 def finish_batch(context: BatchContext) -> None:
-    """Write the batch's appointments, then all their versions in one statement."""
+    """Write the batch's changed appointments (one flush, updates before creates as the ORM's own
+    flush orders them), its new ones in one COPY, then all their versions in one more."""
     db.session.flush()
+    if context.created:
+        copy_rows(Appointment.__table__, NEW_APPOINTMENT_COLUMNS,
+                  ([getattr(new, column) for column in NEW_APPOINTMENT_COLUMNS] for new in context.created))
+        context.created = []
     if context.versions:
         versioning.add_versions(AppointmentVersion, context.versions)
+        context.versions = []
 
 
 @dataclass(frozen=True)
