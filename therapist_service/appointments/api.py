@@ -82,7 +82,12 @@ class AppointmentHistory(MethodView):
         return services.appointment_history(appointment_id)
 
 
-BATCH = batch.BatchAdapter(item_schema=AppointmentWriteSchema(), upsert=services.upsert_batch_item,
+_batch_item_schema = AppointmentWriteSchema()
+# The batch request's schema has looked at every string of every item already (one serialisation
+# of the body); each item's own look repeated it item by item.
+_batch_item_schema.strings_checked_by_parent = True
+
+BATCH = batch.BatchAdapter(item_schema=_batch_item_schema, upsert=services.upsert_batch_item,
                            delete=None, key_model=IdempotencyKey, prepare=services.prepare_batch,
                            finish=services.finish_batch)
 
