@@ -17,7 +17,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, or_, select, tuple_, update
+from sqlalchemy import Table, bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from shared import versioning
@@ -175,25 +175,40 @@ class Known:
 def look_up(items: list[dict[str, Any]]) -> Known:
     """Every stored participant the items may match, locked (in id order: no deadlocks between
     batches), by id or alias, identity or MID in one query; then their aliases."""
-    ids = {item["participant_id"] for item in items}
     identities = {identity for identity in map(identity_of, items) if identity is not None}
-    mids = {item["mid"] for item in items if item.get("mid") is not None}
-    matches = [TABLE.c.id.in_(select(ALIASES.c.participant_id).where(ALIASES.c.alias.in_(ids)))]
-    if identities:
-        matches.append(tuple_(TABLE.c.match_email, TABLE.c.match_first_name, TABLE.c.match_last_name).in_(identities))
-    if mids:
-        matches.append(TABLE.c.mid.in_(mids))
+    emails, first_names, last_names = (list(keys) for keys in zip(*identities, strict=True)) if identities else ([], [], [])
+    matched = db.session.execute(_LOOK_UP, {
+        "ids": list({item["participant_id"] for item in items}),
+        "mids": list({item["mid"] for item in items if item.get("mid") is not None}),
+        "emails": emails, "first_names": first_names, "last_names": last_names}).mappings()
     found = {row["id"]: ParticipantRow(**{key: row[column] for key, column in COLUMN_OF.items()}, stored=True)
-             for row in db.session.execute(select(TABLE).where(or_(*matches)).order_by(TABLE.c.id)
-                                           .with_for_update()).mappings()}
+             for row in matched}
     if found:
-        for alias in db.session.execute(select(ALIASES).where(ALIASES.c.participant_id.in_(found))
-                                        .order_by(ALIASES.c.created_at, ALIASES.c.alias)):
+        for alias in db.session.execute(_ALIASES_OF, {"ids": list(found)}):
             found[alias.participant_id].aliases.append(AliasRow(alias.alias, alias.created_at))
     known = Known()
     for participant in found.values():
         known.remember(participant)
     return known
+
+
+# Each key by its own index (arrays, not one bind parameter per value): one OR over all three
+# made PostgreSQL test every row against every identity (a sequential scan of the table).
+_LOOK_UP = text(f"""
+SELECT * FROM {TABLE.fullname} WHERE id IN (
+    SELECT participant_id FROM {ALIASES.fullname} WHERE alias = ANY(CAST(:ids AS text[]))
+    UNION
+    SELECT stored.id FROM {TABLE.fullname} AS stored
+    JOIN unnest(CAST(:emails AS text[]), CAST(:first_names AS text[]), CAST(:last_names AS text[]))
+         AS sent(email, first_name, last_name)
+      ON (stored.match_email, stored.match_first_name, stored.match_last_name)
+       = (sent.email, sent.first_name, sent.last_name)
+    UNION
+    SELECT id FROM {TABLE.fullname} WHERE mid = ANY(CAST(:mids AS text[])))
+ORDER BY id FOR UPDATE""")
+_ALIASES_OF = text(f"""
+SELECT alias, participant_id, created_at FROM {ALIASES.fullname}
+WHERE participant_id = ANY(CAST(:ids AS text[])) ORDER BY created_at, alias""")
 
 
 def receive_participant(data: dict[str, Any], *, provenance: Provenance, source: str, actor: str,
