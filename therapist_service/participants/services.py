@@ -180,9 +180,8 @@ def look_up(items: list[dict[str, Any]]) -> Known:
     matched = db.session.execute(_LOOK_UP, {
         "ids": list({item["participant_id"] for item in items}),
         "mids": list({item["mid"] for item in items if item.get("mid") is not None}),
-        "emails": emails, "first_names": first_names, "last_names": last_names}).mappings()
-    found = {row["id"]: ParticipantRow(**{key: row[column] for key, column in COLUMN_OF.items()}, stored=True)
-             for row in matched}
+        "emails": emails, "first_names": first_names, "last_names": last_names})
+    found = {row.id: ParticipantRow(**dict(zip(COLUMN_OF, row, strict=True)), stored=True) for row in matched}
     if found:
         for alias in db.session.execute(_ALIASES_OF, {"ids": list(found)}):
             found[alias.participant_id].aliases.append(AliasRow(alias.alias, alias.created_at))
@@ -195,7 +194,7 @@ def look_up(items: list[dict[str, Any]]) -> Known:
 # Each key by its own index (arrays, not one bind parameter per value): one OR over all three
 # made PostgreSQL test every row against every identity (a sequential scan of the table).
 _LOOK_UP = text(f"""
-SELECT * FROM {TABLE.fullname} WHERE id IN (
+SELECT {", ".join(COLUMN_OF.values())} FROM {TABLE.fullname} WHERE id IN (
     SELECT participant_id FROM {ALIASES.fullname} WHERE alias = ANY(CAST(:ids AS text[]))
     UNION
     SELECT stored.id FROM {TABLE.fullname} AS stored
