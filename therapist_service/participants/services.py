@@ -82,6 +82,14 @@ def identity_of(values: Any) -> Identity | None:
     return fold(email), fold(first_name), fold(last_name)
 
 
+def _matched_identity(participant: Any) -> Identity | None:
+    """The identity a participant is stored under: its `match_*` columns, set from `identity_of`
+    whenever it is written (all three or none), so it is not folded again."""
+    if participant.match_email is None:
+        return None
+    return participant.match_email, participant.match_first_name, participant.match_last_name
+
+
 # ---- the batch ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -157,7 +165,7 @@ class Known:
     def remember(self, participant: ParticipantRow) -> None:
         for alias in participant.aliases:
             self.by_alias[alias.alias] = participant
-        identity = identity_of(participant)
+        identity = _matched_identity(participant)
         if identity is not None:
             self.by_identity[identity] = participant
         if participant.mid is not None:
@@ -165,7 +173,7 @@ class Known:
 
     def forget(self, participant: ParticipantRow) -> None:
         """Before a change: drop the keys it may lose."""
-        identity = identity_of(participant)
+        identity = _matched_identity(participant)
         if identity is not None and self.by_identity.get(identity) is participant:
             del self.by_identity[identity]
         if participant.mid is not None and self.by_mid.get(participant.mid) is participant:
@@ -267,8 +275,9 @@ def _receive(data: dict[str, Any], known: Known, *, provenance: Provenance, sour
         participant.updated_at = now
         action = "updated"
     participant.batch_id, participant.source = provenance.batch_id, provenance.source
+    # A new participant's identity is the item's: folded once.
     participant.match_email, participant.match_first_name, participant.match_last_name = (
-        identity_of(participant) or (None, None, None))
+        (identity if action == "created" else identity_of(participant)) or (None, None, None))
     known.remember(participant)
     known.versions.append({"record_id": participant.id, "version": participant.version, "changed_at": now,
                            "source": source, "actor": actor, "data": _version_data(participant), "deleted": False})
