@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from functools import wraps
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from shared.errors import Duplicate
 from shared.extensions import db
+
+T = TypeVar("T")
 
 ENGINE_OPTIONS = {
     "hide_parameters": True,  # row values never reach logs or exception text
@@ -95,3 +97,14 @@ class IdReserver:
         if not self._ids:
             self._ids = reserve_ids(self.sequence, self.block)[::-1]
         return self._ids.pop()
+
+
+def bulk_first(bulk: Callable[[], T], one_by_one: Callable[[], T]) -> T:
+    """Write all at once, and only if that meets a constraint (a row someone else created
+    meanwhile) undo it and write one by one, where a clash is one item's error. The batch runner
+    and the importers write this way."""
+    try:
+        with db.session.begin_nested():
+            return bulk()
+    except IntegrityError:
+        return one_by_one()

@@ -18,10 +18,9 @@ from pathlib import PurePosixPath
 from typing import Any, Collection, Iterable, Iterator
 
 from marshmallow import ValidationError
-from sqlalchemy.exc import IntegrityError
 
 from shared.config import Settings
-from shared.extensions import db
+from shared.db import bulk_first
 from shared.errors import DomainError, StaleUpdate, flatten_messages
 from shared.imports import pool
 from shared.imports.parsing import decode
@@ -154,11 +153,9 @@ class TherapistFileHandler:
 
     def apply(self, payload: bytes, file: SourceFile, *, import_id: int) -> Outcome:
         ahead = self._ahead.pop(id(payload), None)  # it holds these bytes: no other object has their id
-        try:
-            with db.session.begin_nested():
-                return self._import(payload, f"import:{import_id}", bulk=True, ahead=ahead)
-        except IntegrityError:  # an external_id was created meanwhile by someone else: one by one
-            return self._import(payload, f"import:{import_id}", bulk=False)
+        actor = f"import:{import_id}"
+        return bulk_first(lambda: self._import(payload, actor, bulk=True, ahead=ahead),
+                          lambda: self._import(payload, actor, bulk=False))
 
     def _import(self, payload: bytes, actor: str, *, bulk: bool, ahead: _Ahead | None = None) -> Outcome:
         """Read the file, skip the entries imported unchanged last time (by fingerprint), validate

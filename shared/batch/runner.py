@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from marshmallow import Schema, ValidationError
-from sqlalchemy.exc import IntegrityError
 
 from shared.batch.idempotency import IdempotencyStore, Outcome
 from shared.batch.schemas import ACTIONS, DeleteItemSchema
+from shared.db import bulk_first
 from shared.errors import PROBLEM_MIMETYPE, DomainError, flatten_messages, problem_body
 from shared.extensions import db
 
@@ -99,19 +99,22 @@ def _write_items(adapter: BatchAdapter, items: list[_Item], *, actor: str, trans
     """First all at once: matches looked up in bulk, no savepoint per item, one flush. Only if
     that flush meets a constraint (a record created meanwhile by someone else) is the batch done
     again item by item, each in a savepoint of its own (batch mode) so a clash is that item's error."""
-    if adapter.prepare is not None:
-        try:
-            with db.session.begin_nested():
-                context = adapter.prepare([item.data for item in items if item.data and not item.deleting])
-                results = [_write_item(adapter, item, actor=actor, context=context, isolated=False)
-                           for item in items]
-                if adapter.finish is not None:
-                    adapter.finish(context)
-                db.session.flush()
-                return results
-        except IntegrityError:
-            pass
-    return [_write_item(adapter, item, actor=actor, context=None, isolated=not transaction) for item in items]
+    def one_by_one() -> list[dict]:
+        return [_write_item(adapter, item, actor=actor, context=None, isolated=not transaction) for item in items]
+
+    prepare, finish = adapter.prepare, adapter.finish
+    if prepare is None:
+        return one_by_one()
+
+    def all_at_once() -> list[dict]:
+        context = prepare([item.data for item in items if item.data and not item.deleting])
+        results = [_write_item(adapter, item, actor=actor, context=context, isolated=False) for item in items]
+        if finish is not None:
+            finish(context)
+        db.session.flush()
+        return results
+
+    return bulk_first(all_at_once, one_by_one)
 
 
 def _write_item(adapter: BatchAdapter, item: _Item, *, actor: str, context: Any, isolated: bool) -> dict[str, Any]:
