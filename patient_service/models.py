@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Date, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -111,8 +111,7 @@ IMPORT_MODELS = ImportModels(record=ImportRecord, alert=Alert, state=ImporterSta
 
 
 class IdempotencyKey(IdempotencyKeyMixin, Model):
-    __tablename__ = "idempotency_keys"
-    __table_args__ = (UniqueConstraint("actor", "key", name="uq_idempotency_keys_actor_key"), {"schema": SCHEMA})
+    __table_args__ = IdempotencyKeyMixin.table_args(SCHEMA)
 
 
 EVENT_MODELS = declare_event_tables(SCHEMA, __name__)

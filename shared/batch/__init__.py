@@ -7,7 +7,7 @@ upsert through the service's own schema and service function, or `{"op": "delete
 """
 from shared.batch.idempotency import (ABANDONED_AFTER, DONE, KEY_MAX_LENGTH, RUNNING, IdempotencyKeyInUse,
                                       IdempotencyKeyMixin, IdempotencyKeyReused, IdempotencyStore, Outcome,
-                                      checked_key, declare_idempotency_table, request_hash, stored_outcome)
+                                      checked_key, request_hash, stored_outcome)
 from shared.batch.runner import BatchAdapter, TooManyItems, run_batch
 from shared.batch.schemas import (ACTIONS, PROBLEMS, BatchRequestSchema, BatchResponseSchema, DeleteItemSchema,
                                   ItemErrorSchema, ItemResultSchema, StoredBatchSchema)
@@ -18,7 +18,7 @@ __all__ = [
     "ABANDONED_AFTER", "ACTIONS", "DONE", "KEY_MAX_LENGTH", "PROBLEMS", "RUNNING", "BatchAdapter",
     "BatchRequestSchema", "BatchResponseSchema", "DeleteItemSchema", "IdempotencyKeyInUse", "IdempotencyKeyMixin",
     "IdempotencyKeyReused", "IdempotencyStore", "ItemErrorSchema", "ItemResultSchema", "Outcome",
-    "StoredBatchSchema", "TooManyItems", "batches_blp", "checked_key", "declare_idempotency_table", "handle",
+    "StoredBatchSchema", "TooManyItems", "batches_blp", "checked_key", "handle",
     "idempotency_key", "idempotency_store", "make_batches_blueprint", "prefers", "request_hash", "respond",
     "run_batch", "stored_outcome",
 ]

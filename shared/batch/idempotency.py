@@ -48,6 +48,12 @@ class IdempotencyKeyInUse(Conflict):
 
 
 class IdempotencyKeyMixin:
+    __tablename__ = "idempotency_keys"
+
+    @staticmethod
+    def table_args(schema: str) -> tuple[Any, ...]:
+        return (UniqueConstraint("actor", "key", name="uq_idempotency_keys_actor_key"), {"schema": schema})
+
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     actor: Mapped[str] = mapped_column(String(200), nullable=False)
     key: Mapped[str] = mapped_column(String(KEY_MAX_LENGTH), nullable=False)
@@ -59,14 +65,6 @@ class IdempotencyKeyMixin:
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     path: Mapped[str] = mapped_column(Text, nullable=False)
-
-
-def declare_idempotency_table(schema: str, module: str) -> type:
-    return type("IdempotencyKey", (IdempotencyKeyMixin, db.Model), {
-        "__tablename__": "idempotency_keys", "__module__": module,
-        "__table_args__": (UniqueConstraint("actor", "key", name="uq_idempotency_keys_actor_key"),
-                           {"schema": schema}),
-    })
 
 
 def checked_key(key: str | None) -> str | None:
