@@ -11,8 +11,9 @@ e-mail addresses, it times
 - `raw`: the same 1,000 rows through `psycopg2.extras.execute_values` as
   `INSERT … ON CONFLICT (email) DO UPDATE` into a scratch table with the patient's columns,
   on an open connection, rows built from the same dicts, commit included.
-It prints each round, the medians, the ratios new/raw and unchanged/raw against the targets of
-the issue (new within 10×, unchanged within 5×) with PASS/FAIL, then drops the database.
+It prints each round, the medians, the ratios new/raw and unchanged/raw against the targets
+(new within 5×, issue 14; unchanged within 5×) with PASS/FAIL, then drops the database. Events
+are recorded in the outbox, as always.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from shared.devdb import drop_database, ensure_database, start_embedded  # noqa:
 
 DATABASE_NAME = "curavani_bench_batch"
 ITEMS, ROUNDS = 1000, 3
-TARGETS = {"new": 10.0, "unchanged": 5.0}  # at most this many times the raw upsert
+TARGETS = {"new": 5.0, "unchanged": 5.0}  # at most this many times the raw upsert
 COLUMNS = ("anrede", "geschlecht", "vorname", "nachname", "geburtsdatum", "email", "telefon", "strasse", "plz",
            "ort", "krankenkasse", "symptome", "erfahrung_mit_psychotherapie", "offen_fuer_gruppentherapie",
            "bevorzugtes_therapieverfahren", "bevorzugtes_therapeutengeschlecht", "zeitliche_verfuegbarkeit",
@@ -137,10 +138,13 @@ def main() -> int:
               f"raw upsert {median['raw']:.3f} s")
         passed = True
         for name, target in TARGETS.items():
-            ratio = median[name] / median["raw"]
+            # Each round's timings share its moment of the machine: the ratio per round, then the median.
+            ratios = [ours / raw for ours, raw in zip(times[name], times["raw"], strict=True)]
+            ratio = statistics.median(ratios)
             verdict = "PASS" if ratio <= target else "FAIL"
             passed &= verdict == "PASS"
-            print(f"{name}/raw = {ratio:.1f}x   (target <= {target:.0f}x)   {verdict}")
+            print(f"{name}/raw = {ratio:.1f}x (median of the rounds' ratios, {min(ratios):.1f}–{max(ratios):.1f}x)   "
+                  f"(target <= {target:.0f}x)   {verdict}")
         return 0 if passed else 1
     finally:
         raw.close()

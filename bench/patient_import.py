@@ -7,7 +7,7 @@ importer (`ImportsExtension.run_pass`: list, claim, download, backup copy, valid
 commit, generation-checked delete) draining them into a real embedded PostgreSQL. In the same
 run it times the bare google-cloud-storage client listing, downloading and deleting 1,000 such
 objects. Three rounds; prints each, then the medians, their ratio and files per second.
-Target (issue 4): within 2× the bare client.
+Target (issue 14): within 1.5× the bare client (issue 4 asked for 2×). Events are recorded.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 WORK = ROOT / "var" / "bench-patient-import"
 TOKEN = "bench-token-0123456789abcdef"
 BUCKET = "registrations"
+TARGET = 1.5  # at most this many times the bare client
 
 
 def registration(i: int) -> tuple[str, bytes]:
@@ -149,8 +150,8 @@ def run(count: int, rounds: int) -> None:
     print(f"{count} registration files per round in gcp-storage-emulator on loopback; medians of {rounds} rounds")
     print(f"bare client (list, download, delete): {bare:6.2f} s  {count / bare:6.1f} files/s")
     print(f"importer (run_pass):                  {ours:6.2f} s  {count / ours:6.1f} files/s")
-    print(f"ratio {ratio:.2f} (per-round {min(ratios):.2f}–{max(ratios):.2f}; target ≤ 2.0) "
-          f"{'PASS' if ratio <= 2.0 else 'FAIL'}")
+    print(f"ratio {ratio:.2f} (per-round {min(ratios):.2f}–{max(ratios):.2f}; target ≤ {TARGET}) "
+          f"{'PASS' if ratio <= TARGET else 'FAIL'}")
 
 if __name__ == "__main__":
     main()
