@@ -68,7 +68,7 @@ def add_versions(model: Any, rows: list[dict[str, Any]]) -> None:
     if any(row["source"] not in SOURCES for row in rows):
         raise ValueError("unknown source")
     copy_rows(model.__table__, VERSION_COLUMNS, ([row[column] for column in VERSION_COLUMNS] for row in rows))
-    outbox.record_versions(model, rows, written=True)
+    outbox.record_versions(model, rows)
 
 
 def history(model: type[VersionRowMixin], record_id: RecordId) -> list[Any]:

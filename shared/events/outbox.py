@@ -13,7 +13,7 @@ from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Table, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.bulk import JsonText, copy_rows
-from shared.events.cloudevents import SPECVERSION, cloud_event, event_type
+from shared.events.cloudevents import cloud_event
 from shared.extensions import db
 
 AGGREGATES = ("patient", "therapist", "appointment", "participant")
@@ -111,21 +111,17 @@ RECORDING = True
 _EVENT_COLUMNS = ("event_id", "aggregate", "record_id", "sequence", "type", "document")
 
 
-def record_versions(version_model: Any, rows: list[dict[str, Any]], *, written: bool = False) -> None:
+def record_versions(version_model: Any, rows: list[dict[str, Any]]) -> None:
     """Record one event per version row (keys as `VersionRowMixin`: record_id, version,
     changed_at, source, actor, data, deleted), in the current transaction.
 
-    `shared.versioning` calls this for every version it writes; nothing else needs to. `written`:
-    the rows are in the database already (a bulk write), so PostgreSQL builds representation events.
+    `shared.versioning` calls this for every version it writes; nothing else needs to.
     """
     if not RECORDING:
         return
     table = version_model.__table__
     models = _BY_SCHEMA[table.schema]
     aggregate = aggregate_of(table.name)
-    if written and aggregate not in PERSONS:
-        _record_from_written_versions(version_model, models, aggregate, rows)
-        return
     events = []
     for row in rows:
         kind = "deleted" if row["deleted"] else "created" if row["version"] == 1 else "updated"
@@ -143,35 +139,6 @@ def record_versions(version_model: Any, rows: list[dict[str, Any]], *, written: 
     elif events:
         copy_rows(models.outbox_table, _EVENT_COLUMNS, ([event[column] for column in _EVENT_COLUMNS]
                                                             for event in events))
-
-
-def _record_from_written_versions(version_model: Any, models: EventModels, aggregate: str,
-                                  rows: list[dict[str, Any]]) -> None:
-    """The CloudEvents `_outbox_row` would build, built by PostgreSQL from the version rows just
-    written (keys in jsonb's order): a bulk import's representations are neither serialised nor
-    sent a second time, which keeps the outbox's cost on the 45,000-therapist import small."""
-    versions, outbox = version_model.__table__, models.outbox_table
-    id_type = versions.c.record_id.type.compile(dialect=db.session.get_bind().dialect)
-    db.session.execute(text(f"""
-        INSERT INTO {outbox.fullname} (event_id, aggregate, record_id, sequence, type, document)
-        SELECT event_id, :aggregate, subject, version, type,
-               jsonb_build_object('specversion', :specversion, 'id', event_id, 'source', :source, 'type', type,
-                                  'subject', subject, 'time', time, 'datacontenttype', 'application/json',
-                                  'sequence', version, 'origin', source, 'actor', actor, 'data', data)::text
-        FROM (SELECT gen_random_uuid()::text AS event_id, v.record_id::text AS subject, v.version, v.source,
-                     v.actor, v.data, w.time, w.position,
-                     :type_prefix || CASE WHEN v.deleted THEN 'deleted' WHEN v.version = 1 THEN 'created'
-                                          ELSE 'updated' END AS type
-              FROM unnest(CAST(:record_ids AS {id_type}[]), CAST(:versions AS integer[]), CAST(:times AS text[]))
-                   WITH ORDINALITY AS w(record_id, version, time, position)
-              JOIN {versions.fullname} v ON v.record_id = w.record_id AND v.version = w.version) AS written
-        ORDER BY position"""), {
-        "aggregate": aggregate, "specversion": SPECVERSION, "source": f"/{models.service}",
-        "type_prefix": event_type(aggregate, ""),
-        "record_ids": [row["record_id"] if isinstance(row["record_id"], int) else str(row["record_id"])
-                       for row in rows],
-        "versions": [row["version"] for row in rows],
-        "times": [row["changed_at"].isoformat() for row in rows]})
 
 
 def record_erasure(service: str, aggregate: str, record_id: Any, *, version: int, actor: str,
