@@ -10,7 +10,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.extensions import Model
 from shared.batch import IdempotencyKeyMixin
-from shared.events import declare_event_tables
+from shared.events import register_event_tables
+from shared.events.outbox import OutboxEventMixin, RelayStateMixin
 from shared.imports.models import AlertMixin, ImporterStateMixin, ImportModels, ImportRecordMixin
 from shared.versioning import VersionedRecordMixin, VersionRowMixin
 
@@ -114,8 +115,15 @@ class IdempotencyKey(IdempotencyKeyMixin, Model):
     __table_args__ = IdempotencyKeyMixin.table_args(SCHEMA)
 
 
-EVENT_MODELS = declare_event_tables(SCHEMA, __name__)
-OutboxEvent, EventRelayState = EVENT_MODELS.outbox, EVENT_MODELS.state
+class OutboxEvent(OutboxEventMixin, Model):
+    __table_args__ = OutboxEventMixin.table_args(SCHEMA)
+
+
+class EventRelayState(RelayStateMixin, Model):
+    __table_args__ = RelayStateMixin.table_args(SCHEMA)
+
+
+EVENT_MODELS = register_event_tables(SCHEMA, outbox=OutboxEvent, state=EventRelayState)
 
 
 # ---- data protection (SPEC §10): hold ids, actors, times and counts only, never personal data ----

@@ -25,6 +25,13 @@ class OutboxEventMixin:
     """One event waiting for (or done with) the relay. `id` orders events as they were recorded;
     the relay marks rows published instead of remembering the last id (ids commit out of order)."""
 
+    __tablename__ = "event_outbox"
+
+    @staticmethod
+    def table_args(schema: str) -> tuple[Any, ...]:
+        return (Index("ix_event_outbox_pending", "id", postgresql_where=text("published_at IS NULL")),
+                Index("ix_event_outbox_published_at", "published_at"), {"schema": schema})
+
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(36), nullable=False)
     aggregate: Mapped[str] = mapped_column(String(20), nullable=False)
@@ -41,6 +48,12 @@ class OutboxEventMixin:
 
 class RelayStateMixin:
     """One row per service: what every worker's `/ready` shows about the relay."""
+
+    __tablename__ = "event_relay_state"
+
+    @staticmethod
+    def table_args(schema: str) -> tuple[Any, ...]:
+        return ({"schema": schema},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     holder: Mapped[str | None] = mapped_column(Text)
@@ -64,20 +77,11 @@ class EventModels:
 _BY_SCHEMA: dict[str, EventModels] = {}
 
 
-def declare_event_tables(schema: str, module: str) -> EventModels:
-    """The `event_outbox` and `event_relay_state` tables of one service (its schema is its name)."""
-
-    def model(name: str, mixin: type, table: str, *indexes: Index) -> type:
-        return type(name, (mixin, db.Model), {"__tablename__": table, "__module__": module,
-                                              "__table_args__": (*indexes, {"schema": schema})})
-
-    models = EventModels(
-        service=schema,
-        outbox=model("OutboxEvent", OutboxEventMixin, "event_outbox",
-                     Index("ix_event_outbox_pending", "id", postgresql_where=text("published_at IS NULL")),
-                     Index("ix_event_outbox_published_at", "published_at")),
-        state=model("EventRelayState", RelayStateMixin, "event_relay_state"))
-    _BY_SCHEMA[schema] = models
+def register_event_tables(service: str, outbox: type[OutboxEventMixin], state: type[RelayStateMixin]) -> EventModels:
+    """Make a service's `event_outbox` and `event_relay_state` classes known to the recording hook
+    and the relay (a service's schema is its name)."""
+    models = EventModels(service=service, outbox=outbox, state=state)
+    _BY_SCHEMA[service] = models
     return models
 
 
