@@ -14,6 +14,7 @@ from typing import Any, Callable
 import pytest
 from sqlalchemy import create_engine, text
 
+from shared.background import stop_background
 from shared.devdb import drop_database, ensure_database, start_embedded
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,10 +102,7 @@ def make_app(migrated) -> Callable[..., Any]:
 
     yield factory
     for app in apps:
-        for name in ("importer_stop", "relay_stop"):
-            stop = app.extensions.get(name)
-            if stop:
-                stop()
+        stop_background(app)
         with app.app_context():
             from shared.extensions import db
 

@@ -12,7 +12,6 @@ events (without a broker: all events) older than `EVENTS_RETENTION_HOURS` are de
 """
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import socket
@@ -176,7 +175,6 @@ class EventRelay:
         self.next_attempt_at = 0.0
         self.last_heartbeat = 0.0
         self.last_retention = 0.0
-        self._fork_hook_installed = False
 
     @property
     def configured(self) -> bool:
@@ -196,11 +194,6 @@ class EventRelay:
         self.stopping.clear()
         self.thread = threading.Thread(target=self._loop, name=f"event-relay-{self.service}", daemon=True)
         self.thread.start()
-        if not self._fork_hook_installed:
-            os.register_at_fork(after_in_child=self._restart_in_child)  # threads do not survive a fork
-            atexit.register(self.stop)
-            self._fork_hook_installed = True
-        self.app.extensions["relay_stop"] = self.stop
 
     def stop(self) -> None:
         """Stop after the current batch and release the lock, so a standby takes over at once."""
@@ -212,15 +205,6 @@ class EventRelay:
             self.publisher.close()
         self.lock.release()
         metrics.observe_relay(self.service, leader=False)
-
-    def _restart_in_child(self) -> None:
-        if self.thread is None:
-            return
-        self.lock.forget_after_fork()
-        if self.publisher is not None:
-            self.publisher._producer = None  # the parent's; its threads did not come along
-        self.thread = None
-        self.start()
 
     # ---- the loop ------------------------------------------------------------------------------
 

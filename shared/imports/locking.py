@@ -69,12 +69,6 @@ class ImporterLock:
                     log.warning("importer lock: unlock failed (%s)", describe_exception(error))
             self._close()
 
-    def forget_after_fork(self) -> None:
-        """In a forked child: drop the parent's connection without touching its socket."""
-        self._connection = None
-        self.held = False
-        self._mutex = threading.Lock()
-
     def _connect(self) -> Any:
         if self._connection is None or self._connection.closed:
             pooled = self.engine.raw_connection()
