@@ -1,0 +1,40 @@
+"""A bulk write's events are serialised from one envelope per kind (`outbox._Envelope`): each must be
+byte for byte what `json.dumps` makes of `cloud_event`, and survive COPY's text format intact."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from sqlalchemy import text
+
+from shared.bulk import JsonText, copy_lines
+from shared.events import outbox
+from shared.events.cloudevents import cloud_event
+from shared.extensions import db
+
+AWKWARD = 'quote " backslash \\ tab \t newline \n return \r ß € 🙂'
+TIME = datetime(2026, 11, 29, 23, 5, 7, 123456, tzinfo=timezone.utc)
+
+
+def test_an_envelope_event_is_what_json_dumps_makes_of_the_cloud_event():
+    envelope = outbox._Envelope("therapist_service", "therapist", "updated", origin="import", actor=AWKWARD, time=TIME)
+    data = {"id": 7, "name": AWKWARD, "nested": {"list": [1, None, True]}, "when": TIME}
+    for given in (data, JsonText(json.dumps(data, ensure_ascii=False, default=str))):
+        event = envelope.event(AWKWARD, 3, given)
+        expected = cloud_event(event_id=event.event_id, service="therapist_service", aggregate="therapist",
+                               kind="updated", subject=AWKWARD, sequence=3, origin="import", actor=AWKWARD,
+                               time=TIME, data=data)
+        assert event.document == json.dumps(expected, ensure_ascii=False, default=str)
+        assert (event.type, event.record_id, event.sequence) == ("de.curavani.therapist.updated", AWKWARD, 3)
+
+
+def test_events_copied_in_bulk_read_back_as_they_were_serialised(therapist_app):
+    envelope = outbox._Envelope("therapist_service", "therapist", "created", origin="import", actor=AWKWARD, time=TIME)
+    events = [envelope.event(f"{AWKWARD} {number}", 1, {"note": AWKWARD * number}) for number in range(3)]
+    with therapist_app.app_context():
+        table = outbox.event_models("therapist_service").outbox_table
+        copy_lines(table, outbox._EVENT_COLUMNS, (event.copy_line() for event in events))
+        stored = db.session.execute(text(f"SELECT event_id, record_id, document FROM {table.fullname} ORDER BY id")).all()
+        db.session.rollback()
+    assert [tuple(row) for row in stored] == [(e.event_id, e.record_id, e.document) for e in events]
+    assert json.loads(stored[2].document)["data"] == {"note": AWKWARD * 2}
