@@ -82,6 +82,7 @@ def child(folder: str, database_url: str) -> None:
         summary = app.extensions["imports"].run_pass()
         elapsed = time.perf_counter() - started
     print(json.dumps({"seconds": elapsed, "peak_mb": peak_mb(os.getpid()), "workers_peak_mb": workers_peak_mb(),
+                      "cpu_seconds": cpu_seconds(os.getpid()), "workers_cpu_seconds": workers_cpu_seconds(),
                       "summary": str(summary)}))
 
 
@@ -97,6 +98,19 @@ def workers_peak_mb() -> list[float]:
     from shared.imports import pool
 
     return [peak_mb(pid) for pid in list(pool._pool._processes)] if pool._pool is not None else []
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user and system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def workers_cpu_seconds() -> float:
+    """The CPU time of the worker processes that validated, together."""
+    from shared.imports import pool
+
+    return sum(cpu_seconds(pid) for pid in list(pool._pool._processes)) if pool._pool is not None else 0.0
 
 
 def run_child(folder: Path, database_url: str) -> dict:
@@ -202,7 +216,8 @@ def main() -> None:
             ratios[kind].append(result["seconds"] / base)
             workers = ", ".join(f"{mb:.0f}" for mb in result["workers_peak_mb"]) or "none"
             print(f"  {labels[kind]:<30} {result['seconds']:7.2f} s  baseline {base:6.2f} s  "
-                  f"ratio {ratios[kind][-1]:5.2f}  peak {result['peak_mb']:.0f} MB (workers {workers} MB)  "
+                  f"ratio {ratios[kind][-1]:5.2f}  cpu {result['cpu_seconds']:.1f} s + workers "
+                  f"{result['workers_cpu_seconds']:.1f} s  peak {result['peak_mb']:.0f} MB (workers {workers} MB)  "
                   f"[{result['summary']}]")
 
     print(f"medians of {args.rounds} rounds ({n} therapists, events on):")

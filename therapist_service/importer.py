@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Collection, Iterable, Iterator
 
+import msgspec
 from marshmallow import ValidationError
 
 from shared.config import Settings
@@ -55,13 +56,59 @@ def _check_shape(document: Any) -> tuple[dict[str, Any], list[Any]]:
         if not isinstance(item, dict):
             raise InputError("wrong-shape", f"therapist {index} is a {type(item).__name__}, not an object",
                              pointer=f"/therapists/{index}", index=index)
-    ids = Counter(item["id"] for item in items if isinstance(item.get("id"), str))
+    return metadata, items
+
+
+class _Head(msgspec.Struct):
+    """What is read of an entry before it is validated: which one it is, what happened to it, and
+    what its practice identity is made of (§7.2.6). The rest of the entry stays bytes until a worker
+    loads it."""
+
+    id: Any = None
+    status: Any = None
+    basic_info: Any = None
+    location: Any = None
+
+    def identity(self) -> str | None:
+        """The practice identity the entry will have once loaded, read from it as scraped (loading
+        only trims strings, and folding trims them too); None when it has none or is malformed."""
+        if not all(isinstance(group or {}, dict) for group in (self.basic_info, self.location)):
+            return None
+        return services.practice_identity({"basic_info": self.basic_info, "location": self.location})
+
+
+@dataclass
+class _Scrape:
+    """A scrape file read for import: its metadata, and each entry as its JSON bytes and its head.
+    The entries' bytes are slices of the file's (msgspec.Raw): a 45,000-therapist file is not held
+    a second time as 150 MB of dicts; each entry is loaded where it is validated."""
+
+    metadata: dict[str, Any]
+    entries: list[msgspec.Raw]
+    heads: list[_Head]
+
+
+def _read_scrape(payload: bytes) -> _Scrape:
+    """The file's whole-file problems (not UTF-8, not JSON, the wrong shape, an entry that is not an
+    object, the same id twice) raised as `InputError`, as `_check_shape(decode(payload))` names them."""
+    try:
+        top = msgspec.json.decode(payload, type=dict[str, msgspec.Raw])
+        entries = msgspec.json.decode(top["therapists"], type=list[msgspec.Raw])
+        metadata = msgspec.json.decode(top["metadata"], type=dict) if "metadata" in top else {}
+        heads = [msgspec.json.decode(entry, type=_Head) for entry in entries]
+    except (msgspec.DecodeError, KeyError, RecursionError):
+        # Not a scrape as it should be, or text msgspec refuses (a byte-order mark): read whole, the
+        # way that names what is wrong; what passes is imported all the same.
+        metadata, items = _check_shape(decode(payload))
+        entries = [msgspec.Raw(json.dumps(item).encode()) for item in items]  # ASCII: any string survives
+        heads = [msgspec.convert(item, _Head) for item in items]
+    ids = Counter(head.id for head in heads if isinstance(head.id, str))
     repeated = sorted(i for i, n in ids.items() if n > 1)
     if repeated:
         raise InputError("duplicate-ids", f"{len(repeated)} id(s) appear more than once: "
                                           + ", ".join(repeated[:10]) + ("…" if len(repeated) > 10 else ""),
                          pointer="/therapists")
-    return metadata, items
+    return _Scrape(metadata, entries, heads)
 
 
 def _pointer(index: int, within: str = "/") -> str:
@@ -77,22 +124,31 @@ def _load(item: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 @dataclass
 class _Ahead:
-    """A file read ahead (`TherapistFileHandler.prefetch`): its entries, and their validation."""
+    """A file read ahead (`TherapistFileHandler.prefetch`): the scrape, and its validation."""
 
     payload: bytes
-    metadata: dict[str, Any]
-    items: list[Any]
+    scrape: _Scrape
     validated: Future
 
-    def read(self) -> tuple[dict[str, Any], list[Any]]:
-        return self.metadata, self.items
+
+class _Unreadable(Exception):
+    """Entry `args[0]` is JSON msgspec read past but cannot decode (a string that is not UTF-8, a
+    number beyond a float): `_import` has the whole file decoded to name the problem and its offset."""
 
 
-def validate_entries(entries: list[tuple[int, dict[str, Any]]]) -> list[Validated]:
-    """Fingerprint and load each `(index, scraped entry)`, and prepare what a create writes
+def _entry(index: int, entry: msgspec.Raw) -> dict[str, Any]:
+    try:
+        return decode(entry)
+    except InputError:
+        raise _Unreadable(index) from None
+
+
+def validate_entries(entries: list[tuple[int, msgspec.Raw]]) -> list[Validated]:
+    """Read, fingerprint and load each `(index, entry's JSON)`, and prepare what a create writes
     (`PreparedTherapist`): in a worker process for a large file."""
     results: list[Validated] = []
-    for index, item in entries:
+    for index, entry in entries:
+        item = _entry(index, entry)
         ref = item.get("id") if isinstance(item.get("id"), str) else None
         entry_print = fingerprint(item)
         try:
@@ -104,15 +160,7 @@ def validate_entries(entries: list[tuple[int, dict[str, Any]]]) -> list[Validate
     return results
 
 
-def _raw_identity(item: dict[str, Any]) -> str | None:
-    """The practice identity an entry will have once loaded, read from the entry as scraped (loading
-    only trims strings, and folding trims them too); None when it has none or is malformed."""
-    if not all(isinstance(item.get(group) or {}, dict) for group in ("basic_info", "location")):
-        return None
-    return services.practice_identity(item)
-
-
-def _taken_in_chunks(entries: list[tuple[int, dict[str, Any]]], size: int) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+def _taken_in_chunks(entries: list[tuple[int, msgspec.Raw]], size: int) -> Iterator[list[tuple[int, msgspec.Raw]]]:
     """`entries` in chunks of `size`, each taken out of the list as it is handed on (so it can be
     freed once sent to a worker, rather than when the whole file is done)."""
     entries.reverse()
@@ -145,17 +193,23 @@ class TherapistFileHandler:
         if len(payload) > PREFETCH_MAX_BYTES:
             return
         try:
-            metadata, items = _check_shape(decode(payload))
+            scrape = _read_scrape(payload)
         except InputError:
             return
-        self._ahead[id(payload)] = _Ahead(payload, metadata, items,
-                                          pool.submit(validate_entries, list(enumerate(items)), preload=_PRELOAD))
+        self._ahead[id(payload)] = _Ahead(payload, scrape, pool.submit(
+            validate_entries, list(enumerate(scrape.entries)), preload=_PRELOAD))
 
     def apply(self, payload: bytes, file: SourceFile, *, import_id: int) -> Outcome:
         ahead = self._ahead.pop(id(payload), None)  # it holds these bytes: no other object has their id
         actor = f"import:{import_id}"
-        return bulk_first(lambda: self._import(payload, actor, bulk=True, ahead=ahead),
-                          lambda: self._import(payload, actor, bulk=False))
+        try:
+            return bulk_first(lambda: self._import(payload, actor, bulk=True, ahead=ahead),
+                              lambda: self._import(payload, actor, bulk=False))
+        except _Unreadable as unreadable:  # the runner rolls back what was written
+            index = unreadable.args[0]
+            _check_shape(decode(payload))  # raises the InputError that names the problem, at its offset in the file
+            raise InputError("not-json", f"therapist {index} cannot be read as JSON", pointer=_pointer(index),
+                             index=index) from None
 
     def _import(self, payload: bytes, actor: str, *, bulk: bool, ahead: _Ahead | None = None) -> Outcome:
         """Read the file, skip the entries imported unchanged last time (by fingerprint), validate
@@ -165,32 +219,32 @@ class TherapistFileHandler:
         and each chunk is written as soon as it is back, while the next ones are validated — unless
         an entry under an unknown id may be a stored therapist under a new id (§7.2.6): which one
         it is depends on the whole file, so then the whole file is validated before anything is
-        written. Raw entries are let go of as they are handed to validation, and loaded ones once
-        written: the file is never held three times over."""
+        written. Entries are slices of the file's bytes until a worker loads them (`_Scrape`), and
+        loaded ones are let go of once written."""
         if ahead is None and len(payload) > PREFETCH_MAX_BYTES:
             pool.start(_PRELOAD)  # the workers start while the file is read
-        metadata, items = _check_shape(decode(payload)) if ahead is None else ahead.read()
+        scrape = _read_scrape(payload) if ahead is None else ahead.scrape
         outcome = Outcome()
-        declared = metadata.get("total_therapists")
-        if declared is not None and declared != len(items):
+        declared = scrape.metadata.get("total_therapists")
+        if declared is not None and declared != len(scrape.entries):
             outcome.warnings.append(item_error(
-                "count-mismatch", f"metadata.total_therapists says {declared}, the file has {len(items)}",
+                "count-mismatch", f"metadata.total_therapists says {declared}, the file has {len(scrape.entries)}",
                 pointer="/metadata/total_therapists"))
 
-        stored = services.import_fingerprints(item["id"] for item in items if isinstance(item.get("id"), str))
-        statuses = {item["id"]: item.get("status") for item in items if isinstance(item.get("id"), str)}
-        entries: list[tuple[int, dict[str, Any]]] = []
+        stored = services.import_fingerprints(head.id for head in scrape.heads if isinstance(head.id, str))
+        statuses = {head.id: head.status for head in scrape.heads if isinstance(head.id, str)}
+        entries: list[tuple[int, msgspec.Raw]] = []
         unknown_identities: set[str] = set()
-        for index, item in enumerate(items):
-            ref = item.get("id") if isinstance(item.get("id"), str) else None
+        for index, (entry, head) in enumerate(zip(scrape.entries, scrape.heads, strict=True)):
+            ref = head.id if isinstance(head.id, str) else None
             if ref in stored:
-                if _unchanged_by_fingerprint(item.get("status"), fingerprint(item), *stored[ref]):
+                if _unchanged_by_fingerprint(head.status, fingerprint(_entry(index, entry)), *stored[ref]):
                     outcome.count(services.UNCHANGED)  # the very entry imported last time: nothing to load
                     continue
-            elif item.get("status") != "deleted" and (identity := _raw_identity(item)) is not None:
+            elif head.status != "deleted" and (identity := head.identity()) is not None:
                 unknown_identities.add(identity)
-            entries.append((index, item))
-        del items
+            entries.append((index, entry))
+        del scrape
         invalid: list[dict[str, Any]] = []  # validation errors come first in the record, as they always did
         chunks = self._validated(entries, outcome, invalid, ahead)
         if bulk and not services.identities_in_use(unknown_identities):
@@ -202,7 +256,7 @@ class TherapistFileHandler:
         return outcome
 
     @staticmethod
-    def _validated(entries: list[tuple[int, dict[str, Any]]], outcome: Outcome, invalid: list[dict[str, Any]],
+    def _validated(entries: list[tuple[int, msgspec.Raw]], outcome: Outcome, invalid: list[dict[str, Any]],
                    ahead: _Ahead | None = None) -> Iterator[list[tuple[int, str, dict[str, Any], str]]]:
         """The valid entries as `(index, status, loaded data, fingerprint)`, a chunk at a time; the
         invalid ones counted failed and their errors added to `invalid`, with pointers into the file.

@@ -6,15 +6,29 @@ import json
 import math
 from typing import Any
 
+import msgspec
+
 from shared.imports.types import InputError
 
 
-def decode(payload: bytes) -> Any:
-    """Bytes → JSON value, or an `InputError` that says exactly what is wrong."""
+def decode(payload: bytes | msgspec.Raw) -> Any:
+    """Bytes → JSON value, or an `InputError` that says exactly what is wrong.
+
+    msgspec reads the bytes as they are, into the values `json.loads` would give (integers of any
+    size too), with no decoded text and no document tree beside them: for the 37 MB scrape file of
+    45,000 therapists, `json.loads` holds a 74 MB text at its peak and orjson an 81 MB tree; this
+    holds nothing (bench/therapist_import.py). It refuses what we refuse (invalid UTF-8, NaN and
+    infinities, lone surrogates) and a byte-order mark; what it refuses is read again by `json`
+    below, which accepts the mark and says what is wrong."""
     try:
-        text = payload.decode("utf-8-sig")  # a byte-order mark is fine
+        return msgspec.json.decode(payload)
+    except (msgspec.DecodeError, RecursionError):
+        pass
+    data = bytes(payload)  # a copy of a Raw entry's slice; bytes stay as they are
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark is fine
     except UnicodeDecodeError as error:
-        if error.end == len(payload) and error.reason == "unexpected end of data":
+        if error.end == len(data) and error.reason == "unexpected end of data":
             raise InputError("truncated", f"the file ends inside a character (offset {error.start}): "
                                           "the file looks truncated") from None
         raise InputError("not-utf8", f"the file is not UTF-8: invalid byte at offset {error.start}") from None

@@ -3,6 +3,7 @@ byte for byte what `json.dumps` makes of `cloud_event`, and survive COPY's text 
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime, timezone
 
 from sqlalchemy import text
@@ -20,7 +21,7 @@ def test_an_envelope_event_is_what_json_dumps_makes_of_the_cloud_event():
     envelope = outbox._Envelope("therapist_service", "therapist", "updated", origin="import", actor=AWKWARD, time=TIME)
     data = {"id": 7, "name": AWKWARD, "nested": {"list": [1, None, True]}, "when": TIME}
     for given in (data, JsonText(json.dumps(data, ensure_ascii=False, default=str))):
-        event = envelope.event(AWKWARD, 3, given)
+        event = envelope.event("e1b3c7a4-0c1d-4d2e-9f00-123456789abc", AWKWARD, 3, given)
         expected = cloud_event(event_id=event.event_id, service="therapist_service", aggregate="therapist",
                                kind="updated", subject=AWKWARD, sequence=3, origin="import", actor=AWKWARD,
                                time=TIME, data=data)
@@ -30,7 +31,8 @@ def test_an_envelope_event_is_what_json_dumps_makes_of_the_cloud_event():
 
 def test_events_copied_in_bulk_read_back_as_they_were_serialised(therapist_app):
     envelope = outbox._Envelope("therapist_service", "therapist", "created", origin="import", actor=AWKWARD, time=TIME)
-    events = [envelope.event(f"{AWKWARD} {number}", 1, {"note": AWKWARD * number}) for number in range(3)]
+    events = [envelope.event(event_id, f"{AWKWARD} {number}", 1, {"note": AWKWARD * number})
+              for number, event_id in enumerate(outbox.event_ids(3))]
     with therapist_app.app_context():
         table = outbox.event_models("therapist_service").outbox_table
         copy_lines(table, outbox._EVENT_COLUMNS, (event.copy_line() for event in events))
@@ -38,3 +40,12 @@ def test_events_copied_in_bulk_read_back_as_they_were_serialised(therapist_app):
         db.session.rollback()
     assert [tuple(row) for row in stored] == [(e.event_id, e.record_id, e.document) for e in events]
     assert json.loads(stored[2].document)["data"] == {"note": AWKWARD * 2}
+
+
+def test_event_ids_are_distinct_random_uuids_in_their_canonical_text():
+    ids = outbox.event_ids(2000)
+    assert len(set(ids)) == 2000
+    for event_id in ids:
+        parsed = uuid.UUID(event_id)
+        assert (str(parsed), parsed.version, parsed.variant) == (event_id, 4, uuid.RFC_4122)
+    assert outbox.event_ids(0) == []

@@ -19,6 +19,14 @@ def _latin1() -> bytes:
     return encode(sample_document()).decode("utf-8").encode("latin-1", errors="replace")
 
 
+def _with_last_entry_license(raw: bytes) -> bytes:
+    """The sample with `raw` (bytes as they are) for the last therapist's license: deep inside an
+    entry, where the importer reads it only when it loads the entry."""
+    document = sample_document()
+    document["therapists"][-1]["professional_info"]["license"] = "LICENSE-HERE"
+    return encode(document).replace(b'"LICENSE-HERE"', raw)
+
+
 def _top_level_list() -> bytes:
     return encode(sample_document()["therapists"])
 
@@ -52,6 +60,10 @@ BAD_FILES = {
     "truncated-inside-a-character": ("52074.json",
                                      lambda: _sample_bytes()[:_sample_bytes().index("Ayşe".encode()) + 3],
                                      "truncated", ["truncated"], {}),
+    "not-utf8-inside-an-entry": ("52074.json", lambda: _with_last_entry_license(b'"Psycho\xfftherapeut"'),
+                                 "not-utf8", ["not UTF-8", "offset"], {}),
+    "infinite-number-inside-an-entry": ("52074.json", lambda: _with_last_entry_license(b"1e999"), "not-json",
+                                        ["infinite"], {}),
     "top-level-list": ("52074.json", _top_level_list, "wrong-shape", ['"therapists" list'], {}),
     "no-therapists-list": ("52074.json", _without_therapists, "wrong-shape", ['"therapists" list'], {}),
     "too-large": ("52074.json", _sample_bytes, "too-large", ["bytes", "IMPORT_MAX_FILE_BYTES"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from .support import drop, history, imports_of, scrape, the_therapist, therapist, wait_for_import
+from .support import drop, encode, history, imports_of, scrape, the_therapist, therapist, wait_for_import
 from .test_therapist_id_change import WEEK_2, counts, practice
 
 
@@ -118,3 +118,23 @@ def test_a_pass_of_several_files_validates_each_next_file_while_the_one_before_i
                                                                  ("52076.json", "1")]
     assert [(e["index"], e["pointer"]) for e in records[1][2]] == [(1, "/therapists/1/location/postcode")]
     assert stored == ["praxis11", "praxis12", "praxis21", "praxis22", "praxis31"]
+
+
+def test_an_entry_a_worker_cannot_read_fails_the_whole_file_with_its_offset_and_writes_nothing(
+        inbox, client, pooled, admin_engine):
+    unreadable = therapist("praxis4")
+    unreadable["professional_info"]["license"] = "LICENSE-HERE"
+    payload = encode(scrape(therapist("praxis1"), therapist("praxis2"), therapist("praxis3"), unreadable))
+    payload = payload.replace(b'"LICENSE-HERE"', b'"Psycho\xfftherapeut"')
+    offset = payload.index(b"\xff")
+    drop(inbox, "52074.json", payload)
+
+    record = wait_for_import(client, "52074.json")
+
+    assert record["status"] == "failed"
+    [error] = record["errors"]
+    assert error["kind"] == "not-utf8"
+    assert f"offset {offset}" in error["detail"]
+    with admin_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM therapist_service.therapists")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM therapist_service.event_outbox")).scalar() == 0
