@@ -5,17 +5,16 @@ PostgreSQL cannot store (NUL characters, unpaired surrogates): a 422 naming the 
 """
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
+import msgspec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
 
 WEEKDAYS = ("montag", "dienstag", "mittwoch", "donnerstag", "freitag", "samstag", "sonntag")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-_UNSTORABLE_JSON = re.compile(r"\\u0000|[\ud800-\udfff]")  # the same, as json.dumps writes it
 # An OpenAPI extension naming a rule JSON Schema cannot say (also written into the description);
 # the contract test accepts a 422 only for properties that carry it.
 SERVER_RULE = "x-server-rule"
@@ -56,11 +55,14 @@ class StrictSchema(Schema):
         if self.strings_checked_by_parent:
             return data  # a `Nested` group: the outer schema looked at every string in it already
         # Fast path: one C-level serialisation and search; the walk only runs to name the field.
-        # Only for plain JSON: json.dumps writes webargs' query-string view through str(), where a
-        # NUL is spelled \x00 and would slip past the search.
-        if isinstance(data, (dict, list)) and not _UNSTORABLE_JSON.search(
-                json.dumps(data, ensure_ascii=False, default=str)):
-            return data
+        # msgspec writes a NUL as \u0000 and refuses an unpaired surrogate (UTF-8 cannot hold it)
+        # or a value that is not JSON. Only for plain JSON: webargs' query-string view is no dict.
+        if isinstance(data, (dict, list)):
+            try:
+                if b"\\u0000" not in msgspec.json.encode(data):
+                    return data
+            except (UnicodeEncodeError, TypeError):
+                pass
         found = _unstorable_strings(data)
         if found:
             raise ValidationError(found if isinstance(found, dict) else {"_schema": found})

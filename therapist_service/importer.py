@@ -385,9 +385,15 @@ class TherapistFileHandler:
 
 
 def fingerprint(item: dict[str, Any]) -> str:
-    """The entry's content as scraped, `status` and `last_modified` left out, hashed."""
+    """The entry's content as scraped, `status` and `last_modified` left out, hashed: its JSON with
+    sorted keys, as msgspec writes it (json.dumps, 5 µs a therapist more, where msgspec cannot: an
+    unpaired surrogate)."""
     content = {key: value for key, value in item.items() if key not in ("status", "last_modified")}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+    try:
+        text = msgspec.json.encode(content, order="sorted")
+    except (UnicodeEncodeError, TypeError):
+        text = json.dumps(content, sort_keys=True, default=str).encode()
+    return hashlib.sha256(text).hexdigest()
 
 
 def _unchanged_by_fingerprint(status: Any, entry_print: str, stored_print: str | None, deleted: bool) -> bool:

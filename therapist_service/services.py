@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Collection, Iterable
 
+import msgspec
 from sqlalchemy import func, or_, select
 
 from shared import versioning
@@ -268,7 +269,8 @@ class PreparedTherapist(dict):
 
     def __init__(self, data: dict[str, Any]):
         super().__init__(data)
-        groups = {group: json.dumps(dict(data.get(group) or {}), ensure_ascii=False) for group in GROUPS}
+        # msgspec: loaded data is plain JSON (the schema refused what UTF-8 cannot hold), written compactly
+        groups = {group: msgspec.json.encode(data.get(group) or {}).decode() for group in GROUPS}
         last_modified = data["last_modified"].isoformat() if data.get("last_modified") is not None else None
         self.row_tail = "\t".join(copy_value(value) for value in (
             data.get("external_id"), last_modified, practice_identity(data), *groups.values(), "{}"))
