@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from flask import Flask, g, request, send_from_directory
-from flask.json.provider import DefaultJSONProvider
 from flask_cors import CORS
 from flask_migrate import Migrate
 
@@ -22,7 +21,7 @@ from shared.db import ENGINE_OPTIONS
 from shared.errors import register_error_handlers
 from shared.events import relay as events_relay
 from shared.extensions import db
-from shared.http import Api, require_json_body
+from shared.http import Api, JSONProvider, require_json_body
 from shared.imports import api as imports_api
 from shared.imports import service as imports
 from shared.imports.service import ImporterSpec
@@ -53,8 +52,7 @@ class ServiceDefinition:
 
 def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     app = Flask(service.name)
-    if isinstance(app.json, DefaultJSONProvider):
-        app.json.sort_keys = False  # fields in schema order, as documented
+    app.json = JSONProvider(app)
     app.extensions["settings"] = settings
     app.config.update(
         SERVICE_NAME=service.name,
