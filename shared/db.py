@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from functools import wraps
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Text, any_, bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 
 from shared.errors import Duplicate
@@ -74,6 +75,12 @@ def page_of(query: Any, *, order_by: Any, page: int, page_size: int) -> tuple[li
 def page_count(total: int, page_size: int) -> int:
     """How many pages `total` items fill: 0 for none."""
     return -(-total // page_size)
+
+
+def any_text(values: Iterable[str]) -> Any:
+    """`column == any_text(values)`: `column = ANY(%(values)s)`, the values sent as one array. An
+    IN list of many values costs SQLAlchemy a bound parameter each (45,000 ids: 0.1 s of Python)."""
+    return any_(bindparam(None, list(values), type_=ARRAY(Text)))
 
 
 def reserve_ids(sequence: str, count: int) -> list[int]:

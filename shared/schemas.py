@@ -74,8 +74,8 @@ class Nested(fields.Nested):
 
     @property
     def schema(self):
-        schema = super().schema
-        if isinstance(schema, StrictSchema):
+        schema = super().schema  # made once, then cached by marshmallow
+        if isinstance(schema, StrictSchema) and not schema.strings_checked_by_parent:
             schema.strings_checked_by_parent = True
         return schema
 

@@ -15,7 +15,7 @@ from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.bulk import copy_rows
+from shared.bulk import copy_lines, copy_value
 from shared.db import page_of
 from shared.errors import Gone, NotFound, PreconditionFailed
 from shared.events import outbox
@@ -67,7 +67,17 @@ def add_versions(model: Any, rows: list[dict[str, Any]]) -> None:
     `data` may be `shared.bulk.JsonText`, serialised already: it is written as it is."""
     if any(row["source"] not in SOURCES for row in rows):
         raise ValueError("unknown source")
-    copy_rows(model.__table__, VERSION_COLUMNS, ([row[column] for column in VERSION_COLUMNS] for row in rows))
+    shared: dict[tuple[datetime, str, str], str] = {}  # a bulk write's rows share time, source and actor
+
+    def line(row: dict[str, Any]) -> str:
+        key = (row["changed_at"], row["source"], row["actor"])
+        middle = shared.get(key)
+        if middle is None:
+            middle = shared[key] = "\t".join(copy_value(value) for value in key)
+        return (f'{copy_value(row["record_id"])}\t{row["version"]}\t{middle}\t{copy_value(row["data"])}\t'
+                f'{"t" if row["deleted"] else "f"}\n')
+
+    copy_lines(model.__table__, VERSION_COLUMNS, (line(row) for row in rows))
     outbox.record_versions(model, rows)
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import func, or_, select
 
 from shared import versioning
 from shared.bulk import JsonText, copy_lines, copy_value
-from shared.db import reserve_ids, unique_or_duplicate
+from shared.db import any_text, reserve_ids, unique_or_duplicate
 from shared.errors import StaleUpdate
 from shared.extensions import db
 from shared.schemas import now_utc
@@ -137,7 +137,7 @@ def identities_in_use(identities: Collection[str]) -> bool:
     """Whether any stored therapist (deleted ones too) has one of these practice identities."""
     if not identities:
         return False
-    return db.session.scalar(select(Therapist.id).where(Therapist.practice_identity.in_(list(identities)))
+    return db.session.scalar(select(Therapist.id).where(Therapist.practice_identity == any_text(identities))
                              .limit(1)) is not None
 
 
@@ -145,7 +145,7 @@ def import_fingerprints(external_ids: Iterable[str]) -> dict[str, tuple[str | No
     """`external_id → (import fingerprint, deleted?)` for the stored therapists among `external_ids`."""
     ids = list(external_ids)
     rows = db.session.execute(select(Therapist.external_id, Therapist.import_fingerprint,
-                                     Therapist.deleted_at.is_not(None)).where(Therapist.external_id.in_(ids)))
+                                     Therapist.deleted_at.is_not(None)).where(Therapist.external_id == any_text(ids)))
     return {external_id: (fingerprint, deleted) for external_id, fingerprint, deleted in rows
             if external_id is not None}
 
@@ -155,7 +155,7 @@ def find_by_external_ids(external_ids: Iterable[str]) -> dict[str, Therapist]:
     ids = list(external_ids)
     if not ids:
         return {}
-    rows = db.session.scalars(select(Therapist).where(Therapist.external_id.in_(ids)).with_for_update())
+    rows = db.session.scalars(select(Therapist).where(Therapist.external_id == any_text(ids)).with_for_update())
     return {t.external_id: t for t in rows if t.external_id is not None}
 
 
@@ -274,8 +274,8 @@ class PreparedTherapist(dict):
         last_modified = data["last_modified"].isoformat() if data.get("last_modified") is not None else None
         self.row_tail = "\t".join(copy_value(value) for value in (
             data.get("external_id"), last_modified, practice_identity(data), *groups.values(), "{}"))
-        self.json_head = (f'"external_id": {json.dumps(data.get("external_id"), ensure_ascii=False)}, '
-                          f'"previous_external_ids": [], "last_modified": {json.dumps(last_modified)}, '
+        self.json_head = (f'"external_id": {msgspec.json.encode(data.get("external_id")).decode()}, '
+                          f'"previous_external_ids": [], "last_modified": {msgspec.json.encode(last_modified).decode()}, '
                           f'"deleted_at": null')
         self.json_tail = "".join(f', "{group}": {text}' for group, text in groups.items()) + "}"
 

@@ -193,9 +193,10 @@ class _Envelope:
 
     def event(self, event_id: str, record_id: Any, version: int, data: dict[str, Any] | JsonText) -> _Event:
         subject = str(record_id)
+        quoted = f'"{subject}"' if type(record_id) is int else json.dumps(subject, ensure_ascii=False)
         head, after_id, after_subject, after_sequence, tail = self.parts
         serialised = data if isinstance(data, JsonText) else json.dumps(data, ensure_ascii=False, default=str)
-        document = (f'{head}"{event_id}"{after_id}{json.dumps(subject, ensure_ascii=False)}{after_subject}'
+        document = (f'{head}"{event_id}"{after_id}{quoted}{after_subject}'
                     f'{version}{after_sequence}{serialised}{tail}')
         return _Event(event_id, self.aggregate, subject, version, self.type, document)
 
