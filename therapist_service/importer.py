@@ -25,6 +25,7 @@ from shared.db import bulk_first
 from shared.errors import DomainError, StaleUpdate, flatten_messages
 from shared.imports import pool
 from shared.imports.parsing import decode
+from shared.imports.runner import READ_AHEAD
 from shared.imports.types import InputError, Outcome, SourceFile, item_error
 from shared.imports.service import ImporterSpec
 from shared.imports.sources.folder import FolderSource
@@ -188,7 +189,7 @@ class TherapistFileHandler:
         validated whole in a worker process meanwhile, and `apply` takes the results. A large one is
         validated chunk by chunk when its turn comes anyway; a file that cannot be read as a scrape
         fails when its turn comes."""
-        while len(self._ahead) > 1:  # read ahead for files that were not imported after all
+        while len(self._ahead) > READ_AHEAD:  # the file importing and those read ahead; older ones were skipped
             del self._ahead[next(iter(self._ahead))]
         if len(payload) > PREFETCH_MAX_BYTES:
             return

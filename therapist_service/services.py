@@ -279,6 +279,27 @@ class PreparedTherapist(dict):
                           f'"deleted_at": null')
         self.json_tail = "".join(f', "{group}": {text}' for group, text in groups.items()) + "}"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Sent from a worker process as msgpack and the three texts: a third of what pickling the
+        dict costs both processes (about 20 µs a therapist). What msgpack cannot hold (an integer
+        beyond 64 bits, which the database then refuses) goes as a pickled dict."""
+        try:
+            packed: bytes | dict[str, Any] = _MSGPACK_ENCODER.encode(dict(self))
+        except (TypeError, OverflowError, ValueError):
+            packed = dict(self)
+        return (_unpickle_prepared, (packed, self.row_tail, self.json_head, self.json_tail))
+
+
+_MSGPACK_ENCODER = msgspec.msgpack.Encoder()
+_MSGPACK_DECODER = msgspec.msgpack.Decoder()  # datetimes come back as the aware UTC ones sent
+
+
+def _unpickle_prepared(packed: bytes | dict[str, Any], row_tail: str, json_head: str, json_tail: str) -> PreparedTherapist:
+    prepared = PreparedTherapist.__new__(PreparedTherapist)
+    dict.update(prepared, packed if isinstance(packed, dict) else _MSGPACK_DECODER.decode(packed))
+    prepared.row_tail, prepared.json_head, prepared.json_tail = row_tail, json_head, json_tail
+    return prepared
+
 
 def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str, now: datetime | None = None,
                       fingerprints: list[str | None] | None = None) -> list[int]:

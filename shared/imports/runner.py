@@ -76,6 +76,11 @@ class PassSummary:
                 + (f"; {self.finished_again} finished at the source again" if self.finished_again else ""))
 
 
+# Files of a local source read ahead of the one importing and handed to the handler's `prefetch`
+# (the therapist importer validates them in its worker processes meanwhile). Two keep both workers
+# busy: 450 files of 100 therapists import 5 % faster than with one (bench/therapist_import.py).
+READ_AHEAD = 2
+
 class ImportRunner:
     def __init__(self, *, service: str, source: Source, handler: FileHandler, models: ImportModels,
                  max_file_bytes: int, max_attempts: int, retry_base_seconds: float,
@@ -116,23 +121,27 @@ class ImportRunner:
         self._finishing = ThreadPoolExecutor(remote, thread_name_prefix="finish") if remote else None
         downloads = ThreadPoolExecutor(1, thread_name_prefix="download") if remote else None
         prefetch = getattr(self.handler, "prefetch", None) if not remote else None
+        depth = 1 if remote else READ_AHEAD
         try:
-            ahead = None
+            reading: dict[int, Future] = {}  # read-aheads by position in `files`
             for position, file in enumerate(files):
                 if not self.still_leader():
                     log.warning("importer lock lost; stopping this pass")
                     break
                 # A remote source: the next object downloads while this one imports. A local one
-                # with a handler that can `prefetch`: the next file is read and handed to it (which
-                # validates it in worker processes) before this one imports. Imports and their
-                # transactions still happen one at a time, in order.
-                current, ahead, self._next = ahead, None, None
-                if position + 1 < len(files) and self._name_ok(files[position + 1]):
+                # with a handler that can `prefetch`: the next files are read and handed to it
+                # (which validates them in worker processes) before this one imports. Imports and
+                # their transactions still happen one at a time, in order.
+                current, self._next = reading.pop(position, None), None
+                for later in range(position + 1, min(position + 1 + depth, len(files))):
+                    if later in reading or not self._name_ok(files[later]):
+                        continue
                     if downloads is not None:
-                        ahead = downloads.submit(self.source.fetch, files[position + 1], self.max_file_bytes)
+                        reading[later] = downloads.submit(self.source.fetch, files[later], self.max_file_bytes)
                     elif prefetch is not None:
-                        ahead = self._read_ahead(files[position + 1], prefetch)
-                    following, read = files[position + 1], _read_already(ahead)
+                        reading[later] = self._read_ahead(files[later], prefetch)
+                if position + 1 < len(files) and self._name_ok(files[position + 1]):
+                    following, read = files[position + 1], _read_already(reading.get(position + 1))
                     if following.generation is not None or read is not None:  # a folder file's version is its content
                         self._next = (following, read)
                 status = self.process(file, downloaded=current)

@@ -138,3 +138,22 @@ def test_an_entry_a_worker_cannot_read_fails_the_whole_file_with_its_offset_and_
     with admin_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM therapist_service.therapists")).scalar() == 0
         assert conn.execute(text("SELECT count(*) FROM therapist_service.event_outbox")).scalar() == 0
+
+
+def test_a_prepared_therapist_crosses_processes_unchanged():
+    """A worker sends what it loaded as msgpack (`PreparedTherapist.__reduce__`): the importing
+    process gets the same dict, datetimes and texts, and an integer msgpack cannot hold still goes."""
+    import pickle
+
+    from therapist_service import importer, services
+
+    loaded = importer._load(therapist("praxis1"))[1]
+    huge = importer._load(therapist("praxis2", availability={"waiting_time_weeks": 2**70}))[1]
+    for data in (loaded, huge):
+        prepared = services.PreparedTherapist(data)
+        received = pickle.loads(pickle.dumps(prepared))
+        assert type(received) is services.PreparedTherapist
+        assert received == prepared and received["last_modified"] == data["last_modified"]
+        assert received["last_modified"].tzinfo is not None
+        assert (received.row_tail, received.json_head, received.json_tail) == (
+            prepared.row_tail, prepared.json_head, prepared.json_tail)
