@@ -134,7 +134,7 @@ class _Ahead:
 
 class _Unreadable(Exception):
     """Entry `args[0]` is JSON msgspec read past but cannot decode (a string that is not UTF-8, a
-    number beyond a float): `_import` has the whole file decoded to name the problem and its offset."""
+    number beyond a float): `apply` has the whole file decoded to name the problem and its offset."""
 
 
 def _entry(index: int, entry: msgspec.Raw) -> dict[str, Any]:
