@@ -129,7 +129,9 @@ class JSONProvider(DefaultJSONProvider):
         try:
             return msgspec.json.decode(s)
         except (msgspec.DecodeError, RecursionError):
-            return super().loads(s, **kwargs)
+            # Strict UTF-8, as webargs read bodies: `json.loads` on bytes would also take UTF-16,
+            # a byte-order mark and encoded surrogates. A UnicodeDecodeError is a ValueError: 400.
+            return super().loads(s.decode("utf-8") if isinstance(s, bytes) else s, **kwargs)
 
 
 class BodyParser(FlaskParser):
@@ -138,8 +140,8 @@ class BodyParser(FlaskParser):
     it a second time."""
 
     def _raw_load_json(self, req: Any) -> Any:
-        if not is_json_request(req):
-            return core.missing
+        if not is_json_request(req) or not req.get_data(cache=True):
+            return core.missing  # no body: a schema names the fields it requires (422)
         return req.get_json(cache=True)
 
 

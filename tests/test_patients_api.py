@@ -443,10 +443,20 @@ def test_json_that_is_not_an_object_gives_422(patient_client):
         assert_problem(response, 422)
 
 
+def test_post_with_an_empty_json_body_gives_422_naming_the_required_fields(patient_client):
+    response = patient_client.post("/api/patients", data=b"", content_type="application/json", headers=AUTH)
+
+    assert_problem(response, 422)
+    assert "/vorname" in pointers(response)
+
+
 @pytest.mark.parametrize("data, content_type", [
     ('{"vorname": "Max",', "application/json"),
     ("vorname=Max", "application/x-www-form-urlencoded"),
     ('{"vorname": "Max"}', "text/plain"),
+    ('{"vorname": "Max"}'.encode("utf-16"), "application/json"),  # JSON, but not UTF-8
+    (b'\xef\xbb\xbf{"vorname": "Max"}', "application/json"),  # a byte-order mark
+    (b'{"vorname": "Ma\xed\xa0\x80x"}', "application/json"),  # an encoded surrogate: not UTF-8
 ])
 def test_body_that_is_not_json_gives_400_problem(patient_client, data, content_type):
     response = patient_client.post("/api/patients", data=data, content_type=content_type, headers=AUTH)

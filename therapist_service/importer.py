@@ -8,6 +8,7 @@ with `source="import"` and the import's id as the actor.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import re
@@ -93,11 +94,20 @@ def _read_scrape(payload: bytes) -> _Scrape:
     """The file's whole-file problems (not UTF-8, not JSON, the wrong shape, an entry that is not an
     object, the same id twice) raised as `InputError`, as `_check_shape(decode(payload))` names them."""
     try:
+        # msgspec checks the syntax of what it keeps as Raw but not its UTF-8 or its numbers: the
+        # text is checked here (in pieces, so it is never held decoded), the other top-level
+        # members are decoded, and each entry is decoded where it is validated (`_Unreadable`).
+        # Left unchecked: the numbers in an earlier copy of a repeated top-level member, whose
+        # value is ignored either way.
+        _check_utf8(payload)
         top = msgspec.json.decode(payload, type=dict[str, msgspec.Raw])
         entries = msgspec.json.decode(top["therapists"], type=list[msgspec.Raw])
         metadata = msgspec.json.decode(top["metadata"], type=dict) if "metadata" in top else {}
+        for key, member in top.items():
+            if key not in ("therapists", "metadata"):
+                msgspec.json.decode(member)
         heads = [msgspec.json.decode(entry, type=_Head) for entry in entries]
-    except (msgspec.DecodeError, KeyError, RecursionError):
+    except (msgspec.DecodeError, KeyError, RecursionError, UnicodeDecodeError):
         # Not a scrape as it should be, or text msgspec refuses (a byte-order mark): read whole, the
         # way that names what is wrong; what passes is imported all the same.
         metadata, items = _check_shape(decode(payload))
@@ -110,6 +120,15 @@ def _read_scrape(payload: bytes) -> _Scrape:
                                           + ", ".join(repeated[:10]) + ("…" if len(repeated) > 10 else ""),
                          pointer="/therapists")
     return _Scrape(metadata, entries, heads)
+
+
+def _check_utf8(payload: bytes, piece: int = 1 << 20) -> None:
+    """UnicodeDecodeError unless `payload` is UTF-8 (a megabyte at a time: 40 ms for 37 MB)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(payload)
+    for start in range(0, len(view), piece):
+        decoder.decode(view[start:start + piece], final=start + piece >= len(view))
+    decoder.decode(b"", final=True)
 
 
 def _pointer(index: int, within: str = "/") -> str:
@@ -374,7 +393,8 @@ class TherapistFileHandler:
             if status == "deleted":
                 if therapist is None:
                     return services.UNCHANGED, "marked deleted but not known here; nothing to delete"
-                return services.soft_delete(therapist, last_modified=data.get("last_modified"), **write), None
+                return services.soft_delete(therapist, last_modified=data.get("last_modified"),
+                                            fingerprint=entry_print, **write), None
             if status == "unchanged":
                 action = services.update_therapist(therapist, data, stale_if_equal=False, fingerprint=entry_print,
                                                    **write)

@@ -384,11 +384,15 @@ def take_over(therapist: Therapist, data: dict[str, Any], *, source: str, actor:
 
 
 def soft_delete(therapist: Therapist, *, source: str, actor: str, now: datetime | None = None,
-                last_modified: datetime | None = None) -> str:
+                last_modified: datetime | None = None, fingerprint: str | None = None) -> str:
+    """`fingerprint`: of the scrape entry that deletes it (an import), remembered even when it was
+    deleted already, so the same entry is known next time without being loaded."""
+    if therapist.deleted_at is None and is_stale(therapist, last_modified, strictly_older=True):
+        raise StaleUpdate(f"therapist {therapist.id}: the deletion is older than the stored data")
+    if fingerprint is not None:
+        therapist.import_fingerprint = fingerprint
     if therapist.deleted_at is not None:
         return UNCHANGED
-    if is_stale(therapist, last_modified, strictly_older=True):
-        raise StaleUpdate(f"therapist {therapist.id}: the deletion is older than the stored data")
     now = now or now_utc()
     therapist.deleted_at = now
     therapist.updated_at = now

@@ -81,6 +81,7 @@ class PassSummary:
 # busy: 450 files of 100 therapists import 5 % faster than with one (bench/therapist_import.py).
 READ_AHEAD = 2
 
+
 class ImportRunner:
     def __init__(self, *, service: str, source: Source, handler: FileHandler, models: ImportModels,
                  max_file_bytes: int, max_attempts: int, retry_base_seconds: float,

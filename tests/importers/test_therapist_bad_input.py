@@ -27,6 +27,12 @@ def _with_last_entry_license(raw: bytes) -> bytes:
     return encode(document).replace(b'"LICENSE-HERE"', raw)
 
 
+def _with_top_level_member(raw: bytes) -> bytes:
+    """The sample with one more top-level member, `raw` as it is: a member the importer skips."""
+    document = {"scraped_by": "SCRAPER-HERE", **sample_document()}
+    return encode(document).replace(b'"SCRAPER-HERE"', raw)
+
+
 def _top_level_list() -> bytes:
     return encode(sample_document()["therapists"])
 
@@ -64,6 +70,10 @@ BAD_FILES = {
                                  "not-utf8", ["not UTF-8", "offset"], {}),
     "infinite-number-inside-an-entry": ("52074.json", lambda: _with_last_entry_license(b"1e999"), "not-json",
                                         ["infinite"], {}),
+    "not-utf8-in-another-top-level-member": ("52074.json", lambda: _with_top_level_member(b'"M\xfcller"'),
+                                             "not-utf8", ["not UTF-8", "offset"], {}),
+    "infinite-number-in-another-top-level-member": ("52074.json", lambda: _with_top_level_member(b"1e999"),
+                                                    "not-json", ["infinite"], {}),
     "top-level-list": ("52074.json", _top_level_list, "wrong-shape", ['"therapists" list'], {}),
     "no-therapists-list": ("52074.json", _without_therapists, "wrong-shape", ['"therapists" list'], {}),
     "too-large": ("52074.json", _sample_bytes, "too-large", ["bytes", "IMPORT_MAX_FILE_BYTES"],

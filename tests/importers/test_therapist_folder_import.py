@@ -289,3 +289,25 @@ def test_file_in_a_subfolder_is_imported_under_its_relative_name(inbox, client):
 
     assert record["status"] == "succeeded"
     assert record["counts"]["created"] == 4
+
+
+def test_a_deleted_entry_for_a_therapist_deleted_already_is_remembered_by_its_fingerprint(
+        inbox, client, admin_engine):
+    """The entry is skipped next time without being loaded, even when the stored fingerprint was
+    made another way (the fingerprint's JSON changed in issue 14)."""
+    from sqlalchemy import text
+
+    from therapist_service.importer import fingerprint
+
+    import_file(inbox, client, scrape(therapist("gone", "new", T1)))
+    import_file(inbox, client, scrape(therapist("gone", "deleted", T2)))
+    with admin_engine.begin() as conn:
+        conn.execute(text("UPDATE therapist_service.therapists SET import_fingerprint = 'made another way'"))
+
+    entry = therapist("gone", "deleted", T3)
+    record = import_file(inbox, client, scrape(entry))
+
+    assert record["counts"] == counts(unchanged=1)
+    with admin_engine.connect() as conn:
+        stored = conn.execute(text("SELECT import_fingerprint FROM therapist_service.therapists")).scalar_one()
+    assert stored == fingerprint(entry)
