@@ -157,3 +157,18 @@ def test_a_prepared_therapist_crosses_processes_unchanged():
         assert received["last_modified"].tzinfo is not None
         assert (received.row_tail, received.json_head, received.json_tail) == (
             prepared.row_tail, prepared.json_head, prepared.json_tail)
+
+
+def test_a_process_that_exits_while_its_workers_start_exits_at_once_and_cleanly():
+    """`pool.start` spawns the workers from a thread; an import can finish (an unchanged file)
+    and the process exit before they are up. The exit waits for them and stops them."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = ("import time\nfrom shared.imports import pool\n"
+              "pool.start(('therapist_service.importer',))\ntime.sleep(0.2)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    assert (done.returncode, done.stderr) == (0, "")
