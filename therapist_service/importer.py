@@ -199,12 +199,12 @@ class TherapistFileHandler:
             raise InputError("bad-name", "a scrape file must be named <5-digit postcode>.json, e.g. 52074.json")
 
     def __init__(self) -> None:
-        # Files read ahead, by the identity of their bytes: the runner reads the next file before it
-        # imports this one, so this one's and the next one's are here at once.
+        # Files read ahead, by the identity of their bytes: the runner reads the next files
+        # (`READ_AHEAD`) before it imports this one, so this one's and theirs are here at once.
         self._ahead: dict[int, _Ahead] = {}
 
     def prefetch(self, payload: bytes) -> None:
-        """The runner reads the next file of a pass while this one imports: a small file is
+        """The runner reads the next files of a pass while this one imports: a small file is
         validated whole in a worker process meanwhile, and `apply` takes the results. A large one is
         validated chunk by chunk when its turn comes anyway; a file that cannot be read as a scrape
         fails when its turn comes."""

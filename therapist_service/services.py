@@ -188,7 +188,7 @@ def match_unknown_ids(entries: Iterable[dict[str, Any]], *, marked_deleted: Coll
     if not claims:
         return {}
     stored: dict[str | None, list[Therapist]] = {}
-    for therapist in db.session.scalars(select(Therapist).where(Therapist.practice_identity.in_(list(claims)))
+    for therapist in db.session.scalars(select(Therapist).where(Therapist.practice_identity == any_text(claims))
                                         .order_by(Therapist.id).with_for_update()):
         stored.setdefault(therapist.practice_identity, []).append(therapist)
 

@@ -46,9 +46,10 @@ def shutdown() -> None:
 
 def start(preload: tuple[str, ...]) -> None:
     """Start the pool's processes in the background (the first start waits for the forkserver to
-    import `preload`): they get ready while the caller reads its file."""
-
+    import `preload`): they get ready while the caller reads its file. Once is enough."""
     global _start_thread
+    if _pool is not None or (_start_thread is not None and _start_thread.is_alive()):
+        return  # started, or being started
 
     def spawn() -> None:
         pool = _executor(preload)

@@ -141,8 +141,8 @@ class ImportRunner:
                         reading[later] = downloads.submit(self.source.fetch, files[later], self.max_file_bytes)
                     elif prefetch is not None:
                         reading[later] = self._read_ahead(files[later], prefetch)
-                if position + 1 < len(files) and self._name_ok(files[position + 1]):
-                    following, read = files[position + 1], _read_already(reading.get(position + 1))
+                if position + 1 in reading:  # the next file, if its name is one to import
+                    following, read = files[position + 1], _read_already(reading[position + 1])
                     if following.generation is not None or read is not None:  # a folder file's version is its content
                         self._next = (following, read)
                 status = self.process(file, downloaded=current)
