@@ -26,7 +26,7 @@ from shared.db import bulk_first
 from shared.errors import DomainError, StaleUpdate, flatten_messages
 from shared.imports import pool
 from shared.imports.parsing import decode
-from shared.imports.runner import READ_AHEAD
+from shared.imports.runner import READ_AHEAD_FILES
 from shared.imports.types import InputError, Outcome, SourceFile, item_error
 from shared.imports.service import ImporterSpec
 from shared.imports.sources.folder import FolderSource
@@ -200,7 +200,7 @@ class TherapistFileHandler:
 
     def __init__(self) -> None:
         # Files read ahead, by the identity of their bytes: the runner reads the next files
-        # (`READ_AHEAD`) before it imports this one, so this one's and theirs are here at once.
+        # (up to `READ_AHEAD_FILES`) before it imports this one, so this one's and theirs are here at once.
         self._ahead: dict[int, _Ahead] = {}
 
     def prefetch(self, payload: bytes) -> None:
@@ -208,7 +208,7 @@ class TherapistFileHandler:
         validated whole in a worker process meanwhile, and `apply` takes the results. A large one is
         validated chunk by chunk when its turn comes anyway; a file that cannot be read as a scrape
         fails when its turn comes."""
-        while len(self._ahead) > READ_AHEAD:  # the file importing and those read ahead; older ones were skipped
+        while len(self._ahead) > READ_AHEAD_FILES:  # the files importing and those read ahead; older ones were skipped
             del self._ahead[next(iter(self._ahead))]
         if len(payload) > PREFETCH_MAX_BYTES:
             return
@@ -245,14 +245,76 @@ class TherapistFileHandler:
             pool.start(_PRELOAD)  # the workers start while the file is read
         scrape = _read_scrape(payload) if ahead is None else ahead.scrape
         outcome = Outcome()
+        stored = services.import_fingerprints(head.id for head in scrape.heads if isinstance(head.id, str))
+        statuses = _statuses(scrape)
+        entries, unknown_identities = self._to_write(scrape, stored, outcome)
+        del scrape
+        invalid: list[dict[str, Any]] = []  # validation errors come first in the record, as they always did
+        chunks = self._validated(entries, outcome, invalid, ahead)
+        if bulk and not services.identities_in_use(unknown_identities):
+            for loaded in chunks:
+                self._write(loaded, statuses, outcome, actor, bulk=True, known=stored.keys())
+        else:
+            self._write([entry for loaded in chunks for entry in loaded], statuses, outcome, actor, bulk=bulk)
+        outcome.errors[:0] = invalid
+        return outcome
+
+    def apply_group(self, files: list[tuple[bytes, SourceFile, int]]) -> list[Outcome] | None:
+        """Several small files read ahead (`prefetch`), as `(payload, file, import id)`, written as
+        one: one lookup of their ids and one COPY per table for all of them. Each keeps its own
+        outcome, pointers and actor (its import); the runner commits them together.
+
+        None, with nothing written, unless every one was read ahead and none can change what
+        another does: no id in two of them, and nothing for §7.2.6 to match — no new entry's
+        practice identity in two of them or stored — whose outcome would depend on their order.
+        The runner then imports them one at a time."""
+        aheads = [self._ahead.get(id(payload)) for payload, _, _ in files]
+        if any(ahead is None for ahead in aheads):
+            return None
+        scrapes = [ahead.scrape for ahead in aheads if ahead is not None]
+        ids: set[str] = set()
+        for scrape in scrapes:
+            own = {head.id for head in scrape.heads if isinstance(head.id, str)}
+            if own & ids:
+                return None
+            ids |= own
+        stored = services.import_fingerprints(ids)
+        outcomes: list[Outcome] = []
+        work: list[list[tuple[int, msgspec.Raw]]] = []
+        identities: set[str] = set()
+        for scrape in scrapes:
+            outcome = Outcome()
+            entries, unknown_identities = self._to_write(scrape, stored, outcome)
+            if unknown_identities & identities:
+                return None
+            identities |= unknown_identities
+            outcomes.append(outcome)
+            work.append(entries)
+        if services.identities_in_use(identities):
+            return None
+        new: list[tuple[dict[str, Any], str, str]] = []  # created all at once, after every file's other writes
+        for (payload, _, import_id), ahead, scrape, entries, outcome in zip(files, aheads, scrapes, work, outcomes,
+                                                                            strict=True):
+            del self._ahead[id(payload)]
+            invalid: list[dict[str, Any]] = []
+            loaded = [entry for chunk in self._validated(entries, outcome, invalid, ahead) for entry in chunk]
+            self._write(loaded, _statuses(scrape), outcome, f"import:{import_id}", bulk=True, known=stored.keys(), deferred=new)
+            outcome.errors[:0] = invalid
+        services.create_therapists([data for data, _, _ in new], fingerprints=[p for _, p, _ in new],
+                                   source="import", actor=[actor for _, _, actor in new])
+        return outcomes
+
+    @staticmethod
+    def _to_write(scrape: _Scrape, stored: dict[str, tuple[str | None, bool]],
+                  outcome: Outcome) -> tuple[list[tuple[int, msgspec.Raw]], set[str]]:
+        """The entries of `scrape` to validate and write — not those imported unchanged last time
+        (by fingerprint; counted `unchanged` in `outcome`) — and the practice identities of those
+        under ids not `stored`, which §7.2.6 may match to a stored therapist."""
         declared = scrape.metadata.get("total_therapists")
         if declared is not None and declared != len(scrape.entries):
             outcome.warnings.append(item_error(
                 "count-mismatch", f"metadata.total_therapists says {declared}, the file has {len(scrape.entries)}",
                 pointer="/metadata/total_therapists"))
-
-        stored = services.import_fingerprints(head.id for head in scrape.heads if isinstance(head.id, str))
-        statuses = {head.id: head.status for head in scrape.heads if isinstance(head.id, str)}
         entries: list[tuple[int, msgspec.Raw]] = []
         unknown_identities: set[str] = set()
         for index, (entry, head) in enumerate(zip(scrape.entries, scrape.heads, strict=True)):
@@ -264,16 +326,7 @@ class TherapistFileHandler:
             elif head.status != "deleted" and (identity := head.identity()) is not None:
                 unknown_identities.add(identity)
             entries.append((index, entry))
-        del scrape
-        invalid: list[dict[str, Any]] = []  # validation errors come first in the record, as they always did
-        chunks = self._validated(entries, outcome, invalid, ahead)
-        if bulk and not services.identities_in_use(unknown_identities):
-            for loaded in chunks:
-                self._write(loaded, statuses, outcome, actor, bulk=True, known=stored.keys())
-        else:
-            self._write([entry for loaded in chunks for entry in loaded], statuses, outcome, actor, bulk=bulk)
-        outcome.errors[:0] = invalid
-        return outcome
+        return entries, unknown_identities
 
     @staticmethod
     def _validated(entries: list[tuple[int, msgspec.Raw]], outcome: Outcome, invalid: list[dict[str, Any]],
@@ -303,7 +356,8 @@ class TherapistFileHandler:
             yield loaded
 
     def _write(self, loaded: list[tuple[int, str, dict[str, Any], str]], statuses: dict[str, Any],
-               outcome: Outcome, actor: str, *, bulk: bool, known: Collection[str] | None = None) -> Outcome:
+               outcome: Outcome, actor: str, *, bulk: bool, known: Collection[str] | None = None,
+               deferred: list[tuple[dict[str, Any], str, str]] | None = None) -> Outcome:
         """Write the valid therapists through the service functions.
 
         `bulk`: new therapists are created `FLUSH_EVERY` at a time by `create_therapists` (one
@@ -317,6 +371,8 @@ class TherapistFileHandler:
         fingerprint too. `known`: a chunk of a file whose unknown ids match no stored practice
         identity; only these ids (those stored when the file was read) are looked up, and nothing by
         identity (a therapist created meanwhile under one of the others clashes on `external_id`).
+        `deferred`: new therapists are added to it, as `(data, fingerprint, actor)`, for the caller to
+        create (`apply_group`, with other files' ones).
         """
         existing = services.find_by_external_ids(data["external_id"] for _, _, data, _ in loaded
                                                  if known is None or data["external_id"] in known)
@@ -331,7 +387,10 @@ class TherapistFileHandler:
         new: list[tuple[dict[str, Any], str]] = []
 
         def write_pending() -> None:
-            services.create_therapists([data for data, _ in new], fingerprints=[p for _, p in new], **write)
+            if deferred is not None:
+                deferred.extend((data, entry_print, actor) for data, entry_print in new)
+            else:
+                services.create_therapists([data for data, _ in new], fingerprints=[p for _, p in new], **write)
             new.clear()
             services.flush_and_release(keep=[*existing.values(), *taken_over.values()])
 
@@ -403,6 +462,11 @@ class TherapistFileHandler:
             return services.update_therapist(therapist, data, restore=True, fingerprint=entry_print, **write), None
         except StaleUpdate:
             return services.IGNORED_STALE, None
+
+
+def _statuses(scrape: _Scrape) -> dict[str, Any]:
+    """What the file says happened to each id it names."""
+    return {head.id: head.status for head in scrape.heads if isinstance(head.id, str)}
 
 
 def fingerprint(item: dict[str, Any]) -> str:

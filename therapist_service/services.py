@@ -301,9 +301,10 @@ def _unpickle_prepared(packed: bytes | dict[str, Any], row_tail: str, json_head:
     return prepared
 
 
-def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str, now: datetime | None = None,
-                      fingerprints: list[str | None] | None = None) -> list[int]:
-    """Create therapists and their first versions: one COPY per table, no ORM objects.
+def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str | list[str],
+                      now: datetime | None = None, fingerprints: list[str | None] | None = None) -> list[int]:
+    """Create therapists and their first versions: one COPY per table, no ORM objects. `actor`:
+    one for all, or one per item (an import of several files at once: each file's import).
 
     Nothing is guarded here: a taken `external_id` raises `IntegrityError` for the whole call, and
     the caller decides (`create_therapist` makes it a `Duplicate`; the importer redoes the file
@@ -315,15 +316,16 @@ def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str, n
     stamp = now.isoformat()
     prepared = [data if isinstance(data, PreparedTherapist) else PreparedTherapist(data) for data in items]
     ids = reserve_ids(ID_SEQUENCE, len(items))
-    rows = list(zip(ids, prepared, fingerprints or [None] * len(items), strict=True))
+    actors = [actor] * len(items) if isinstance(actor, str) else actor
+    rows = list(zip(ids, prepared, fingerprints or [None] * len(items), actors, strict=True))
     copy_lines(Therapist.__table__, _CREATED_COLUMNS, (
         f"{therapist_id}\t1\t{stamp}\t{stamp}\t\\N\t{copy_value(fingerprint)}\t{data.row_tail}\n"
-        for therapist_id, data, fingerprint in rows))
+        for therapist_id, data, fingerprint, _ in rows))
     versioning.add_versions(TherapistVersion, [
-        {"record_id": therapist_id, "version": 1, "changed_at": now, "source": source, "actor": actor,
+        {"record_id": therapist_id, "version": 1, "changed_at": now, "source": source, "actor": row_actor,
          "data": JsonText(f'{{"id": {therapist_id}, {data.json_head}, "version": 1, "created_at": "{stamp}", '
                           f'"updated_at": "{stamp}"{data.json_tail}'), "deleted": False}
-        for therapist_id, data, _ in rows])
+        for therapist_id, data, _, row_actor in rows])
     return ids
 
 

