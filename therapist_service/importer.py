@@ -26,7 +26,7 @@ from shared.db import bulk_first
 from shared.errors import DomainError, StaleUpdate, flatten_messages
 from shared.imports import pool
 from shared.imports.parsing import decode
-from shared.imports.runner import READ_AHEAD_FILES
+from shared.imports.runner import READ_AHEAD_BYTES, READ_AHEAD_FILES
 from shared.imports.types import InputError, Outcome, SourceFile, item_error
 from shared.imports.service import ImporterSpec
 from shared.imports.sources.folder import FolderSource
@@ -39,6 +39,7 @@ FLUSH_EVERY = 2000
 CHUNK = 1000  # entries per validation task in a worker process, written together when back
 POOLED_FROM = 2000  # fewer entries to validate are validated here: a worker would only add a hop
 PREFETCH_MAX_BYTES = 4 * 1024 * 1024  # larger files are validated in chunks when their turn comes
+AHEAD_MAX_BYTES = 2 * PREFETCH_MAX_BYTES + READ_AHEAD_BYTES  # what the runner reads ahead at most, kept
 _PRELOAD = ("therapist_service.importer",)  # what the worker processes import once
 _schema = TherapistImportItemSchema()
 # One validated entry: (index, ref, fingerprint, status, loaded data, None) or, when invalid,
@@ -207,8 +208,11 @@ class TherapistFileHandler:
         """The runner reads the next files of a pass while this one imports: a small file is
         validated whole in a worker process meanwhile, and `apply` takes the results. A large one is
         validated chunk by chunk when its turn comes anyway; a file that cannot be read as a scrape
-        fails when its turn comes."""
-        while len(self._ahead) > READ_AHEAD_FILES:  # the files importing and those read ahead; older ones were skipped
+        fails when its turn comes. Kept: the files importing and those read ahead; what is older
+        was not imported (unchanged, or waiting for a retry) and is let go of, and so is everything
+        once the pass ends (`forget_prefetched`)."""
+        while self._ahead and (len(self._ahead) > READ_AHEAD_FILES
+                               or sum(len(a.payload) for a in self._ahead.values()) > AHEAD_MAX_BYTES):
             del self._ahead[next(iter(self._ahead))]
         if len(payload) > PREFETCH_MAX_BYTES:
             return
@@ -218,6 +222,10 @@ class TherapistFileHandler:
             return
         self._ahead[id(payload)] = _Ahead(payload, scrape, pool.submit(
             validate_entries, list(enumerate(scrape.entries)), preload=_PRELOAD))
+
+    def forget_prefetched(self) -> None:
+        """The pass is over: what was read ahead and not imported is let go of."""
+        self._ahead.clear()
 
     def apply(self, payload: bytes, file: SourceFile, *, import_id: int) -> Outcome:
         ahead = self._ahead.pop(id(payload), None)  # it holds these bytes: no other object has their id
@@ -265,9 +273,10 @@ class TherapistFileHandler:
         outcome, pointers and actor (its import); the runner commits them together.
 
         None, with nothing written, unless every one was read ahead and none can change what
-        another does: no id in two of them, and nothing for §7.2.6 to match — no new entry's
-        practice identity in two of them or stored — whose outcome would depend on their order.
-        The runner then imports them one at a time."""
+        another does: no id in two of them, and nothing for §7.2.6 to match whose outcome would
+        depend on their order — no new entry's practice identity stored, or written by another of
+        them (by a new entry or by an update of a stored therapist). The runner then imports them
+        one at a time."""
         aheads = [self._ahead.get(id(payload)) for payload, _, _ in files]
         if any(ahead is None for ahead in aheads):
             return None
@@ -281,16 +290,21 @@ class TherapistFileHandler:
         stored = services.import_fingerprints(ids)
         outcomes: list[Outcome] = []
         work: list[list[tuple[int, msgspec.Raw]]] = []
-        identities: set[str] = set()
+        unknown: set[str] = set()  # the practice identities of the files' new entries so far
+        written: set[str] = set()  # and of all they write
         for scrape in scrapes:
             outcome = Outcome()
             entries, unknown_identities = self._to_write(scrape, stored, outcome)
-            if unknown_identities & identities:
+            written_identities = {identity for index, _ in entries
+                                  if scrape.heads[index].status != "deleted"
+                                  and (identity := scrape.heads[index].identity()) is not None}
+            if unknown_identities & written or written_identities & unknown:
                 return None
-            identities |= unknown_identities
+            unknown |= unknown_identities
+            written |= written_identities
             outcomes.append(outcome)
             work.append(entries)
-        if services.identities_in_use(identities):
+        if services.identities_in_use(unknown):
             return None
         new: list[tuple[dict[str, Any], str, str]] = []  # created all at once, after every file's other writes
         for (payload, _, import_id), ahead, scrape, entries, outcome in zip(files, aheads, scrapes, work, outcomes,

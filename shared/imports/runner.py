@@ -203,6 +203,9 @@ class ImportRunner:
                     else:
                         summary.add(status)
         finally:
+            forget = getattr(self.handler, "forget_prefetched", None)
+            if forget is not None:
+                forget()
             if downloads is not None:
                 downloads.shutdown(wait=True, cancel_futures=True)
             if self._finishing is not None:
@@ -283,22 +286,23 @@ class ImportRunner:
             statuses.append(claim)
         started = now_utc()
         outcomes = self._apply_group(importing) if len(importing) > 1 else None
+        seconds = (now_utc() - started).total_seconds() / len(importing) if importing else 0.0
         for position, (file, fetched, record) in enumerate(importing):
             with import_context(record.id):
-                if outcomes is None:
+                if outcomes is None:  # one at a time, as any file
+                    if not self.still_leader():
+                        log.warning("importer lock lost; stopping this pass")
+                        break
                     log.info("%s: import #%s started (%s, attempt %s)", self.service, record.id, record.label,
                              record.attempts)
                     statuses.append(self._import(file, record, fetched, None))
-                    continue
-                outcome = outcomes[position]
-                if outcome.status == FAILED:  # every item failed: nothing of it was written
-                    status = self._fail(record.id, outcome.errors, input_error=True, fetched=fetched, outcome=outcome)
+                elif outcomes[position].status == FAILED:  # every item failed: nothing of it was written
+                    statuses.append(self._import(file, record, fetched, None, failed=outcomes[position]))
                 else:
-                    status = outcome.status
-                    log.info("%s: import #%s %s (with %s other files): %s", self.service, record.id, status,
+                    outcome = outcomes[position]
+                    log.info("%s: import #%s %s (with %s other files): %s", self.service, record.id, outcome.status,
                              len(importing) - 1, _counts_text(outcome.counts))
-                seconds = (now_utc() - started).total_seconds() / len(importing)
-                statuses.append(self._finished(file, record.id, status, seconds))
+                    statuses.append(self._finished(file, record.id, outcome.status, seconds))
         return statuses
 
     def _apply_group(self, importing: list[tuple[SourceFile, Fetched, Any]]) -> list[Outcome] | None:
@@ -310,7 +314,7 @@ class ImportRunner:
             with unit_of_work():
                 records = {record.id: record for record in db.session.scalars(
                     select(Record).where(Record.id.in_([record.id for _, _, record in importing]))
-                    .with_for_update())}
+                    .with_for_update().execution_options(populate_existing=True))}  # as in `_locked_record`
                 if any(records[record.id].status != PROCESSING for _, _, record in importing):
                     raise _OneAtATime  # someone retried or finished one of them meanwhile
                 outcomes = self.handler.apply_group(  # type: ignore[attr-defined]
@@ -362,10 +366,17 @@ class ImportRunner:
                      record.attempts)
             return self._import(file, record, fetched, downloaded)
 
-    def _import(self, file: SourceFile, record: Any, fetched: Fetched | None, downloaded: Future | None) -> str:
+    def _import(self, file: SourceFile, record: Any, fetched: Fetched | None, downloaded: Future | None, *,
+                failed: Outcome | None = None) -> str:
+        """Apply the file and record how it went. `failed`: the outcome of a file imported with
+        others (`_import_group`) whose every item failed, so nothing of it was written: only its
+        failure is recorded here."""
         started = now_utc()
         transient = False
         try:
+            if failed is not None:
+                status = self._fail(record.id, failed.errors, input_error=True, fetched=fetched, outcome=failed)
+                return self._finished(file, record.id, status, (now_utc() - started).total_seconds())
             self.handler.check_name(file)
             if fetched is None:
                 fetched = downloaded.result() if downloaded else self.source.fetch(file, self.max_file_bytes)
@@ -474,8 +485,10 @@ class ImportRunner:
         return Claim.IMPORT, record
 
     def _locked_record(self, record_id: int) -> Any:
+        """The record, locked, as it is now (not as this session last saw it: someone may have
+        retried or finished it meanwhile)."""
         return db.session.scalars(select(self.models.record).where(self.models.record.id == record_id)
-                                  .with_for_update()).one()
+                                  .with_for_update().execution_options(populate_existing=True)).one()
 
     def _apply(self, record_id: int, file: SourceFile, fetched: Fetched) -> str:
         with unit_of_work():

@@ -122,10 +122,11 @@ class WatchedSource(Source, Protocol):
 class FileHandler(Protocol):
     """A service's mapping from one file to its service functions.
 
-    Two methods are optional, for a local source's files: `prefetch(payload)`, handed each file
-    the runner reads ahead (to start validating it), and `apply_group([(payload, file, import id),
-    …]) -> list[Outcome] | None`, which applies several files read ahead in the current unit of
-    work, or returns None, having written nothing, when they cannot go in together."""
+    Optional, for a local source's files: `prefetch(payload)`, handed each file the runner reads
+    ahead (to start validating it); `forget_prefetched()`, called when a pass ends; and
+    `apply_group([(payload, file, import id), …]) -> list[Outcome] | None`, which applies several
+    files read ahead in the current unit of work, or returns None, having written nothing, when
+    they cannot go in together."""
 
     def label(self, file: SourceFile) -> str: ...
 

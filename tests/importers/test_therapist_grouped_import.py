@@ -34,14 +34,17 @@ def groups(monkeypatch) -> list[tuple[int, bool | None]]:
 
 @pytest.fixture
 def run_pass(inbox, make_app, tmp_path):
-    """One import pass over what is in the folder, in the foreground; returns its summary."""
+    """One import pass over what is in the folder, in the foreground; returns its summary. After
+    each pass, nothing read ahead is left with the handler."""
     app = make_app("therapist", IMPORTS_ENABLED=False, THERAPIST_IMPORT_DIR=str(inbox),
                    THERAPIST_IMPORT_SETTLE_SECONDS=0, ALERT_OUTBOX_DIR=str(tmp_path / "outbox"))
 
     def run():
         with app.app_context():
             extension = app.extensions["imports"]
-            return extension.run_pass(extension.source.list())
+            summary = extension.run_pass(extension.source.list())
+        assert extension.spec.handler._ahead == {}  # the files read ahead and not imported are let go of
+        return summary
 
     return run
 
@@ -194,3 +197,47 @@ def test_a_therapist_created_meanwhile_undoes_the_group_and_each_file_goes_again
                                                                  counts(updated=1)]
     assert {name: r["attempts"] for name, r in found.items()} == {name: 1 for name in found}
     assert stored(admin_engine)["praxis31"][1:] == (2, f"import:{found['52073.json']['id']}")
+
+
+def test_a_new_id_that_looks_like_a_therapist_another_file_updates_is_decided_in_their_order(
+        inbox, run_pass, groups, admin_engine):
+    """The second file moves a stored therapist to a new address; the third file's new id has that
+    address. One at a time, the third file finds the moved therapist and warns of a possible
+    duplicate; together it could not, so they go one at a time."""
+    drop(inbox, "52071.json", scrape(practice("p-1")))
+    run_pass()
+    drop(inbox, "52071.json", scrape(therapist("praxis1")))
+    drop(inbox, "52072.json", scrape(practice("p-1", "modified", WEEK_2, street="Neue Straße")))
+    drop(inbox, "52073.json", scrape(practice("p-2", street="Neue Straße")))
+
+    run_pass()
+
+    assert groups == [(2, False)]
+    found = records(admin_engine)
+    assert found["52072.json"]["counts"] == counts(updated=1)
+    assert [w["kind"] for w in found["52073.json"]["warnings"]] == ["possible-duplicate"]
+
+
+def test_a_file_another_runner_finished_meanwhile_is_not_imported_again(
+        inbox, run_pass, groups, admin_engine, monkeypatch):
+    """Between the group's claim and its import, another runner finishes one of its files: the
+    import sees the record as it is now, not as it was claimed, and leaves that file alone."""
+    from shared.imports.runner import ImportRunner
+
+    real = ImportRunner._apply_group
+
+    def finished_elsewhere(self, importing):
+        with admin_engine.begin() as conn:
+            conn.execute(text("UPDATE therapist_service.imports SET status = 'succeeded' WHERE name = '52073.json'"))
+        return real(self, importing)
+
+    monkeypatch.setattr(ImportRunner, "_apply_group", finished_elsewhere)
+    drop(inbox, "52071.json", scrape(therapist("praxis11")))
+    drop(inbox, "52072.json", scrape(therapist("praxis21")))
+    drop(inbox, "52073.json", scrape(therapist("praxis31")))
+
+    run_pass()
+
+    assert groups == []  # the records were checked before the handler was asked
+    assert set(stored(admin_engine)) == {"praxis11", "praxis21"}
+    assert records(admin_engine)["52073.json"]["status"] == "succeeded"
