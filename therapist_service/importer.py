@@ -255,7 +255,7 @@ class TherapistFileHandler:
         outcome = Outcome()
         stored = services.import_fingerprints(head.id for head in scrape.heads if isinstance(head.id, str))
         statuses = _statuses(scrape)
-        entries, unknown_identities = self._to_write(scrape, stored, outcome)
+        entries, unknown_identities, _ = self._to_write(scrape, stored, outcome)
         del scrape
         invalid: list[dict[str, Any]] = []  # validation errors come first in the record, as they always did
         chunks = self._validated(entries, outcome, invalid, ahead)
@@ -294,10 +294,7 @@ class TherapistFileHandler:
         written: set[str] = set()  # and of all they write
         for scrape in scrapes:
             outcome = Outcome()
-            entries, unknown_identities = self._to_write(scrape, stored, outcome)
-            written_identities = {identity for index, _ in entries
-                                  if scrape.heads[index].status != "deleted"
-                                  and (identity := scrape.heads[index].identity()) is not None}
+            entries, unknown_identities, written_identities = self._to_write(scrape, stored, outcome)
             if unknown_identities & written or written_identities & unknown:
                 return None
             unknown |= unknown_identities
@@ -320,10 +317,11 @@ class TherapistFileHandler:
 
     @staticmethod
     def _to_write(scrape: _Scrape, stored: dict[str, tuple[str | None, bool]],
-                  outcome: Outcome) -> tuple[list[tuple[int, msgspec.Raw]], set[str]]:
+                  outcome: Outcome) -> tuple[list[tuple[int, msgspec.Raw]], set[str], set[str]]:
         """The entries of `scrape` to validate and write — not those imported unchanged last time
-        (by fingerprint; counted `unchanged` in `outcome`) — and the practice identities of those
-        under ids not `stored`, which §7.2.6 may match to a stored therapist."""
+        (by fingerprint; counted `unchanged` in `outcome`) — the practice identities of those
+        under ids not `stored`, which §7.2.6 may match to a stored therapist, and those of all it
+        writes but deletions."""
         declared = scrape.metadata.get("total_therapists")
         if declared is not None and declared != len(scrape.entries):
             outcome.warnings.append(item_error(
@@ -331,16 +329,19 @@ class TherapistFileHandler:
                 pointer="/metadata/total_therapists"))
         entries: list[tuple[int, msgspec.Raw]] = []
         unknown_identities: set[str] = set()
+        written_identities: set[str] = set()
         for index, (entry, head) in enumerate(zip(scrape.entries, scrape.heads, strict=True)):
             ref = head.id if isinstance(head.id, str) else None
-            if ref in stored:
-                if _unchanged_by_fingerprint(head.status, fingerprint(_entry(index, entry)), *stored[ref]):
-                    outcome.count(services.UNCHANGED)  # the very entry imported last time: nothing to load
-                    continue
-            elif head.status != "deleted" and (identity := head.identity()) is not None:
-                unknown_identities.add(identity)
+            if ref in stored and _unchanged_by_fingerprint(head.status, fingerprint(_entry(index, entry)),
+                                                           *stored[ref]):
+                outcome.count(services.UNCHANGED)  # the very entry imported last time: nothing to load
+                continue
+            if head.status != "deleted" and (identity := head.identity()) is not None:
+                written_identities.add(identity)
+                if ref not in stored:
+                    unknown_identities.add(identity)
             entries.append((index, entry))
-        return entries, unknown_identities
+        return entries, unknown_identities, written_identities
 
     @staticmethod
     def _validated(entries: list[tuple[int, msgspec.Raw]], outcome: Outcome, invalid: list[dict[str, Any]],
