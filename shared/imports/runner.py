@@ -223,6 +223,7 @@ class ImportRunner:
         to at most `READ_AHEAD_BYTES`. A file whose name is not one to import is not read."""
         depth = 1 if downloads is not None else READ_AHEAD_FILES if prefetch is not None else 0
         held = sum(files[p].size or 0 for p in reading)
+        read: list[tuple[SourceFile, Fetched]] = []
         for later in range(position + 1, min(position + 1 + depth, len(files))):
             if later in reading or not self._name_ok(files[later]):
                 continue
@@ -233,7 +234,24 @@ class ImportRunner:
                 if later > position + READ_AHEAD and (size is None or held + size > READ_AHEAD_BYTES):
                     break
                 held += size or 0
-                reading[later] = self._read_ahead(files[later], prefetch)
+                reading[later] = self._read_ahead(files[later])
+                if (fetched := _read_already(reading[later])) is not None and fetched.payload is not None:
+                    read.append((files[later], fetched))
+        if read and prefetch is not None:
+            imported = self._imported_already(read)
+            for file, fetched in read:
+                if (file.name, fetched.sha256) not in imported:
+                    prefetch(fetched.payload)  # type: ignore[arg-type]  # read: not None
+
+    def _imported_already(self, read: list[tuple[SourceFile, Fetched]]) -> set[tuple[str, str | None]]:
+        """Which of these folder files were imported already as they are now (name and content
+        hash): a rescan finds every file again, and validating the unchanged ones ahead would be
+        work for nothing (their claim finishes them again). One query for all of them."""
+        Record = self.models.record
+        with unit_of_work():
+            return {(name, sha256) for name, sha256 in db.session.execute(select(Record.name, Record.sha256).where(
+                Record.source == self.source.kind, Record.name.in_([file.name for file, _ in read]),
+                Record.status.in_(DONE)))}
 
     @staticmethod
     def _group(files: list[SourceFile], position: int, current: Future | None,
@@ -416,18 +434,14 @@ class ImportRunner:
             self._finish_at_source(file)
         return status
 
-    def _read_ahead(self, file: SourceFile, prefetch: Callable[[bytes], None]) -> Future:
-        """Read a folder file that is next in line and hand it to the handler's `prefetch`; the
-        future holds what was read, or the error reading it (raised when its turn comes)."""
+    def _read_ahead(self, file: SourceFile) -> Future:
+        """Read a folder file that is next in line; the future holds what was read, or the error
+        reading it (raised when its turn comes)."""
         ahead: Future = Future()
         try:
-            fetched = self.source.fetch(file, self.max_file_bytes)
+            ahead.set_result(self.source.fetch(file, self.max_file_bytes))
         except Exception as error:  # noqa: BLE001 — the file's own turn raises it
             ahead.set_exception(error)
-            return ahead
-        if fetched.payload is not None:
-            prefetch(fetched.payload)
-        ahead.set_result(fetched)
         return ahead
 
     def _name_ok(self, file: SourceFile) -> bool:

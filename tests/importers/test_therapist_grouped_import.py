@@ -241,3 +241,29 @@ def test_a_file_another_runner_finished_meanwhile_is_not_imported_again(
     assert groups == []  # the records were checked before the handler was asked
     assert set(stored(admin_engine)) == {"praxis11", "praxis21"}
     assert records(admin_engine)["52073.json"]["status"] == "succeeded"
+
+
+def test_a_rescan_validates_ahead_only_the_files_that_changed(inbox, run_pass, admin_engine, monkeypatch):
+    """A rescan finds every file of the folder again: those imported as they are now are finished
+    again by their claim, and are not validated ahead for nothing."""
+    from therapist_service.importer import TherapistFileHandler
+
+    prefetched: list[bytes] = []
+    real = TherapistFileHandler.prefetch
+
+    def counted(self, payload):
+        prefetched.append(payload)
+        return real(self, payload)
+
+    monkeypatch.setattr(TherapistFileHandler, "prefetch", counted)
+    for n in range(1, 5):
+        drop(inbox, f"5207{n}.json", scrape(therapist(f"praxis{n}")))
+    run_pass()
+    assert len(prefetched) == 3  # all but the first file of the pass
+    changed = drop(inbox, "52073.json", scrape(therapist("praxis3", "modified", WEEK_2)))
+    prefetched.clear()
+
+    summary = run_pass()
+
+    assert prefetched == [changed.read_bytes()]
+    assert (summary.finished_again, summary.by_status) == (3, {"succeeded": 1})
