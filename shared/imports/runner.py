@@ -394,14 +394,14 @@ class ImportRunner:
         try:
             if failed is not None:
                 status = self._fail(record.id, failed.errors, input_error=True, fetched=fetched, outcome=failed)
-                return self._finished(file, record.id, status, (now_utc() - started).total_seconds())
-            self.handler.check_name(file)
-            if fetched is None:
-                fetched = downloaded.result() if downloaded else self.source.fetch(file, self.max_file_bytes)
-            if fetched.payload is None:
-                raise InputError("too-large", f"the file has {fetched.size} bytes; at most "
-                                              f"{self.max_file_bytes} are accepted (IMPORT_MAX_FILE_BYTES)")
-            status = self._apply(record.id, file, fetched)
+            else:
+                self.handler.check_name(file)
+                if fetched is None:
+                    fetched = downloaded.result() if downloaded else self.source.fetch(file, self.max_file_bytes)
+                if fetched.payload is None:
+                    raise InputError("too-large", f"the file has {fetched.size} bytes; at most "
+                                                  f"{self.max_file_bytes} are accepted (IMPORT_MAX_FILE_BYTES)")
+                status = self._apply(record.id, file, fetched)
         except InputError as error:
             status = self._fail(record.id, error.as_errors(), input_error=True, fetched=fetched)
         except SourceUnavailable as error:
