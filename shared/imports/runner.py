@@ -284,12 +284,7 @@ class ImportRunner:
         claimed_ahead, self._claimed_ahead = self._claimed_ahead, None
         with unit_of_work():
             db.session.execute(text("SET LOCAL synchronous_commit TO OFF"))  # as in `_claim`
-            Record = self.models.record
-            newest = (select(func.max(Record.id)).where(Record.source == self.source.kind,
-                                                        Record.name.in_([file.name for file, _ in members]))
-                      .group_by(Record.name))
-            latest = {record.name: record for record in db.session.scalars(
-                select(Record).where(Record.id.in_(newest)).with_for_update())}  # one query for all of them
+            latest = self._newest_records([file.name for file, _ in members])  # one query for all of them
             claims = [(file, fetched, *(claimed_ahead[1:] if claimed_ahead and claimed_ahead[0] == file
                                         else self._decide(file, fetched, latest.get(file.name))))
                       for file, fetched in members]
@@ -460,6 +455,14 @@ class ImportRunner:
             db.session.execute(text("SET LOCAL synchronous_commit TO OFF"))
             return self._decide(file, fetched)
 
+    def _newest_records(self, names: list[str]) -> dict[str, Any]:
+        """The newest record of each of these file names that has one, locked for this transaction."""
+        Record = self.models.record
+        newest = (select(func.max(Record.id)).where(Record.source == self.source.kind, Record.name.in_(names))
+                  .group_by(Record.name))
+        return {record.name: record for record in db.session.scalars(
+            select(Record).where(Record.id.in_(newest)).with_for_update())}
+
     def _decide(self, file: SourceFile, fetched: Fetched | None, latest: Any = _LOOK_UP) -> tuple[Claim, Any]:
         """`_claim` in the current transaction: the import of the file before it claims the next
         file of the pass with its own commit (one transaction less per file). That claim is only
@@ -470,9 +473,7 @@ class ImportRunner:
         Record = self.models.record
         now = now_utc()
         if latest is _LOOK_UP:
-            latest = db.session.scalars(
-                select(Record).where(Record.source == self.source.kind, Record.name == file.name)
-                .order_by(Record.id.desc()).limit(1).with_for_update()).first()
+            latest = self._newest_records([file.name]).get(file.name)
         record: ImportRecordMixin
         if latest is not None and _same_version(latest, file, fetched):
             if latest.status in DONE:
