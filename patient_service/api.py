@@ -12,7 +12,7 @@ from patient_service.schemas import (AccessLogEntrySchema, ConsentSchema, Erasur
 from shared import batch
 from shared.batch.schemas import batch_request_schema
 from shared.db import atomic
-from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_versions
+from shared.http import Blueprint, as_stored, current_actor, current_principal, etag_for, expected_versions
 from shared.schemas import AsOfQuerySchema, VersionSchema
 
 blp = Blueprint("patients", __name__, url_prefix="/api/patients",
@@ -35,10 +35,10 @@ def _respond(patient, status=200, headers=None):
 
 @blp.route("")
 class Patients(MethodView):
+    @blp.scope("patients:read")
     @blp.arguments(PatientQuerySchema, location="query")
     @blp.response(200, PatientSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=100)
-    @blp.problems(401)
     @atomic
     def get(self, filters, pagination_parameters):
         """List patients (newest id last), filtered. Each patient listed is a read in its access log."""
@@ -47,9 +47,10 @@ class Patients(MethodView):
         pagination_parameters.item_count = total
         return items
 
+    @blp.scope("patients:write")
     @blp.arguments(PatientSchema)
     @blp.response(201, PatientSchema)
-    @blp.problems(400, 401, 409, 413, descriptions=DUPLICATE)
+    @blp.problems(400, 409, 413, descriptions=DUPLICATE)
     @atomic
     def post(self, data):
         """Create a patient."""
@@ -59,9 +60,10 @@ class Patients(MethodView):
 
 @blp.route("/<int:patient_id>")
 class Patient(MethodView):
+    @blp.scope("patients:read")
     @blp.arguments(AsOfQuerySchema, location="query")
     @blp.response(200, PatientSchema)
-    @blp.problems(401, 404, 410, descriptions=ERASED)
+    @blp.problems(404, 410, descriptions=ERASED)
     @atomic
     def get(self, args, patient_id):
         """Read a patient; with `?at=` as it was then."""
@@ -69,9 +71,10 @@ class Patient(MethodView):
             return as_stored(privacy.read_patient_as_of(patient_id, args["at"], actor=current_actor()))
         return _respond(privacy.read_patient(patient_id, actor=current_actor()))
 
+    @blp.scope("patients:write")
     @blp.arguments(PatientSchema)
     @blp.response(200, PatientSchema)
-    @blp.problems(400, 401, 404, 409, 410, 412, 413, descriptions=DUPLICATE)
+    @blp.problems(400, 404, 409, 410, 412, 413, descriptions=DUPLICATE)
     @atomic
     def put(self, data, patient_id):
         """Replace a patient. Honours `If-Match`."""
@@ -79,9 +82,10 @@ class Patient(MethodView):
             patient_id, data, expected_versions=expected_versions(patient_id),
             source="api", actor=current_actor()))
 
+    @blp.scope("patients:write")
     @blp.arguments(PatientSchema(partial=True))
     @blp.response(200, PatientSchema)
-    @blp.problems(400, 401, 404, 409, 410, 412, 413, descriptions=DUPLICATE)
+    @blp.problems(400, 404, 409, 410, 412, 413, descriptions=DUPLICATE)
     @atomic
     def patch(self, changes, patient_id):
         """Change some fields of a patient. Honours `If-Match`."""
@@ -89,8 +93,9 @@ class Patient(MethodView):
             patient_id, changes, expected_versions=expected_versions(patient_id),
             source="api", actor=current_actor()))
 
+    @blp.scope("patients:write")
     @blp.response(204)
-    @blp.problems(401, 404, 410, 412)
+    @blp.problems(404, 410, 412)
     @atomic
     def delete(self, patient_id):
         """Soft-delete a patient: later reads answer 410. Honours `If-Match`."""
@@ -100,8 +105,9 @@ class Patient(MethodView):
 
 @blp.route("/<int:patient_id>/history")
 class PatientHistory(MethodView):
+    @blp.scope("patients:read")
     @blp.response(200, VersionSchema(many=True))
-    @blp.problems(401, 404, 410, descriptions=ERASED)
+    @blp.problems(404, 410, descriptions=ERASED)
     @atomic
     def get(self, patient_id):
         """Every version of a patient, newest first."""
@@ -110,8 +116,9 @@ class PatientHistory(MethodView):
 
 @blp.route("/<int:patient_id>/consents")
 class PatientConsents(MethodView):
+    @blp.scope("patients:read")
     @blp.response(200, ConsentSchema(many=True))
-    @blp.problems(401, 404, 410, descriptions=ERASED)
+    @blp.problems(404, 410, descriptions=ERASED)
     @atomic
     def get(self, patient_id):
         """The patient's consent records, each with the registration's `consent_metadata` in full."""
@@ -120,8 +127,9 @@ class PatientConsents(MethodView):
 
 @blp.route("/<int:patient_id>/registrations")
 class PatientRegistrations(MethodView):
+    @blp.scope("patients:read")
     @blp.response(200, RegistrationSchema(many=True))
-    @blp.problems(401, 404, 410, descriptions=ERASED)
+    @blp.problems(404, 410, descriptions=ERASED)
     @atomic
     def get(self, patient_id):
         """The registrations (bucket files) that created or updated this patient."""
@@ -130,9 +138,10 @@ class PatientRegistrations(MethodView):
 
 @blp.route("/<int:patient_id>/erasure")
 class PatientErasure(MethodView):
+    @blp.scope("patients:erase")
     @blp.arguments(ErasureRequestSchema)
     @blp.response(200, ErasureSchema)
-    @blp.problems(400, 401, 404, 410, 412, descriptions=ERASED)
+    @blp.problems(400, 404, 410, 412, descriptions=ERASED)
     def post(self, body, patient_id):
         """Erase a patient (GDPR Art. 17): the record, its versions, consents and registrations, the
         stored answers of idempotent batches that named it, its name in import records, and the
@@ -147,7 +156,8 @@ class PatientErasure(MethodView):
 class PatientExport(MethodView):
     @blp.response(200, PatientExportSchema, headers={"Content-Disposition": {
         "description": 'attachment; filename="patient-<id>-export.json"', "schema": {"type": "string"}}})
-    @blp.problems(401, 404, 410, descriptions=ERASED)
+    @blp.scope("patients:export")
+    @blp.problems(404, 410, descriptions=ERASED)
     @atomic
     def get(self, patient_id):
         """Everything stored about a patient (GDPR Art. 15, 20), as a file to hand to the person:
@@ -158,9 +168,10 @@ class PatientExport(MethodView):
 
 @blp.route("/<int:patient_id>/access-log")
 class PatientAccessLog(MethodView):
+    @blp.scope("patients:audit")
     @blp.response(200, AccessLogEntrySchema(many=True))
     @blp.paginate(page_size=50, max_page_size=100)
-    @blp.problems(401, 404)
+    @blp.problems(404)
     def get(self, patient_id, pagination_parameters):
         """Who read this patient's data, when, and what (newest first). Ids, actors and times
         only; kept `ACCESS_LOG_RETENTION_DAYS`, also after an erasure."""
@@ -177,13 +188,14 @@ BATCH = batch.BatchAdapter(item_schema=PatientBatchItemSchema(), upsert=services
 
 @blp.route("/batch")
 class PatientBatch(MethodView):
+    @blp.scope("patients:write")
     @blp.arguments(batch_request_schema(PatientBatchItemSchema))
     @blp.response(200, batch.BatchResponseSchema)
     @blp.alt_response(201, schema=batch.BatchResponseSchema, description="At least one patient was created")
     @blp.alt_response(204, description="`Prefer: return=minimal` and nothing was created")
-    @blp.problems(400, 401, 409, 413, descriptions=batch.PROBLEMS)
+    @blp.problems(400, 409, 413, descriptions=batch.PROBLEMS)
     def post(self, body):
         """Create, update or delete many patients at once; see the README for modes, dry runs
         and `Idempotency-Key`. An item with `id` updates that patient; without, the duplicate
         rule decides between update and create."""
-        return batch.handle(BATCH, body, actor=current_actor())
+        return batch.handle(BATCH, body, principal=current_principal())

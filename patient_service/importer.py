@@ -136,6 +136,7 @@ def spec(settings: Settings) -> ImporterSpec:
         handler=RegistrationFileHandler(settings.PATIENT_IMPORT_BACKUP_DIR),
         poll_seconds=lambda s: s.PATIENT_IMPORT_INTERVAL_SECONDS,
         retry_input_errors=True,
+        name_scope="patients:read",  # a registration file's name holds the patient's name
         missing_source_hint="set PATIENT_IMPORT_SOURCE to gs://bucket[/prefix] or a local folder",
         # SPEC §10: backup copies erasures still owe, after every pass; retention, daily.
         after_pass=privacy.Housekeeping(settings.PATIENT_IMPORT_BACKUP_DIR,

@@ -77,9 +77,10 @@ class Erased(Gone):
 class PatientStore(versioning.VersionedStore):
     """The shared reads, where an id whose patient was erased is `Erased` rather than not found."""
 
-    def get(self, record_id: versioning.RecordId, *, for_update: bool = False, include_deleted: bool = False) -> Any:
+    def get(self, record_id: versioning.RecordId, *, for_update: bool = False, include_deleted: bool = False,
+            within: Any = None) -> Any:
         try:
-            return super().get(record_id, for_update=for_update, include_deleted=include_deleted)
+            return super().get(record_id, for_update=for_update, include_deleted=include_deleted, within=within)
         except NotFound:
             erasure = db.session.scalars(select(Erasure).where(Erasure.patient_id == record_id)).first()
             if erasure is None:

@@ -12,7 +12,7 @@ from flask_cors import CORS
 from flask_migrate import Migrate
 
 from shared import metrics
-from shared.auth import init_auth
+from shared.auth import check_route_scopes, init_auth
 from shared.batch import BatchAdapter, batches_blp
 from shared.background import start_background
 from shared.config import Settings
@@ -21,7 +21,7 @@ from shared.db import ENGINE_OPTIONS
 from shared.errors import register_error_handlers
 from shared.events import relay as events_relay
 from shared.extensions import db
-from shared.http import Api, JSONProvider, require_json_body
+from shared.http import Api, JSONProvider, SecurityPlugin, require_json_body
 from shared.imports import api as imports_api
 from shared.imports import service as imports
 from shared.imports.service import ImporterSpec
@@ -71,8 +71,8 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
         OPENAPI_SWAGGER_UI_URL=SWAGGER_ASSETS_URL,
         API_SPEC_OPTIONS={
             "info": {"description": service.description},
-            "security": [{"bearerAuth": []}],
-            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"bearer": []}],
+            "components": {"securitySchemes": security_schemes(settings)},
         },
     )
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT, service.name)
@@ -82,7 +82,7 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     # shared one would run every app in a process with the last-created service's migrations.
     Migrate(app, db, directory=str(MIGRATIONS_ROOT / service.name),
             version_table_schema=service.name, include_schemas=True)
-    api = Api(app)
+    api = Api(app, spec_kwargs={"extra_plugins": [SecurityPlugin(oidc=bool(settings.OIDC_ISSUER))]})
     app.extensions["api"] = api
     register_error_handlers(app)  # after Api(): ours replace flask-smorest's error format
     init_request_metrics(app)  # first: times requests that later hooks answer early
@@ -104,6 +104,7 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     events_relay.install(app)
     metrics.declare_series(service.name)
     metrics.declare_event_series(service.name)
+    check_route_scopes(app)  # every /api/ route declares its scope, or the app is not built
 
     # The importer and the event relay run where the importer may: a maintenance command or a test
     # app publishes nothing. Their whole life cycle: shared/background.py.
@@ -113,6 +114,18 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     else:
         log.info("background importer and event relay not started: %s", reason)
     return app
+
+
+def security_schemes(settings: Settings) -> dict[str, Any]:
+    """SPEC §11: `bearer` for every credential; `oidc` too when people sign in with a provider."""
+    schemes: dict[str, Any] = {"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "A service client's token (AUTH_CLIENTS_FILE), an OpenID Connect access token, or in "
+                       "development an API_TOKENS token. `x-required-scopes` names the scope each operation needs."}}
+    if settings.OIDC_ISSUER:
+        schemes["oidc"] = {"type": "openIdConnect",
+                           "openIdConnectUrl": f"{settings.OIDC_ISSUER}/.well-known/openid-configuration"}
+    return schemes
 
 
 def _assign_request_id() -> None:

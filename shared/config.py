@@ -31,8 +31,6 @@ def parse_api_tokens(raw: str) -> dict[str, str]:
         if len(token.strip()) < 16:
             raise ConfigError(f"API_TOKENS entry {position} ({name.strip()}): token must be at least 16 characters")
         tokens[token.strip()] = name.strip()
-    if not tokens:
-        raise ConfigError("API_TOKENS is required: set name:token pairs, comma-separated")
     return tokens
 
 
@@ -40,6 +38,18 @@ def _database_url(raw: str) -> str:
     if not raw.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
         raise ValueError("DATABASE_URL must be a postgresql:// URL")
     return sqlalchemy_url(raw)
+
+
+def _http_url(raw: str) -> str:
+    if not raw.startswith(("https://", "http://")):
+        raise ValueError("must be an http(s):// URL")
+    return raw.rstrip("/")
+
+
+def _secret_key(raw: str) -> str:
+    if len(raw) < 32:
+        raise ValueError("must be at least 32 characters (e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
+    return raw
 
 
 def _log_level(raw: str) -> str:
@@ -56,6 +66,8 @@ def sqlalchemy_url(url: str) -> str:
 # A comma-separated variable is a list; a value already a list (from `create_app(config)`) stays one.
 CommaList = Annotated[list[str], BeforeValidator(lambda raw: _list(raw) if isinstance(raw, str) else raw)]
 ApiTokens = Annotated[dict[str, str], BeforeValidator(lambda raw: parse_api_tokens(raw) if isinstance(raw, str) else raw)]
+HttpUrlText = Annotated[str, AfterValidator(_http_url)]
+SecretKey = Annotated[str, AfterValidator(_secret_key)]
 DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
 LogLevel = Annotated[str, AfterValidator(_log_level)]
 
@@ -90,7 +102,13 @@ class Settings(ServerSettings):
     """Everything a service reads from its environment."""
 
     DATABASE_URL: DatabaseUrl
-    API_TOKENS: ApiTokens
+    API_TOKENS: ApiTokens = {}
+    AUTH_CLIENTS_FILE: str | None = None
+    OIDC_ISSUER: HttpUrlText | None = None
+    OIDC_AUDIENCE: str | None = None
+    OIDC_CLIENT_ID: str | None = None
+    OIDC_CLIENT_SECRET: str | None = None
+    DASHBOARD_SECRET_KEY: SecretKey | None = None
     IMPORTS_ENABLED: bool = True
     SMTP_HOST: str | None = None
     SMTP_PORT: PositiveInt = 25
@@ -128,6 +146,17 @@ class Settings(ServerSettings):
             raise ValueError("PATIENT_IMPORT_BACKUP_DIR is required when PATIENT_IMPORT_SOURCE is set")
         return self
 
+    @model_validator(mode="after")
+    def _some_credential(self) -> "Settings":
+        if not (self.API_TOKENS or self.AUTH_CLIENTS_FILE or self.OIDC_ISSUER):
+            raise ValueError("a credential setting is required: AUTH_CLIENTS_FILE (service clients), "
+                             "OIDC_ISSUER with OIDC_AUDIENCE (people) or API_TOKENS (development)")
+        if self.OIDC_ISSUER and not self.OIDC_AUDIENCE:
+            raise ValueError("OIDC_AUDIENCE is required when OIDC_ISSUER is set")
+        if self.OIDC_CLIENT_ID and not self.OIDC_ISSUER:
+            raise ValueError("OIDC_CLIENT_ID needs OIDC_ISSUER (the provider the dashboard signs in with)")
+        return self
+
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
         """A copy with some values replaced, checked like the rest: how tests and
         `create_app(config=...)` adjust settings."""
@@ -135,8 +164,7 @@ class Settings(ServerSettings):
 
 
 SettingsModel = TypeVar("SettingsModel", bound=ServerSettings)
-REQUIRED = {"DATABASE_URL": "a PostgreSQL URL such as postgresql://user@host/db",
-            "API_TOKENS": "set name:token pairs, comma-separated"}
+REQUIRED = {"DATABASE_URL": "a PostgreSQL URL such as postgresql://user@host/db"}
 
 
 def _validated(model: type[SettingsModel], values: Mapping[str, Any]) -> SettingsModel:
@@ -154,12 +182,13 @@ def _validated(model: type[SettingsModel], values: Mapping[str, Any]) -> Setting
 def load_settings(config: Mapping[str, Any] | None, *, default_port: int) -> Settings:
     """Settings for `create_app(config)`: the environment, then `config` on top.
 
-    `config` may hold the required values itself, so tests need not touch `os.environ`.
+    `config` may hold the required values itself, so tests need not touch `os.environ`; a value
+    of `config` that is text replaces the variable before the settings are checked together.
     """
     env = dict(os.environ)
     overrides = dict(config or {})
-    for required in REQUIRED:
-        if required in overrides and isinstance(overrides[required], str):
-            env[required] = overrides.pop(required)
+    for name, value in list(overrides.items()):  # text is read as the environment's would be
+        if isinstance(value, str) and name in Settings.model_fields:
+            env[name] = overrides.pop(name)
     settings = Settings.from_env(env, default_port=default_port)
     return settings.with_overrides(overrides) if overrides else settings

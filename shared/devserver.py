@@ -31,6 +31,7 @@ VAR = ROOT / "var"
 BIN = Path(sys.executable).parent  # the virtual environment's bin/, where flask and gunicorn are
 DATABASE_NAME = "curavani"
 TOKEN_FILE = VAR / "dev-token"
+DASHBOARD_KEY_FILE = VAR / "dev-dashboard-key"  # signs the dashboard's cookie (DASHBOARD_SECRET_KEY)
 STARTUP_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 15
 BROKER_PORT = 9092  # the embedded broker's, on loopback
@@ -138,17 +139,23 @@ def start_broker() -> EmbeddedBroker | None:
 
 def development_token() -> str:
     """The token in `./var/dev-token`, made once (random, readable only by us) and then reused."""
+    return kept_secret(TOKEN_FILE, nbytes=24, minimum=16)
+
+
+def kept_secret(path: Path, *, nbytes: int, minimum: int) -> str:
+    """A random value kept in `path`, made once (readable only by us) and then reused, so that a
+    restart of `make run` keeps the same token and dashboard sessions."""
     VAR.mkdir(exist_ok=True)
-    if TOKEN_FILE.exists():
-        token = TOKEN_FILE.read_text().strip()
-        if len(token) >= 16:
-            return token
-    token = secrets.token_urlsafe(24)
-    descriptor = os.open(TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if path.exists():
+        value = path.read_text().strip()
+        if len(value) >= minimum:
+            return value
+    value = secrets.token_urlsafe(nbytes)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:
-        file.write(token + "\n")
-    TOKEN_FILE.chmod(0o600)  # the mode above applies only when the file is new
-    return token
+        file.write(value + "\n")
+    path.chmod(0o600)  # the mode above applies only when the file is new
+    return value
 
 
 def development_environment(database_url: str, token: str | None) -> dict[str, str]:
@@ -157,6 +164,8 @@ def development_environment(database_url: str, token: str | None) -> dict[str, s
     env["DATABASE_URL"] = database_url
     if token is not None:
         env["API_TOKENS"] = f"dev:{token}"
+    if not env.get("DASHBOARD_SECRET_KEY"):
+        env["DASHBOARD_SECRET_KEY"] = kept_secret(DASHBOARD_KEY_FILE, nbytes=32, minimum=32)
     for variable, folder in FOLDERS.items():
         folder.mkdir(parents=True, exist_ok=True)
         if not env.get(variable):

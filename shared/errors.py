@@ -9,7 +9,7 @@ import logging
 import traceback
 from typing import Any, Iterable
 
-from flask import Flask, Response, json
+from flask import Flask, Response, current_app, json
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from shared.logs import describe_exception
@@ -66,6 +66,12 @@ class Overlap(DomainError):
     def __init__(self, detail: str, conflicting_id: str | None):
         super().__init__(detail, conflicting_id=conflicting_id)
         self.conflicting_id = conflicting_id
+
+
+class WrongOrganisation(DomainError):
+    """A credential bound to one organisation named another (SPEC §11)."""
+
+    status, type, title = 403, "wrong-organisation", "Wrong organisation"
 
 
 class InvalidData(DomainError):
@@ -136,7 +142,7 @@ def http_exception_to_problem(error: HTTPException) -> Response:
     data = getattr(error, "data", None) or {}
     headers = dict(data.get("headers") or {})
     if error.code == 401:
-        headers.setdefault("WWW-Authenticate", 'Bearer realm="api"')
+        headers.setdefault("WWW-Authenticate", f'Bearer realm="{current_app.config.get("SERVICE_NAME", "api")}"')
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         headers["Allow"] = ", ".join(error.valid_methods)
     if error.code == 422 and "messages" in data:

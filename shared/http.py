@@ -10,6 +10,7 @@ from http import HTTPStatus
 from typing import Any, Callable
 
 import msgspec
+from apispec import BasePlugin
 from apispec.ext.marshmallow.common import resolve_schema_cls
 from flask import Response, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
@@ -21,6 +22,7 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.exceptions import BadRequest
 
+from shared.auth import Principal, declare_scopes
 from shared.db import page_count
 from shared.errors import PROBLEM_MIMETYPE
 from shared.schemas import RulesPlugin
@@ -66,6 +68,28 @@ def schema_name(schema) -> str:
     schema_class = resolved[0] if isinstance(resolved, list) else resolved  # a list only for a union of schemas
     name = schema_class.__name__.removesuffix("Schema")
     return f"{name}Patch" if getattr(schema, "partial", False) else name
+
+
+AUTH_PROBLEMS = {401: "No credential, or one that is not valid (`WWW-Authenticate` says which)",
+                 403: "The credential does not hold the scope this operation needs (type `insufficient-scope`, "
+                      "with `required_scope`)"}
+
+
+class SecurityPlugin(BasePlugin):
+    """Each operation's `security` from the scopes its view declares (`Blueprint.scope`, which
+    writes them as `x-required-scopes`): `[{"oidc": [scope]}, {"bearer": []}]`. OpenAPI 3.0 lets only
+    `oauth2` and `openIdConnect` schemes list scopes, so for static bearer tokens
+    `x-required-scopes` says it. Without `OIDC_ISSUER` there is no `oidc` scheme to name."""
+
+    def __init__(self, oidc: bool):
+        super().__init__()
+        self.oidc = oidc
+
+    def operation_helper(self, path: str | None = None, operations: dict | None = None, **kwargs: Any) -> None:
+        for operation in (operations or {}).values():
+            scopes = operation.get("x-required-scopes")
+            if scopes:
+                operation["security"] = ([{"oidc": list(scopes)}] if self.oidc else []) + [{"bearer": []}]
 
 
 class Api(SmorestApi):
@@ -167,6 +191,16 @@ class Blueprint(SmorestBlueprint):
         return {"total": item_count, "page": page, "page_size": page_size,
                 "total_pages": page_count(item_count, page_size)}
 
+    def scope(self, *scopes: str) -> Callable:
+        """The scope a view needs (SPEC §11); several: any one of them. The guard of `shared.auth`
+        refuses a credential without it (403) before the view runs; the OpenAPI operation names it
+        and documents 401 and 403."""
+        def decorator(view: Callable) -> Callable:
+            declare_scopes(view, scopes)
+            view = self.doc(**{"x-required-scopes": list(scopes)})(view)
+            return self.problems(401, 403, descriptions=AUTH_PROBLEMS)(view)
+        return decorator
+
     def problems(self, *statuses: int, descriptions: dict[int, str] | None = None) -> Callable:
         """Document the problem-details responses a view can give besides its success."""
         def decorator(view: Callable) -> Callable:
@@ -197,8 +231,13 @@ def expected_versions(record_id: int | str | uuid.UUID) -> frozenset[int] | None
 
 
 def current_actor() -> str:
-    """The name of the token that authenticated this request (set by `shared.auth`)."""
+    """The name of the credential that authenticated this request (set by `shared.auth`)."""
     return g.actor
+
+
+def current_principal() -> Principal:
+    """Who this request acts as: name, scopes, organisation (set by `shared.auth`)."""
+    return g.principal
 
 
 def require_json_body() -> None:

@@ -102,8 +102,14 @@ class VersionedStore:
     versions: type[VersionRowMixin]
     kind: str
 
-    def get(self, record_id: RecordId, *, for_update: bool = False, include_deleted: bool = False) -> Any:
+    def get(self, record_id: RecordId, *, for_update: bool = False, include_deleted: bool = False,
+            within: Any = None) -> Any:
+        """The record (404, or 410 once deleted). `within`, a condition on the record's columns,
+        limits what exists for this caller (an organisation's appointments): outside it, 404 as
+        for an id that never existed, before any 410, so a caller learns nothing of the others."""
         query: Any = select(self.model).where(self.model.id == record_id)
+        if within is not None:
+            query = query.where(within)
         record = db.session.scalars(query.with_for_update() if for_update else query).first()
         if record is None:
             raise NotFound(f"{self.kind} {record_id} does not exist")
@@ -111,8 +117,8 @@ class VersionedStore:
             raise Gone(f"{self.kind} {record_id} was deleted")
         return record
 
-    def as_of(self, record_id: RecordId, at: datetime) -> dict[str, Any]:
-        self.get(record_id, include_deleted=True)  # 404 for an id that never existed
+    def as_of(self, record_id: RecordId, at: datetime, *, within: Any = None) -> dict[str, Any]:
+        self.get(record_id, include_deleted=True, within=within)  # 404 for an id that never existed
         row = as_of(self.versions, record_id, at)
         if row is None:
             raise NotFound(f"{self.kind} {record_id} did not exist at {at.isoformat()}")
@@ -120,8 +126,8 @@ class VersionedStore:
             raise Gone(f"{self.kind} {record_id} was deleted at {at.isoformat()}")
         return row.data
 
-    def history(self, record_id: RecordId) -> list[Any]:
-        self.get(record_id, include_deleted=True)
+    def history(self, record_id: RecordId, *, within: Any = None) -> list[Any]:
+        self.get(record_id, include_deleted=True, within=within)
         return history(self.versions, record_id)
 
     def page(self, query: Any, *, page: int, page_size: int) -> tuple[list[Any], int]:

@@ -23,6 +23,7 @@ TOKEN = "test-token-0123456789abcdef"
 OTHER_TOKEN = "other-token-0123456789abcdef"
 API_TOKENS = f"tests:{TOKEN},other:{OTHER_TOKEN}"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+DASHBOARD_SECRET_KEY = "dashboard-secret-key-for-tests-0123456789abcdef"
 SCHEMAS = ("patient_service", "therapist_service")
 
 
@@ -41,7 +42,8 @@ def database_url() -> str:
 
 @pytest.fixture(scope="session")
 def base_config(database_url) -> dict[str, Any]:
-    return {"DATABASE_URL": database_url, "API_TOKENS": API_TOKENS, "IMPORTS_ENABLED": False}
+    return {"DATABASE_URL": database_url, "API_TOKENS": API_TOKENS, "IMPORTS_ENABLED": False,
+            "DASHBOARD_SECRET_KEY": DASHBOARD_SECRET_KEY}
 
 
 def upgrade_all(config: dict[str, Any]) -> None:

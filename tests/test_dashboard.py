@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import OTHER_TOKEN, ROOT, SAMPLES, TOKEN
+from conftest import AUTH, DASHBOARD_SECRET_KEY, OTHER_TOKEN, ROOT, SAMPLES, TOKEN
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -112,19 +112,21 @@ def test_unauthenticated_post_is_refused(client, app):
 def test_wrong_token_is_refused(client):
     response = sign_in(client, token="not-a-token-0123456789")
     assert response.status_code == 401
-    assert "That token is not valid." in response.text
+    assert "Not signed in: that token is not valid." in response.text
     assert client.get("/imports").status_code == 302
 
 
-def test_right_token_signs_in_and_the_cookie_keeps_only_its_name(client):
+def test_right_token_signs_in_and_the_cookie_keeps_only_its_name_and_scopes(client):
     response = sign_in(client)
     assert response.status_code == 302 and response.headers["Location"] == "/imports"
     cookie = response.headers["Set-Cookie"]
     assert cookie.startswith("therapist_service_dashboard=")
-    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/imports" in cookie
+    # Lax, not Strict: the identity provider's redirect back must carry the sign-in's state (SPEC §11)
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/imports" in cookie
     assert "Secure" not in cookie  # plain http on loopback: a browser would drop a Secure cookie
     payload = session_payload(cookie)
     assert payload["dashboard_user"] == "tests"
+    assert "imports:operate" in payload["dashboard_scopes"]  # an API_TOKENS token holds every scope
     assert TOKEN not in json.dumps(payload)
     page = client.get("/imports")
     assert page.status_code == 200 and "signed in as <strong>tests</strong>" in page.text
@@ -174,26 +176,32 @@ def test_sign_out_ends_the_session(signed_in):
     assert signed_in.get("/imports").status_code == 302
 
 
-def test_signing_key_is_derived_from_the_tokens(make_app, inbox):
-    from shared.dashboard.session import secret_key
-
+def test_session_is_signed_with_its_own_key_so_rotating_a_token_signs_nobody_out(make_app, inbox):
     first = make_app("therapist")
-    second = make_app("therapist")
-    assert first.secret_key == second.secret_key == secret_key({TOKEN: "tests", OTHER_TOKEN: "other"},
-                                                                "therapist_service")
-    assert make_app("patient").secret_key != first.secret_key  # one service's cookie is not the other's
-
+    assert first.secret_key == DASHBOARD_SECRET_KEY
     client = first.test_client()
     assert sign_in(client).status_code == 302
     cookie = client.get_cookie("therapist_service_dashboard", path="/imports")
+
+    def signed_in_with_cookie(app, name=cookie.key) -> bool:
+        browser = app.test_client()
+        browser.set_cookie(name, cookie.value, path="/imports")
+        return browser.get("/imports").status_code == 200
+
+    assert signed_in_with_cookie(make_app("therapist"))  # another worker with the same key agrees
     rotated = make_app("therapist", API_TOKENS=f"tests:rotated-token-0123456789,other:{OTHER_TOKEN}")
-    assert rotated.secret_key != first.secret_key
-    again = second.test_client()
-    again.set_cookie(cookie.key, cookie.value, path="/imports")
-    assert again.get("/imports").status_code == 200  # another worker with the same tokens agrees
-    after_rotation = rotated.test_client()
-    after_rotation.set_cookie(cookie.key, cookie.value, path="/imports")
-    assert after_rotation.get("/imports").status_code == 302  # rotating tokens signs everyone out
+    assert signed_in_with_cookie(rotated)  # rotating a token signs nobody out
+    assert not signed_in_with_cookie(make_app("therapist", DASHBOARD_SECRET_KEY="another-key-" + "0" * 30))
+    # the same key, the other service: its cookie is signed for its own service only
+    assert not signed_in_with_cookie(make_app("patient"), name="patient_service_dashboard")
+
+
+def test_without_a_dashboard_key_the_dashboard_is_off_and_the_api_serves(make_app, inbox):
+    app = make_app("therapist", DASHBOARD_SECRET_KEY=None)
+    client = app.test_client()
+    response = client.get("/imports/login")
+    assert response.status_code == 503 and "DASHBOARD_SECRET_KEY" in response.text
+    assert client.get("/api/imports", headers=AUTH).status_code == 200
 
 
 # ---- what the pages show -------------------------------------------------------------------------

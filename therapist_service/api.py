@@ -7,7 +7,7 @@ from flask.views import MethodView
 from shared import batch
 from shared.batch.schemas import batch_request_schema
 from shared.db import atomic
-from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_versions
+from shared.http import Blueprint, as_stored, current_actor, current_principal, etag_for, expected_versions
 from shared.schemas import AsOfQuerySchema, VersionSchema
 from therapist_service import services
 from therapist_service.models import IdempotencyKey
@@ -26,10 +26,10 @@ def _respond(therapist, status=200, headers=None):
 
 @blp.route("")
 class Therapists(MethodView):
+    @blp.scope("therapists:read")
     @blp.arguments(TherapistQuerySchema, location="query")
     @blp.response(200, TherapistSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=100)
-    @blp.problems(401)
     def get(self, filters, pagination_parameters):
         """List therapists, filtered."""
         items, total = services.list_therapists(filters, page=pagination_parameters.page,
@@ -37,9 +37,10 @@ class Therapists(MethodView):
         pagination_parameters.item_count = total
         return items
 
+    @blp.scope("therapists:write")
     @blp.arguments(TherapistSchema)
     @blp.response(201, TherapistSchema)
-    @blp.problems(400, 401, 409, 413, descriptions=DUPLICATE)
+    @blp.problems(400, 409, 413, descriptions=DUPLICATE)
     @atomic
     def post(self, data):
         """Create a therapist."""
@@ -49,18 +50,20 @@ class Therapists(MethodView):
 
 @blp.route("/<int:therapist_id>")
 class Therapist(MethodView):
+    @blp.scope("therapists:read")
     @blp.arguments(AsOfQuerySchema, location="query")
     @blp.response(200, TherapistSchema)
-    @blp.problems(401, 404, 410)
+    @blp.problems(404, 410)
     def get(self, args, therapist_id):
         """Read a therapist; with `?at=` as it was then."""
         if "at" in args:
             return as_stored(services.get_therapist_as_of(therapist_id, args["at"]))
         return _respond(services.get_therapist(therapist_id))
 
+    @blp.scope("therapists:write")
     @blp.arguments(TherapistSchema)
     @blp.response(200, TherapistSchema)
-    @blp.problems(400, 401, 404, 409, 410, 412, 413, descriptions=CONFLICT)
+    @blp.problems(400, 404, 409, 410, 412, 413, descriptions=CONFLICT)
     @atomic
     def put(self, data, therapist_id):
         """Replace a therapist. Honours `If-Match`; latest `last_modified` wins."""
@@ -68,9 +71,10 @@ class Therapist(MethodView):
             therapist_id, data, expected_versions=expected_versions(therapist_id),
             source="api", actor=current_actor()))
 
+    @blp.scope("therapists:write")
     @blp.arguments(TherapistSchema(partial=True))
     @blp.response(200, TherapistSchema)
-    @blp.problems(400, 401, 404, 409, 410, 412, 413, descriptions=CONFLICT)
+    @blp.problems(400, 404, 409, 410, 412, 413, descriptions=CONFLICT)
     @atomic
     def patch(self, changes, therapist_id):
         """Change some fields; a group sent is merged key by key. Honours `If-Match`."""
@@ -78,8 +82,9 @@ class Therapist(MethodView):
             therapist_id, changes, expected_versions=expected_versions(therapist_id),
             source="api", actor=current_actor()))
 
+    @blp.scope("therapists:write")
     @blp.response(204)
-    @blp.problems(401, 404, 410, 412)
+    @blp.problems(404, 410, 412)
     @atomic
     def delete(self, therapist_id):
         """Soft-delete a therapist: later reads answer 410. Honours `If-Match`."""
@@ -89,8 +94,9 @@ class Therapist(MethodView):
 
 @blp.route("/<int:therapist_id>/history")
 class TherapistHistory(MethodView):
+    @blp.scope("therapists:read")
     @blp.response(200, VersionSchema(many=True))
-    @blp.problems(401, 404)
+    @blp.problems(404)
     def get(self, therapist_id):
         """Every version of a therapist, newest first."""
         return services.therapist_history(therapist_id)
@@ -102,12 +108,13 @@ BATCH = batch.BatchAdapter(item_schema=TherapistSchema(), upsert=services.upsert
 
 @blp.route("/batch")
 class TherapistBatch(MethodView):
+    @blp.scope("therapists:write")
     @blp.arguments(batch_request_schema(TherapistSchema))
     @blp.response(200, batch.BatchResponseSchema)
     @blp.alt_response(201, schema=batch.BatchResponseSchema, description="At least one therapist was created")
     @blp.alt_response(204, description="`Prefer: return=minimal` and nothing was created")
-    @blp.problems(400, 401, 409, 413, descriptions=batch.PROBLEMS)
+    @blp.problems(400, 409, 413, descriptions=batch.PROBLEMS)
     def post(self, body):
         """Create, update or delete many therapists at once, matched on `external_id`;
         latest `last_modified` wins. See the README for modes, dry runs and `Idempotency-Key`."""
-        return batch.handle(BATCH, body, actor=current_actor())
+        return batch.handle(BATCH, body, principal=current_principal())

@@ -153,4 +153,4 @@ def stored_outcome(model: Any, actor: str, key: str) -> dict[str, Any]:
         raise NotFound("no batch with this key for your token (or it has expired)")
     return {"key": row.key, "status": row.status, "response_status": row.response_status,
             "response": json.loads(row.response_body) if row.response_body else None,
-            "created_at": row.created_at, "expires_at": row.expires_at}
+            "created_at": row.created_at, "expires_at": row.expires_at, "path": row.path}

@@ -36,25 +36,28 @@ class BatchAdapter:
     # with `delete`, also before each delete item (so a record's versions stay in order): it writes
     # what is pending and forgets it.
     finish: Callable[[Any], None] | None = None
+    # Optional: applies the credential's organisation to one loaded upsert item, `(data, org)`, in
+    # place, before `prepare` sees it; a `DomainError` (another organisation) is that item's error.
+    bind: Callable[[dict[str, Any], str | None], None] | None = None
 
 
 def run_batch(adapter: BatchAdapter, items: list[Any], *, mode: str, dry_run: bool, actor: str,
               key: str | None, keys: IdempotencyStore, path: str, body: Any, max_items: int,
-              items_pointer: str = "/items") -> Outcome:
+              items_pointer: str = "/items", org: str | None = None) -> Outcome:
     """Apply `items` (the list under `items_pointer` of `body`) once per idempotency key.
     Answer: 201 if an item was created, else 200, with per-item results and a summary; 422 with
     one error per failed item when `mode` is `transaction` and any item failed (nothing written)."""
     if len(items) > max_items:
         raise TooManyItems(f"{len(items)} items sent; at most {max_items} per batch (BATCH_MAX_ITEMS)")
     return keys.run(lambda: _apply(adapter, items, mode=mode, dry_run=dry_run, actor=actor,
-                                   items_pointer=items_pointer),
+                                   items_pointer=items_pointer, org=org),
                     actor=actor, key=None if dry_run else key, path=path, body=body)
 
 
 def _apply(adapter: BatchAdapter, raw_items: list[Any], *, mode: str, dry_run: bool, actor: str,
-           items_pointer: str) -> Outcome:
+           items_pointer: str, org: str | None) -> Outcome:
     transaction = mode == "transaction"
-    items = [_load_item(adapter, index, raw) for index, raw in enumerate(raw_items)]
+    items = [_load_item(adapter, index, raw, org) for index, raw in enumerate(raw_items)]
     results = _write_items(adapter, items, actor=actor, transaction=transaction)
     failed = [r for r in results if r["action"] == "error"]
     if transaction and failed:
@@ -83,16 +86,23 @@ class _Item:
     errors: list[dict[str, Any]] | None = None  # set when the item did not even load
 
 
-def _load_item(adapter: BatchAdapter, index: int, raw: Any) -> _Item:
-    """Validate one item with its schema; nothing touches the database yet."""
+def _load_item(adapter: BatchAdapter, index: int, raw: Any, org: str | None) -> _Item:
+    """Validate one item with its schema, and bind it to the credential's organisation; nothing
+    touches the database yet."""
     if not isinstance(raw, dict):
         return _Item(index, errors=[{"pointer": "/", "detail": "an item must be an object",
                                      "type": "validation-error"}])
     deleting = "op" in raw and adapter.delete is not None
     try:
-        return _Item(index, deleting, (DeleteItemSchema() if deleting else adapter.item_schema).load(raw))
+        data = (DeleteItemSchema() if deleting else adapter.item_schema).load(raw)
     except ValidationError as error:
         return _Item(index, errors=[dict(e, type="validation-error") for e in flatten_messages(error.messages)])
+    if adapter.bind is not None and not deleting:
+        try:
+            adapter.bind(data, org)
+        except DomainError as error:
+            return _Item(index, errors=[_item_error(error)])
+    return _Item(index, deleting, data)
 
 
 def _write_items(adapter: BatchAdapter, items: list[_Item], *, actor: str, transaction: bool) -> list[dict]:
@@ -137,5 +147,9 @@ def _write_item(adapter: BatchAdapter, item: _Item, *, actor: str, context: Any,
                 record, action = adapter.upsert(item.data, source="batch", actor=actor, **extra)
             result.update(id=record.id if record is not None else None, action=action)
     except DomainError as error:
-        result["errors"] = [{"pointer": "/", "detail": error.detail, "type": error.type, **error.extra}]
+        result["errors"] = [_item_error(error)]
     return result
+
+
+def _item_error(error: DomainError) -> dict[str, Any]:
+    return {"pointer": "/", "detail": error.detail, "type": error.type, **error.extra}

@@ -12,6 +12,7 @@ from flask.views import MethodView
 from shared.batch.idempotency import IdempotencyStore, Outcome, checked_key, stored_outcome
 from shared.batch.runner import BatchAdapter, run_batch
 from shared.batch.schemas import StoredBatchSchema
+from shared.auth import Principal, require_scope, required_scopes
 from shared.http import Blueprint, current_actor
 
 
@@ -44,14 +45,28 @@ def respond(outcome: Outcome, *, with_body: bool, preference_applied: str | None
     return response
 
 
-def handle(adapter: BatchAdapter, body: dict[str, Any], *, actor: str) -> Response:
+def handle(adapter: BatchAdapter, body: dict[str, Any], *, principal: Principal) -> Response:
     """`POST /api/<things>/batch` for a service's adapter; see the README's *Batch requests*."""
     minimal = prefers("return=minimal")
-    outcome = run_batch(adapter, body["items"], mode=body["mode"], dry_run=body["dry_run"], actor=actor,
+    outcome = run_batch(adapter, body["items"], mode=body["mode"], dry_run=body["dry_run"], actor=principal.name,
+                        org=principal.org,
                         key=idempotency_key(), keys=idempotency_store(adapter.key_model), path=request.path,
                         body=body, max_items=current_app.extensions["settings"].BATCH_MAX_ITEMS)
     applied = "return=minimal" if minimal and outcome.status < 400 else None
     return respond(outcome, with_body=not minimal, preference_applied=applied)
+
+
+# The scopes of the routes that store batches: `GET /api/batches/<key>` needs the one of the route
+# that wrote it (`write_scope_of`); holding none of them, a credential cannot have stored any.
+BATCH_WRITE_SCOPES = ("patients:write", "therapists:write", "appointments:write", "participants:write")
+
+
+def write_scope_of(path: str) -> str:
+    """The scope the route at `path` declares for POST: what a batch stored from there needs."""
+    endpoint, _ = current_app.url_map.bind("localhost").match(path, method="POST")
+    scopes = required_scopes(current_app, endpoint, "POST")
+    assert scopes, f"{path} declares no scope"  # check_route_scopes makes sure it does
+    return scopes[0]
 
 
 def make_batches_blueprint() -> Blueprint:
@@ -60,11 +75,15 @@ def make_batches_blueprint() -> Blueprint:
 
     @blp.route("/<path:key>")  # a key may hold "/" (an X-Request-ID often does)
     class StoredBatch(MethodView):
+        @blp.scope(*BATCH_WRITE_SCOPES)
         @blp.response(200, StoredBatchSchema)
-        @blp.problems(401, 404)
+        @blp.problems(404)
         def get(self, key):
-            """The stored outcome of the calling token's batch with this key."""
-            return stored_outcome(current_app.extensions["batch"].key_model, current_actor(), key)
+            """The stored outcome of the calling credential's batch with this key. Needs the write
+            scope of the resource the batch wrote (one of those listed)."""
+            stored = stored_outcome(current_app.extensions["batch"].key_model, current_actor(), key)
+            require_scope(write_scope_of(stored["path"]))
+            return stored
 
     return blp
 

@@ -1,21 +1,23 @@
 """Who is signed in to the dashboard, kept in Flask's signed session cookie, and its CSRF token.
 
-- On-call signs in by pasting an API token. The cookie keeps only the token's configured *name*,
-  when they signed in, and a random CSRF token; never the API token.
-- The signing key is derived from the configured tokens (HMAC-SHA256 with a fixed label and the
-  service's name), so every worker and replica agrees on it without another secret, and
-  changing `API_TOKENS` signs everyone out.
-- The cookie is `HttpOnly`, `SameSite=Strict`, scoped to `/imports`, and `Secure` unless the
-  request is plain http from and to loopback with no proxy in between (`make run` on a laptop):
-  a browser would not keep a `Secure` cookie set over http. Anything else — https, a proxy, or
-  another host — gets `Secure`, so serve the dashboard over https there.
+- On-call signs in by pasting a token of this service, or (with `OIDC_CLIENT_ID`) at the identity
+  provider. The cookie keeps the credential's *name* (`oidc:<sub>` for a person), its scopes and
+  organisation, when they signed in, and a random CSRF token; never a token.
+- The cookie is signed with `DASHBOARD_SECRET_KEY` (SPEC §11): a key of its own, the same in every
+  worker and replica, so that rotating a token signs nobody out. Without it the dashboard is off.
+- The cookie is `HttpOnly`, `SameSite=Lax` (the provider's redirect back to the dashboard must carry
+  it: `Strict` would lose the sign-in's state; the CSRF token guards every form), scoped to
+  `/imports`, and `Secure` unless the request is plain http from and to loopback with no proxy in
+  between (`make run` on a laptop): a browser would not keep a `Secure` cookie set over http.
+  Anything else — https, a proxy, or another host — gets `Secure`, so serve the dashboard over
+  https there.
+- What a signed-in person may do is decided by the scopes kept at sign-in: pages need
+  `imports:read`, buttons `imports:operate`. A session lasts at most `MAX_AGE_SECONDS`.
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
-import json
 import secrets
 import time
 from urllib.parse import urlsplit
@@ -23,16 +25,12 @@ from urllib.parse import urlsplit
 from flask import Flask, request, session
 from flask.sessions import SecureCookieSessionInterface
 
-KEY_LABEL = b"curavani import dashboard session key v1"
+from shared.auth import Principal
+
 MAX_AGE_SECONDS = 12 * 3600  # a shift; then sign in again
-USER, SINCE, CSRF = "dashboard_user", "dashboard_since", "csrf"
+USER, SCOPES, ORG, KIND, SINCE, CSRF = ("dashboard_user", "dashboard_scopes", "dashboard_org", "dashboard_kind",
+                                        "dashboard_since", "csrf")
 PROXY_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
-
-
-def secret_key(tokens: dict[str, str] | list[str], service: str) -> str:
-    """The same for every process given the same tokens; another one once any token changes."""
-    message = json.dumps([service, sorted(tokens)]).encode()
-    return hmac.new(KEY_LABEL, message, hashlib.sha256).hexdigest()
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -53,34 +51,43 @@ def plain_http_on_loopback() -> bool:
 
 
 class DashboardSessionInterface(SecureCookieSessionInterface):
-    """Flask's signed cookie, with `Secure` decided per request (see the module docstring)."""
+    """Flask's signed cookie, with `Secure` decided per request (see the module docstring), and
+    signed for one service: both may share `DASHBOARD_SECRET_KEY` and a host, and one's cookie
+    must not sign anybody in to the other."""
+
+    def __init__(self, service: str):
+        self.salt = f"curavani dashboard session {service}"
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return not plain_http_on_loopback()
 
 
-def configure(app: Flask, tokens: dict[str, str], service: str) -> None:
+def configure(app: Flask, secret_key: str, service: str) -> None:
     app.config.update(
-        SECRET_KEY=secret_key(tokens, service),
+        SECRET_KEY=secret_key,
         SESSION_COOKIE_NAME=f"{service}_dashboard",  # both services may share a host: one cookie each
         SESSION_COOKIE_PATH="/imports",
         SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=True,  # the interface lifts it for plain http on loopback only
     )
-    app.session_interface = DashboardSessionInterface()
+    app.session_interface = DashboardSessionInterface(service)
 
 
-def signed_in_as() -> str | None:
+def signed_in() -> Principal | None:
+    """Who is signed in, with the scopes and organisation they signed in with; None if nobody."""
     name, since = session.get(USER), session.get(SINCE)
     if not name or not isinstance(since, int) or time.time() - since > MAX_AGE_SECONDS:
         return None
-    return name
+    return Principal(name, frozenset(session.get(SCOPES) or ()), session.get(KIND) or "token", session.get(ORG))
 
 
-def sign_in(name: str) -> None:
+def sign_in(principal: Principal) -> None:
     session.clear()  # a fresh session, and a fresh CSRF token, at every sign-in
-    session[USER] = name
+    session[USER] = principal.name
+    session[SCOPES] = sorted(principal.scopes)
+    session[ORG] = principal.org
+    session[KIND] = principal.kind
     session[SINCE] = int(time.time())
     session[CSRF] = secrets.token_urlsafe(32)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, abort, current_app, flash, redirect, render_template, request,
+from flask import (Blueprint, abort, current_app, flash, redirect, render_template, request, session,
                    url_for)
 from werkzeug.exceptions import HTTPException
 
-from shared.auth import token_name
+from shared.auth import Principal
+from shared.auth.oidc import InvalidToken, ProviderUnavailable
+from shared.dashboard import provider
 from shared.dashboard import session as auth
 from shared.dashboard.chart import STACK_ORDER, stacked_bars
 from shared.errors import DomainError
@@ -23,27 +25,39 @@ CHART_DAYS = 14
 bp = Blueprint("imports_dashboard", __name__, url_prefix="/imports",
                template_folder="templates", static_folder="static", static_url_path="/static")
 
-OPEN_ENDPOINTS = {"imports_dashboard.login", "imports_dashboard.static"}
+OPEN_ENDPOINTS = {"imports_dashboard.login", "imports_dashboard.oidc_login", "imports_dashboard.oidc_callback",
+                  "imports_dashboard.static"}
+READ, OPERATE = "imports:read", "imports:operate"  # pages, buttons (SPEC §11)
 
 
 def _imports():
     return current_app.extensions["imports"]
 
 
-# ---- sign-in and CSRF, for every page ------------------------------------------------------------
+# ---- sign-in, scopes and CSRF, for every page ---------------------------------------------------
 
 @bp.before_request
 def require_sign_in_and_csrf():
+    if not current_app.config.get("SECRET_KEY"):
+        abort(503, description="The dashboard is off: set DASHBOARD_SECRET_KEY (a random value of at least "
+                               "32 characters, the same for every worker and replica) to serve it.")
     if request.method == "POST" and not auth.csrf_valid(request.form.get("csrf_token")):
         abort(400, description="The form is out of date or was not sent from this dashboard "
                                "(CSRF token missing or wrong). Reload the page and try again. If "
                                "this repeats, the browser drops the dashboard's cookie: open it "
                                "over https, or over http on localhost.")
-    if request.endpoint in OPEN_ENDPOINTS or auth.signed_in_as():
+    if request.endpoint in OPEN_ENDPOINTS:
         return None
-    if request.method == "GET":
-        return redirect(url_for(".login", next=request.full_path.rstrip("?")))
-    abort(401, description="Sign in first.")
+    principal = auth.signed_in()
+    if principal is None:
+        if request.method == "GET":
+            return redirect(url_for(".login", next=request.full_path.rstrip("?")))
+        abort(401, description="Sign in first.")
+    needed = OPERATE if request.method == "POST" and request.endpoint != "imports_dashboard.logout" else READ
+    if request.endpoint != "imports_dashboard.logout" and not principal.holds(needed):
+        abort(403, description=f"You are signed in as {principal.name}, whose credential does not hold the "
+                               f"scope {needed}.")
+    return None
 
 
 def _safe_next(target: str | None) -> str:
@@ -53,17 +67,52 @@ def _safe_next(target: str | None) -> str:
     return url_for(".overview")
 
 
+def _signed_in(principal: Principal, next_page: str | None):
+    if not principal.holds(READ):
+        flash(f"{principal.name} does not hold the scope {READ}: ask for a credential that may read imports.",
+              "error")
+        return render_template("imports_dashboard/login.html", next=next_page or ""), 403
+    auth.sign_in(principal)
+    return redirect(_safe_next(next_page))
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if request.method == "POST":
-        name = token_name(request.form.get("token", "").strip(),
-                          current_app.extensions["settings"].API_TOKENS)
-        if name is not None:
-            auth.sign_in(name)
-            return redirect(_safe_next(request.form.get("next")))
-        flash("That token is not valid.", "error")
-        return render_template("imports_dashboard/login.html", next=request.form.get("next", "")), 401
+        try:
+            principal = current_app.extensions["auth"].principal(request.form.get("token", "").strip())
+        except (InvalidToken, ProviderUnavailable) as error:
+            reason = "the identity provider cannot be reached" if isinstance(error, ProviderUnavailable) \
+                else "that token is not valid"
+            flash(f"Not signed in: {reason}.", "error")
+            return render_template("imports_dashboard/login.html", next=request.form.get("next", "")), 401
+        return _signed_in(principal, request.form.get("next"))
     return render_template("imports_dashboard/login.html", next=request.args.get("next", ""))
+
+
+@bp.get("/login/oidc")
+def oidc_login():
+    """To the identity provider (authorization code flow with PKCE); it sends the browser back to
+    `oidc_callback`."""
+    client = provider.client()
+    if client is None:
+        abort(404, description="Signing in with an identity provider is not configured (OIDC_CLIENT_ID).")
+    session[provider.NEXT] = request.args.get("next", "")
+    return client.authorize_redirect(url_for(".oidc_callback", _external=True))
+
+
+@bp.get("/login/callback")
+def oidc_callback():
+    client = provider.client()
+    if client is None:
+        abort(404, description="Signing in with an identity provider is not configured (OIDC_CLIENT_ID).")
+    next_page = session.get(provider.NEXT)
+    try:
+        principal = provider.principal(client)
+    except provider.SignInFailed as error:
+        flash(f"Not signed in: {error}", "error")
+        return render_template("imports_dashboard/login.html", next=next_page or ""), 401
+    return _signed_in(principal, next_page)
 
 
 @bp.post("/logout")
@@ -152,7 +201,10 @@ def page_headers(response):
 
 @bp.context_processor
 def template_helpers():
-    return {"csrf_token": auth.csrf_token, "signed_in_as": auth.signed_in_as(),
+    principal = auth.signed_in()
+    return {"csrf_token": auth.csrf_token, "signed_in_as": principal.name if principal else None,
+            "can_operate": principal is not None and principal.holds(OPERATE),
+            "provider_sign_in": provider.client() is not None,
             "service_title": current_app.config.get("API_TITLE", current_app.name),
             "statuses": STATUSES, "stack_order": STACK_ORDER,
             "when": when, "ago": ago, "due": due, "took": took}

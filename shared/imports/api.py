@@ -9,7 +9,7 @@ from sqlalchemy import select
 from shared.db import page_of
 from shared.errors import NotFound
 from shared.extensions import db
-from shared.http import Blueprint
+from shared.http import Blueprint, current_principal
 from shared.imports.models import STATUSES
 from shared.schemas import StrictSchema
 
@@ -37,7 +37,10 @@ class ImportCountsSchema(StrictSchema):
 class ImportRecordSchema(StrictSchema):
     id = fields.Integer()
     source = fields.String()
-    name = fields.String()
+    name = fields.Method("_name", metadata={
+        "type": "string", "description": "the file's name; in the patient service only with `patients:read` "
+                                         "(it holds the patient's name), else the label"})
+    label = fields.String(metadata={"description": "names the file without personal data"})
     sha256 = fields.String(allow_none=True)
     size = fields.Integer(allow_none=True)
     generation = fields.Integer(allow_none=True)
@@ -50,6 +53,10 @@ class ImportRecordSchema(StrictSchema):
     counts = fields.Nested(ImportCountsSchema)
     errors = fields.List(fields.Nested(ImportErrorSchema))
     warnings = fields.List(fields.Nested(ImportErrorSchema))
+
+    def _name(self, record) -> str:
+        scope = _imports().spec.name_scope
+        return record.name if scope is None or current_principal().holds(scope) else record.label
 
 
 class ImportQuerySchema(StrictSchema):
@@ -74,6 +81,7 @@ def get_record(import_id: int):
 
 @blp.route("")
 class Imports(MethodView):
+    @blp.scope("imports:read")
     @blp.arguments(ImportQuerySchema, location="query")
     @blp.response(200, ImportRecordSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=100)
@@ -91,6 +99,7 @@ class Imports(MethodView):
 
 @blp.route("/<int:import_id>")
 class Import(MethodView):
+    @blp.scope("imports:read")
     @blp.response(200, ImportRecordSchema)
     def get(self, import_id):
         """One import with its per-item errors and warnings."""
@@ -99,6 +108,7 @@ class Import(MethodView):
 
 @blp.route("/run")
 class RunImports(MethodView):
+    @blp.scope("imports:operate")
     @blp.response(202, RunRequestedSchema)
     def post(self):
         """Poll the bucket or rescan the folder now (whichever worker holds the importer lock does)."""
@@ -108,6 +118,7 @@ class RunImports(MethodView):
 
 @blp.route("/<int:import_id>/retry")
 class RetryImport(MethodView):
+    @blp.scope("imports:operate")
     @blp.response(202, ImportRecordSchema)
     @blp.alt_response(409, description="Only failed or quarantined imports can be retried")
     def post(self, import_id):

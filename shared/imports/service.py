@@ -45,6 +45,10 @@ class ImporterSpec:
     # Upkeep after every full pass, in the process that imports (the patient service's pending
     # erasure deletions and retention): its failure is logged and never stops the importer.
     after_pass: Callable[[], Any] | None = None
+    # The scope a credential needs to see a record's file `name` in `GET /api/imports…` (SPEC §11:
+    # a bucket file's name holds the patient's name); without it the `label` stands in. None: the
+    # names hold no personal data (the scraper's files), everyone with `imports:read` sees them.
+    name_scope: str | None = None
 
 
 class ImportsExtension:

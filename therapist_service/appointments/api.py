@@ -6,7 +6,7 @@ from flask.views import MethodView
 
 from shared import batch
 from shared.db import atomic
-from shared.http import Blueprint, as_stored, current_actor, etag_for, expected_versions
+from shared.http import Blueprint, as_stored, current_actor, current_principal, etag_for, expected_versions
 from shared.schemas import AsOfQuerySchema, VersionSchema
 from therapist_service.appointments import services
 from therapist_service.appointments.schemas import (AppointmentBatchRequestSchema, AppointmentBatchResponseSchema,
@@ -24,25 +24,29 @@ OVERLAP = {409: "`overlap`: the time is taken by another active appointment of t
 
 @blp.route("")
 class Appointments(MethodView):
+    @blp.scope("appointments:read")
     @blp.arguments(AppointmentQuerySchema, location="query")
     @blp.response(200, AppointmentSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=100)
-    @blp.problems(401)
     def get(self, filters, pagination_parameters):
         """An organisation's appointments ordered by start: now, or with `at` as they were then."""
         items, total = services.list_appointments(filters, page=pagination_parameters.page,
-                                                  page_size=pagination_parameters.page_size)
+                                                  page_size=pagination_parameters.page_size,
+                                                  org=current_principal().org)
         pagination_parameters.item_count = total
         return items
 
+    @blp.scope("appointments:write")
     @blp.arguments(AppointmentWriteSchema)
     @blp.response(200, WriteResultSchema, description="Updated, or `ignored-stale` (nothing written)")
     @blp.alt_response(201, schema=WriteResultSchema, description="Created")
-    @blp.problems(400, 401, 409, 413, descriptions=OVERLAP)
+    @blp.problems(400, 409, 413, descriptions=OVERLAP)
     @atomic
     def post(self, data):
-        """Create or update the appointment (`orgId`, `id`); `updatedAt` not newer than the stored one is ignored."""
-        appointment, action = services.upsert_appointment(data, source="api", actor=current_actor())
+        """Create or update the appointment (`orgId`, `id`); `updatedAt` not newer than the stored one is ignored.
+        A credential bound to an organisation writes its own only (403 `wrong-organisation`)."""
+        appointment, action = services.upsert_appointment(data, source="api", actor=current_actor(),
+                                                          org=current_principal().org)
         if action == services.IGNORED_STALE:
             return {"status": "ignored-stale"}
         headers = {"ETag": etag_for(appointment.id, appointment.version)}
@@ -54,32 +58,35 @@ class Appointments(MethodView):
 
 @blp.route("/<uuid:appointment_id>")
 class Appointment(MethodView):
+    @blp.scope("appointments:read")
     @blp.arguments(AsOfQuerySchema, location="query")
     @blp.response(200, AppointmentSchema)
-    @blp.problems(401, 404, 410)
+    @blp.problems(404, 410)
     def get(self, args, appointment_id):
         """Read an appointment (410 once cancelled); with `?at=` as it was then."""
         if "at" in args:
-            return as_stored(services.get_appointment_as_of(appointment_id, args["at"]))
-        appointment = services.get_appointment(appointment_id)
+            return as_stored(services.get_appointment_as_of(appointment_id, args["at"], org=current_principal().org))
+        appointment = services.get_appointment(appointment_id, org=current_principal().org)
         return services.representation(appointment), 200, {"ETag": etag_for(appointment.id, appointment.version)}
 
+    @blp.scope("appointments:write")
     @blp.response(204)
-    @blp.problems(401, 404, 410, 412)
+    @blp.problems(404, 410, 412)
     @atomic
     def delete(self, appointment_id):
         """Cancel an appointment: its time is free again, reads answer 410. Honours `If-Match`."""
         services.cancel_appointment(appointment_id, expected_versions=expected_versions(appointment_id),
-                                    source="api", actor=current_actor())
+                                    source="api", actor=current_actor(), org=current_principal().org)
 
 
 @blp.route("/<uuid:appointment_id>/history")
 class AppointmentHistory(MethodView):
+    @blp.scope("appointments:read")
     @blp.response(200, VersionSchema(many=True))
-    @blp.problems(401, 404)
+    @blp.problems(404)
     def get(self, appointment_id):
         """Every version of an appointment, newest first."""
-        return services.appointment_history(appointment_id)
+        return services.appointment_history(appointment_id, org=current_principal().org)
 
 
 _batch_item_schema = AppointmentWriteSchema()
@@ -89,18 +96,19 @@ _batch_item_schema.strings_checked_by_parent = True
 
 BATCH = batch.BatchAdapter(item_schema=_batch_item_schema, upsert=services.upsert_batch_item,
                            delete=None, key_model=IdempotencyKey, prepare=services.prepare_batch,
-                           finish=services.finish_batch)
+                           finish=services.finish_batch, bind=services.bind_organisation)
 
 
 @blp.route("/batch")
 class AppointmentBatch(MethodView):
+    @blp.scope("appointments:write")
     @blp.arguments(AppointmentBatchRequestSchema)
     @blp.response(200, AppointmentBatchResponseSchema)
     @blp.alt_response(201, schema=AppointmentBatchResponseSchema, description="At least one appointment was created")
     @blp.alt_response(204, description="`Prefer: return=minimal` and nothing was created")
-    @blp.problems(400, 401, 409, 413, descriptions=batch.PROBLEMS)
+    @blp.problems(400, 409, 413, descriptions=batch.PROBLEMS)
     def post(self, body):
         """Create or update many appointments at once, each as `POST /api/appointments` would:
         per item `created`, `updated`, `ignored_stale`, or an error (an `overlap` names the
         appointment holding the time, which may be an earlier item of the same batch)."""
-        return batch.handle(BATCH, body, actor=current_actor())
+        return batch.handle(BATCH, body, principal=current_principal())

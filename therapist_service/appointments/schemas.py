@@ -7,16 +7,15 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 from shared.batch import BatchRequestSchema, BatchResponseSchema, ItemResultSchema
 from shared.schemas import AnyOfSchemas, StrictSchema, TrimmedString, UtcDateTime
 
-DEFAULT_ORG = "default"
-
 
 class AppointmentWriteSchema(StrictSchema):
     """One appointment as the calendar pushes it; `id` is the upstream's, stored as `external_id`."""
 
     external_id = TrimmedString(data_key="id", required=True, validate=validate.Length(1, 200),
                                 metadata={"description": "the calendar's id, unique within `orgId`"})
-    org_id = TrimmedString(data_key="orgId", load_default=DEFAULT_ORG, validate=validate.Length(1, 100),
-                           metadata={"description": "the practice"})
+    org_id = TrimmedString(data_key="orgId", validate=validate.Length(1, 100),
+                           metadata={"description": "the practice; without it the credential's own organisation "
+                                                    "(`default` for a credential bound to none)"})
     start = UtcDateTime(required=True)
     end = UtcDateTime(required=True, metadata={"description": "after `start`; the range is half-open [start, end)"})
     payload_created_at = UtcDateTime(data_key="createdAt", load_default=None, allow_none=True)
@@ -50,8 +49,9 @@ class WriteResultSchema(StrictSchema):
 
 
 class AppointmentQuerySchema(StrictSchema):
-    org = TrimmedString(load_default=DEFAULT_ORG, validate=validate.Length(1, 100),
-                        metadata={"description": "the practice (`orgId`)"})
+    org = TrimmedString(validate=validate.Length(1, 100),
+                        metadata={"description": "the practice (`orgId`); without it the credential's own "
+                                                 "organisation (`default` for a credential bound to none)"})
     at = UtcDateTime(metadata={"description": "the organisation's appointments as they were at this instant"})
     window_from = UtcDateTime(data_key="from", metadata={"description": "keep those ending after this"})
     window_to = UtcDateTime(data_key="to", metadata={"description": "keep those starting before this"})

@@ -15,6 +15,10 @@ Rules:
   wait for each other inside the exclusion check (each sees the other's index entry) and end in a
   deadlock (40P01) instead of one 201 and one 409; and of two writes of one appointment the
   second reads what the first wrote, so the highest `updatedAt` wins whatever the arrival order.
+- *Organisations kept apart* (SPEC §11): a credential bound to an organisation (`org`, from
+  `Principal.org`) writes and lists that one only (`organisation_for`: another is
+  `WrongOrganisation`, none means its own), and another organisation's appointment by id is 404,
+  exactly as one that does not exist (`_within`). `org=None`: a credential that may name any.
 """
 from __future__ import annotations
 
@@ -32,12 +36,13 @@ from sqlalchemy.exc import IntegrityError
 from shared import versioning
 from shared.bulk import copy_lines, copy_value
 from shared.db import page_of
-from shared.errors import Overlap
+from shared.errors import Overlap, WrongOrganisation
 from shared.extensions import db
 from shared.schemas import now_utc
 from therapist_service.appointments.models import NO_OVERLAP, Appointment, AppointmentVersion
 
 CREATED, UPDATED, IGNORED_STALE = "created", "updated", "ignored_stale"
+DEFAULT_ORG = "default"  # the organisation of a body without `orgId`, sent by an unbound credential
 
 APPOINTMENTS = versioning.VersionedStore(Appointment, AppointmentVersion, "appointment")
 
@@ -93,21 +98,43 @@ def lock_organisations(org_ids: Iterable[str]) -> None:
 
 # ---- reads ---------------------------------------------------------------------------------------
 
-def get_appointment(appointment_id: uuid.UUID) -> Appointment:
-    return APPOINTMENTS.get(appointment_id)
+def organisation_for(requested: str | None, bound: str | None) -> str:
+    """The organisation a write or list is about: the one named, or without a name the
+    credential's own (`"default"` for one bound to none); naming another than its own is refused."""
+    if bound is None:
+        return requested or DEFAULT_ORG
+    if requested is not None and requested != bound:
+        raise WrongOrganisation(f"this credential is bound to organisation {bound!r}; "
+                                f"it cannot write or list {requested!r}")
+    return bound
 
 
-def get_appointment_as_of(appointment_id: uuid.UUID, at: datetime) -> dict[str, Any]:
-    return APPOINTMENTS.as_of(appointment_id, at)
+def bind_organisation(data: dict[str, Any], org: str | None) -> None:
+    """Set a loaded appointment's `org_id` by `organisation_for` (a batch item's, before `prepare`)."""
+    data["org_id"] = organisation_for(data.get("org_id"), org)
 
 
-def appointment_history(appointment_id: uuid.UUID) -> list[AppointmentVersion]:
-    return APPOINTMENTS.history(appointment_id)
+def _within(org: str | None) -> Any:
+    return None if org is None else Appointment.org_id == org
 
 
-def list_appointments(filters: dict[str, Any], *, page: int, page_size: int) -> tuple[list[dict[str, Any]], int]:
+def get_appointment(appointment_id: uuid.UUID, *, org: str | None = None) -> Appointment:
+    return APPOINTMENTS.get(appointment_id, within=_within(org))
+
+
+def get_appointment_as_of(appointment_id: uuid.UUID, at: datetime, *, org: str | None = None) -> dict[str, Any]:
+    return APPOINTMENTS.as_of(appointment_id, at, within=_within(org))
+
+
+def appointment_history(appointment_id: uuid.UUID, *, org: str | None = None) -> list[AppointmentVersion]:
+    return APPOINTMENTS.history(appointment_id, within=_within(org))
+
+
+def list_appointments(filters: dict[str, Any], *, page: int, page_size: int,
+                      org: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """An organisation's active appointments ordered by start, now or (`at`) as they were then;
     `window_from` / `window_to` keep those overlapping that window."""
+    filters = {**filters, "org": organisation_for(filters.get("org"), org)}
     if "at" in filters:
         return _list_as_of(filters, page=page, page_size=page_size)
     query = select(Appointment).where(Appointment.org_id == filters["org"], Appointment.deleted_at.is_(None))
@@ -242,14 +269,17 @@ def _apply(appointment: Appointment | NewAppointment, data: dict[str, Any]) -> N
     appointment.payload_updated_at = data["payload_updated_at"]
 
 
-def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
+def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, org: str | None = None,
+                       now: datetime | None = None,
                        context: BatchContext | None = None) -> tuple[Appointment | NewAppointment, str]:
     """Create or update the appointment (`org_id`, `external_id`); returns it and `created`,
-    `updated` or `ignored_stale` (nothing written). An overlap raises `Overlap`.
+    `updated` or `ignored_stale` (nothing written). An overlap raises `Overlap`; an `org_id` other
+    than a bound credential's (`org`) raises `WrongOrganisation`.
 
     With a batch `context` the organisation is locked and the match looked up already, and the
     write is left to the batch's one flush and COPY (whose overlap makes the batch redo its items
     singly); a created one is then a `NewAppointment`."""
+    bind_organisation(data, org)
     key = (data["org_id"], data["external_id"])
     appointment: Appointment | NewAppointment | None
     if context is None:
@@ -317,12 +347,12 @@ def upsert_batch_item(data: dict[str, Any], *, source: str, actor: str,
 
 
 def cancel_appointment(appointment_id: uuid.UUID, *, expected_versions: Collection[int] | None = None,
-                       source: str, actor: str, now: datetime | None = None) -> Appointment:
+                       source: str, actor: str, org: str | None = None, now: datetime | None = None) -> Appointment:
     """Cancel: a version is written, its time is free again, reads give 410."""
     org_id = db.session.scalar(select(Appointment.org_id).where(Appointment.id == appointment_id))
-    if org_id is not None:
+    if org_id is not None and org in (None, org_id):
         lock_organisations([org_id])  # before its row: the order every writer takes them in
-    appointment = APPOINTMENTS.get(appointment_id, for_update=True)  # 404, 410
+    appointment = APPOINTMENTS.get(appointment_id, for_update=True, within=_within(org))  # 404, 410
     APPOINTMENTS.check_version(appointment, expected_versions)
     now = now or now_utc()
     appointment.deleted_at = now

@@ -23,10 +23,10 @@ PROBLEMS = {**batch.PROBLEMS, 422: "An invalid item (nothing written; one error 
 
 @blp.route("")
 class Participants(MethodView):
+    @blp.scope("participants:read")
     @blp.arguments(ParticipantQuerySchema, location="query")
     @blp.response(200, ParticipantSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=100)
-    @blp.problems(401)
     def get(self, filters, pagination_parameters):
         """List participants, filtered by `mid`, `email`, `eventId` (of their metadata)."""
         items, total = services.list_participants(filters, page=pagination_parameters.page,
@@ -39,7 +39,8 @@ class Participants(MethodView):
     @blp.alt_response(204, description="Nothing was created (matched participants may have changed)")
     @blp.alt_response(200, schema=ParticipantBatchResultSchema,
                       description="`Prefer: return=representation` and nothing was created (201 carries it too)")
-    @blp.problems(400, 401, 409, 413, 422, descriptions=PROBLEMS)
+    @blp.scope("participants:write")
+    @blp.problems(400, 409, 413, 422, descriptions=PROBLEMS)
     def post(self, body):
         """Create or update participants in one transaction, matched by id or alias, else by first name,
         last name and e-mail. `Idempotency-Key` / `X-Request-ID` replay as for batch requests."""
@@ -53,8 +54,9 @@ class Participants(MethodView):
 
 @blp.route("/<participant_id>")
 class Participant(MethodView):
+    @blp.scope("participants:read")
     @blp.response(200, ParticipantSchema)
-    @blp.problems(401, 404)
+    @blp.problems(404)
     def get(self, participant_id):
         """Read a participant by its `participantId` or an alias."""
         participant = services.get_participant(participant_id)
@@ -63,8 +65,9 @@ class Participant(MethodView):
 
 @blp.route("/<participant_id>/history")
 class ParticipantHistory(MethodView):
+    @blp.scope("participants:read")
     @blp.response(200, VersionSchema(many=True))
-    @blp.problems(401, 404)
+    @blp.problems(404)
     def get(self, participant_id):
         """Every version of a participant, newest first."""
         return services.participant_history(participant_id)
