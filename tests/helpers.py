@@ -6,7 +6,7 @@ import email
 import socket
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from email import policy
 from email.message import EmailMessage
 from typing import Any, Callable
@@ -109,3 +109,20 @@ def instant_between_writes() -> datetime:
 
 def at_param(moment: datetime) -> str:
     return quote(moment.isoformat())
+
+
+def add_record(app, **values: Any) -> int:
+    """An import record written straight to the app's table (`values` over plain defaults)."""
+    from shared.extensions import db
+
+    Record = app.extensions["imports"].models.record
+    now = datetime.now(timezone.utc)
+    defaults = dict(source="folder", name="00000.json", label="00000.json", status="succeeded", attempts=1,
+                    retry_round=0, created_at=now, started_at=now, finished_at=now + timedelta(seconds=2),
+                    counts={"created": 1, "updated": 0, "unchanged": 0, "deleted": 0, "ignored_stale": 0,
+                            "failed": 0}, errors=[], warnings=[])
+    with app.app_context():
+        record = Record(**{**defaults, **values})
+        db.session.add(record)
+        db.session.commit()
+        return record.id

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from helpers import add_record
 from conftest import AUTH, DASHBOARD_SECRET_KEY, OTHER_TOKEN, ROOT, SAMPLES, TOKEN
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -43,22 +44,6 @@ def session_payload(set_cookie: str) -> dict[str, Any]:
     data = value.lstrip(".").split(".")[0]
     raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
     return json.loads(zlib.decompress(raw) if compressed else raw)
-
-
-def add_record(app, **values: Any) -> int:
-    from shared.extensions import db
-
-    Record = app.extensions["imports"].models.record
-    now = datetime.now(timezone.utc)
-    defaults = dict(source="folder", name="00000.json", label="00000.json", status="succeeded", attempts=1,
-                    retry_round=0, created_at=now, started_at=now, finished_at=now + timedelta(seconds=2),
-                    counts={"created": 1, "updated": 0, "unchanged": 0, "deleted": 0, "ignored_stale": 0,
-                            "failed": 0}, errors=[], warnings=[])
-    with app.app_context():
-        record = Record(**{**defaults, **values})
-        db.session.add(record)
-        db.session.commit()
-        return record.id
 
 
 def record_state(app, import_id: int) -> tuple[str, int]:
