@@ -5,6 +5,9 @@
         --token "$TOKEN" --batch-size 200
     python scripts/send_participants.py generate --count 1000 --mid-ratio 0.7 > participants.json
 
+The token needs the scope `participants:write` and nothing else (least privilege, SPEC §11):
+`flask --app therapist_service auth add-client participants-upstream --scope participants:write`.
+
 `send` reads a JSON file (a list of participants, or `{"batchId", "source", "participants"}`),
 posts it in batches of `--batch-size`, each with an `Idempotency-Key` made from the batch's
 content (so running the same file again after a crash replays what was already applied instead of
@@ -182,7 +185,10 @@ def main(argv: list[str] | None = None, post: Post | None = None) -> int:
     sending = commands.add_parser("send", help="post a JSON file of participants in batches")
     sending.add_argument("file", type=argparse.FileType("r", encoding="utf-8"))
     sending.add_argument("--url", default="http://localhost:5002", help="the therapist service")
-    sending.add_argument("--token", required=True, help="a bearer token of API_TOKENS")
+    sending.add_argument("--token", required=True,
+                         help="a service client's token holding only participants:write (SPEC §11), e.g. from "
+                              "`flask --app therapist_service auth add-client participants-upstream "
+                              "--scope participants:write`")
     sending.add_argument("--batch-size", type=int, default=200)
     generating = commands.add_parser("generate", help="print generated participants as JSON")
     generating.add_argument("--count", type=int, default=1000)

@@ -68,7 +68,10 @@ def test_services_are_wired_with_the_spec_variables(compose):
     therapists = environment(compose["services"]["therapist_service"])
     for env in (patients, therapists):
         assert env["DATABASE_URL"].startswith("postgresql://") and "@db:5432/" in env["DATABASE_URL"]
-        assert env["API_TOKENS"].startswith("${API_TOKENS:?")  # no token is baked into the file
+        assert env["API_TOKENS"] == "${API_TOKENS:-}"  # no token is baked into the file
+        assert env["DASHBOARD_SECRET_KEY"].startswith("${DASHBOARD_SECRET_KEY:?")  # nor a key
+        clients_folder = env["AUTH_CLIENTS_FILE"].rsplit("/", 1)[0]
+        assert any(volume.split(":")[1] == clients_folder for volume in compose["services"]["migrate"]["volumes"])
         assert env["SMTP_HOST"] == "mailpit"
         assert env["LOG_FORMAT"] == "json"
     assert patients["SERVICE_APP"] == "patient_service.app:create_app()"
