@@ -20,6 +20,7 @@ it says so and compares again at 50/s for 60 s. Then it stops gunicorn and the d
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -94,7 +95,12 @@ def create_app_without_access_log():
 
 def start_patient_service(database_url: str, token: str, port: int, log_file, *,
                           access_log: bool = True) -> subprocess.Popen:
-    env = {**os.environ, "DATABASE_URL": database_url, "API_TOKENS": f"bench:{token}",
+    # The token is a service client's with the scopes the load needs (SPEC §11), as production
+    # runs: each request pays for the clients file's check and the scope check.
+    clients = VAR / "bench-clients.toml"
+    clients.write_text(f'[clients.bench]\ntoken_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\n'
+                       'scopes = ["patients:read", "patients:write", "patients:audit"]\n')
+    env = {**os.environ, "DATABASE_URL": database_url, "AUTH_CLIENTS_FILE": str(clients),
            "IMPORTS_ENABLED": "false", "LOG_LEVEL": "WARNING"}
     subprocess.run([str(BIN / "flask"), "--app", "patient_service", "db", "upgrade"],
                    env=env, cwd=ROOT, check=True, stdout=log_file, stderr=log_file)
