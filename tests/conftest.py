@@ -25,6 +25,9 @@ API_TOKENS = f"tests:{TOKEN},other:{OTHER_TOKEN}"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DASHBOARD_SECRET_KEY = "dashboard-secret-key-for-tests-0123456789abcdef"
 SCHEMAS = ("patient_service", "therapist_service")
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="session")
@@ -129,3 +132,19 @@ def patient_client(patient_app):
 @pytest.fixture
 def therapist_client(therapist_app):
     return therapist_app.test_client()
+
+
+@pytest.fixture
+def browser():
+    """Debian's chromium through Playwright (which never downloads a browser here)."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: the dashboard's browser test needs Debian's chromium. "
+                    "`make test` installs it when run as root; or run `apt-get install chromium`.")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: run `make install` (it is pinned in pyproject.toml)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

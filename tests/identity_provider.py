@@ -41,6 +41,7 @@ def rsa_key() -> rsa.RSAPrivateKey:
 
 def private_jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
     jwk: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(key))
+    jwk.pop("key_ops", None)  # PyJWT writes ["sign"]; the provider would publish it, and verifiers refuse to verify
     return {**jwk, "kid": kid, "use": "sig", "alg": "RS256"}
 
 

@@ -17,9 +17,6 @@ import pytest
 from helpers import add_record
 from conftest import AUTH, DASHBOARD_SECRET_KEY, OTHER_TOKEN, ROOT, SAMPLES, TOKEN
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOT = ROOT / "var" / "dashboard.png"
 BROKEN = b'{"metadata": {"scrape_id": "10XXX"}, "therapists": [ {"id": '  # cut off mid-file
 
@@ -360,21 +357,6 @@ def served(app):
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     thread.join(timeout=10)
-
-
-@pytest.fixture
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: the dashboard's browser test needs Debian's chromium. "
-                    "`make test` installs it when run as root; or run `apt-get install chromium`.")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is not installed: run `make install` (it is pinned in pyproject.toml)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def test_browser_shows_a_real_run_and_retry_requeues_the_failed_import(app, inbox, served, browser):

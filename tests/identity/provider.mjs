@@ -7,7 +7,7 @@
 //   web_clients: [{client_id, redirect_uris, client_secret?}]      authorization code + PKCE (dashboard)
 //   accounts:    {<login>: {scopes: [...], org_id?}}               who may sign in, with which scopes
 import { readFileSync } from 'node:fs';
-import Provider from 'oidc-provider';
+import Provider, { interactionPolicy } from 'oidc-provider';
 
 const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const apiScopes = config.scopes.join(' ');
@@ -32,7 +32,12 @@ const clients = [
   })),
 ];
 
+// Login only, no consent page: what a person is granted is `accounts`' business (loadExistingGrant).
+const policy = interactionPolicy.base();
+policy.remove('consent');
+
 const provider = new Provider(config.issuer, {
+  interactions: { policy },
   clients,
   jwks: config.jwks,
   scopes: ['openid', ...config.scopes], // the API's scopes too: a client's `scope` may name only these
@@ -58,8 +63,8 @@ const provider = new Provider(config.issuer, {
     const existing = ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
     if (existing) return ctx.oidc.provider.Grant.find(existing);
     const grant = new ctx.oidc.provider.Grant({ clientId: ctx.oidc.client.clientId, accountId });
-    grant.addOIDCScope('openid');
     const allowed = (config.accounts[accountId]?.scopes || []).filter((s) => config.scopes.includes(s));
+    grant.addOIDCScope(['openid', ...allowed].join(' '));
     if (allowed.length) grant.addResourceScope(config.audience, allowed.join(' '));
     await grant.save();
     return grant;
