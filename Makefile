@@ -44,6 +44,6 @@ chromium:
 clean:
 	rm -rf $(VENV) var .pytest_cache
 
-# pip-audit over what `make install` installed from the pins; see "Audit" in the README.
+# pip-audit over what `make install` installed from the pins; see "Audit" in docs/operations.md.
 audit: install
 	$(BIN)/python scripts/audit.py

@@ -195,7 +195,7 @@ class PatientBatch(MethodView):
     @blp.alt_response(204, description="`Prefer: return=minimal` and nothing was created")
     @blp.problems(400, 409, 413, descriptions=batch.PROBLEMS)
     def post(self, body):
-        """Create, update or delete many patients at once; see the README for modes, dry runs
-        and `Idempotency-Key`. An item with `id` updates that patient; without, the duplicate
+        """Create, update or delete many patients at once; see docs/api.md (*Batch requests*) for
+        modes, dry runs and `Idempotency-Key`. An item with `id` updates that patient; without, the duplicate
         rule decides between update and create."""
         return batch.handle(BATCH, body, principal=current_principal())

@@ -226,7 +226,7 @@ def _alert_undeleted(erasure: Erasure, deletion: BackupDeletion) -> None:
         f"Backup copy: {deletion.file_name} in PATIENT_IMPORT_BACKUP_DIR",
         f"Error: {deletion.last_error}",
         "The database part of the erasure is done. The copy is tried again after every import pass",
-        "until it is gone; fix what stops its deletion (see the runbook in the README, Data protection).",
+        "until it is gone; fix what stops its deletion (see docs/security.md, Runbook: a request for erasure).",
     ]) + "\n"
     alerts.enqueue(Alert, f"erasure:{erasure.id}:backup-not-deleted", subject, body)
 

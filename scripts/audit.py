@@ -4,7 +4,7 @@ pyproject.toml (the pinned packages and everything they pull in).
 Exit status: 0 clean; 1 a known vulnerability, or a package the advisory service does not know
 (`--strict`: an unaudited package is not a clean one); 2 the audit could not run because the
 advisory service could not be reached, or it knew none of the packages. Accepted exceptions are
-listed in ACCEPTED with the reason, and in the README under "Audit".
+listed in ACCEPTED with the reason, and in docs/operations.md under "Audit".
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 PIP_AUDIT = Path(sys.executable).parent / "pip-audit"
 
-# Vulnerability id → why it is accepted for now. Keep the README's "Audit" section in step.
+# Vulnerability id → why it is accepted for now. Keep the "Audit" section of docs/operations.md in step.
 ACCEPTED: dict[str, str] = {}
 
 NETWORK_ERRORS = ("ConnectionError", "NameResolutionError", "Max retries exceeded", "ConnectTimeout",

@@ -93,7 +93,7 @@ def observe_relay(service: str, *, leader: bool) -> None:
 
 def declare_series(service: str) -> None:
     """Every series whose labels are known in advance, at zero from the start: a fresh service lists
-    every metric of the README, and `increase()` sees the first import or alert (a series that is
+    every metric of the runbook's table (docs/operations.md), and `increase()` sees the first import or alert (a series that is
     born at 1 hides it). Request series are labelled by route and status, so they appear with the
     first request of each."""
     ALERTS_SENT.labels(service)

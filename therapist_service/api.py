@@ -116,5 +116,6 @@ class TherapistBatch(MethodView):
     @blp.problems(400, 409, 413, descriptions=batch.PROBLEMS)
     def post(self, body):
         """Create, update or delete many therapists at once, matched on `external_id`;
-        latest `last_modified` wins. See the README for modes, dry runs and `Idempotency-Key`."""
+        latest `last_modified` wins. See docs/api.md (*Batch requests*) for modes, dry runs
+        and `Idempotency-Key`."""
         return batch.handle(BATCH, body, principal=current_principal())

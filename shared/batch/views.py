@@ -46,7 +46,7 @@ def respond(outcome: Outcome, *, with_body: bool, preference_applied: str | None
 
 
 def handle(adapter: BatchAdapter, body: dict[str, Any], *, principal: Principal) -> Response:
-    """`POST /api/<things>/batch` for a service's adapter; see the README's *Batch requests*."""
+    """`POST /api/<things>/batch` for a service's adapter; see *Batch requests* in docs/api.md."""
     minimal = prefers("return=minimal")
     outcome = run_batch(adapter, body["items"], mode=body["mode"], dry_run=body["dry_run"], actor=principal.name,
                         org=principal.org,

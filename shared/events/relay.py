@@ -334,7 +334,7 @@ class EventRelay:
         if error_kind:
             lines.append(f"Error: {error_kind}")
         lines.append("Events wait in the outbox and none is lost; the relay publishes them once the broker "
-                     "answers. See the relay runbook in the README.")
+                     "answers. See the relay runbook in docs/operations.md.")
         return f"[{self.service}] event broker {state}", "\n".join(lines) + "\n"
 
     def _send_alerts(self) -> None:

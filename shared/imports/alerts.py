@@ -54,7 +54,7 @@ def import_alert(service: str, record: Any, *, source_description: str) -> tuple
         f"Record: GET /api/imports/{record.id}",
         f"Retry: POST /api/imports/{record.id}/retry",
         "",
-        "The import record lists each error with its item and field. See the runbook in the README.",
+        "The import record lists each error with its item and field. See the runbook, docs/operations.md.",
     ]
     return f"[{service}] import {record.status}: #{record.id}", "\n".join(lines) + "\n"
 
@@ -66,7 +66,7 @@ def source_alert(service: str, *, down: bool, source_description: str, since: An
              f"Unreachable since: {since.isoformat(timespec='seconds')}"]
     if error_kind:
         lines.append(f"Error: {error_kind}")
-    lines.append("Imports resume by themselves once the source answers; see the runbook in the README.")
+    lines.append("Imports resume by themselves once the source answers; see the runbook, docs/operations.md.")
     return f"[{service}] import source {state}", "\n".join(lines) + "\n"
 
 

@@ -194,7 +194,7 @@ class BackgroundImporter:
             subject = f"[{self.imports.service}] folder watcher restarted"
             body = (f"Service: {self.imports.service}\nThe watchdog observer of the import folder had stopped "
                     f"and was restarted at {now.isoformat(timespec='seconds')} by {self.identity}.\n"
-                    "A full rescan was started, so no file is missed. If this repeats, see the runbook.\n")
+                    "A full rescan was started, so no file is missed. If this repeats, see the runbook, docs/operations.md.\n")
             alerts.enqueue(self.imports.models.alert, f"observer:restarted:{now.isoformat()}", subject, body)
 
     def _send_alerts_soon(self) -> None:

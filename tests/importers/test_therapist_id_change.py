@@ -214,7 +214,7 @@ def test_id_change_is_one_updated_event_not_a_deletion_and_a_creation(inbox, cli
     assert (data["id"], data["external_id"], data["previous_external_ids"]) == (original["id"], "p-0815", ["praxis67"])
 
 
-# ---- undoing a wrong take-over (README runbook) -----------------------------------------------------
+# ---- undoing a wrong take-over (docs/operations.md runbook) -----------------------------------------
 
 def test_patch_of_external_id_undoes_a_wrong_take_over(inbox, client):
     import_file(inbox, client, practice("praxis67"))

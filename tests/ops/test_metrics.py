@@ -146,32 +146,32 @@ def test_metrics_answer_when_the_database_does_not(make_app):
     assert value(samples, "curavani_database_up", **THERAPISTS) == 0
 
 
-# ---- the README's list, present from the first scrape ---------------------------------------------
+# ---- the runbook's list (docs/operations.md), present from the first scrape -----------------------
 
-README_METRIC = re.compile(r"^\s*\| `(?P<name>curavani_[a-z_]+)(?:\{(?P<labels>[^}]*)\})?` \|")
+DOCUMENTED_METRIC = re.compile(r"^\s*\| `(?P<name>curavani_[a-z_]+)(?:\{(?P<labels>[^}]*)\})?` \|")
 
 
-def readme_metrics() -> dict[str, set[str]]:
-    """The metrics the README's table lists, with the labels it names (besides `service`)."""
+def documented_metrics() -> dict[str, set[str]]:
+    """The metrics the runbook's table (docs/operations.md) lists, with the labels it names (besides `service`)."""
     found = {}
-    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
-        if match := README_METRIC.match(line):
+    for line in (ROOT / "docs" / "operations.md").read_text(encoding="utf-8").splitlines():
+        if match := DOCUMENTED_METRIC.match(line):
             found[match["name"]] = {label.strip() for label in (match["labels"] or "").split(",") if label.strip()}
     return found
 
 
-def test_readme_lists_the_metrics_it_documents():
-    assert {"curavani_alerts_sent_total", "curavani_http_requests_total", "curavani_database_up"} <= set(readme_metrics())
+def test_the_runbook_lists_the_metrics_it_documents():
+    assert {"curavani_alerts_sent_total", "curavani_http_requests_total", "curavani_database_up"} <= set(documented_metrics())
 
 
 @pytest.mark.parametrize("service", ["patient", "therapist"])
-def test_a_fresh_service_lists_every_metric_of_the_readme_from_the_first_scrape(make_app, service):
+def test_a_fresh_service_lists_every_metric_of_the_runbook_from_the_first_scrape(make_app, service):
     app = make_app(service)
     text = app.test_client().get("/metrics").get_data(as_text=True)
     families = {family.name: family for family in text_string_to_metric_families(text)}
     typed = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
-    for name, labels in readme_metrics().items():
-        assert name in typed, f"{name} is in the README but not in /metrics"
+    for name, labels in documented_metrics().items():
+        assert name in typed, f"{name} is in docs/operations.md but not in /metrics"
         if "route" in labels:
             continue  # labelled by route and status: a series appears with the first request of each
         family = families.get(name) or families[name.removesuffix("_total")]
