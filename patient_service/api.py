@@ -154,9 +154,9 @@ class PatientErasure(MethodView):
 
 @blp.route("/<int:patient_id>/export")
 class PatientExport(MethodView):
+    @blp.scope("patients:export")
     @blp.response(200, PatientExportSchema, headers={"Content-Disposition": {
         "description": 'attachment; filename="patient-<id>-export.json"', "schema": {"type": "string"}}})
-    @blp.scope("patients:export")
     @blp.problems(404, 410, descriptions=ERASED)
     @atomic
     def get(self, patient_id):

@@ -11,9 +11,17 @@ The token needs the scope `participants:write` and nothing else (least privilege
 `send` reads a JSON file (a list of participants, or `{"batchId", "source", "participants"}`),
 posts it in batches of `--batch-size`, each with an `Idempotency-Key` made from the batch's
 content (so running the same file again after a crash replays what was already applied instead of
-applying it twice), retries a batch on a network error, 409 (still running) or a 5xx, prints one
-line per batch and a summary, and exits 1 if any batch was refused. Error lines name item
-positions in the file, pointers and reasons; never names or addresses.
+applying it twice), retries a batch on a network error, a timeout, 409 (still running) or a 5xx,
+prints one line per batch and a summary. Error lines name item positions in the file, pointers
+and reasons; never names or addresses. What went wrong decides what to do, and the exit status:
+
+- 0: every batch was applied (or replayed);
+- 1: a batch was **refused — fix the data** (400: an item failed validation, the lines say which
+  and why; nothing of that batch was written) or the credential (401, 403); the other batches
+  were still sent;
+- 75 (`EX_TEMPFAIL`): the service **failed or did not answer — try again** (a 5xx, 409 still
+  running, a timeout or a network error, after the retries). Sending stops there; running the
+  same file again is safe: the batches applied already are replayed, not applied twice.
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ from typing import Any, Callable, Iterator, TextIO
 
 PATH = "/api/appointments/participants"
 RETRY_STATUSES = {409, 500, 502, 503, 504}
+REFUSED_EXIT, TRY_AGAIN_EXIT = 1, 75  # 75: sysexits' EX_TEMPFAIL, "try again later"
 COUNTED = ("created", "updated", "unchanged")
 
 FIRST_NAMES = ("Anna", "Lukas", "Marie", "Jonas", "Sophie", "Leon", "Emma", "Paul", "Mia", "Felix", "Lea",
@@ -123,6 +132,7 @@ def idempotency_key(body: dict[str, Any]) -> str:
 class Summary:
     batches: int = 0
     refused: int = 0
+    failed: int = 0  # not applied for a reason that passes: a 5xx or no answer, after the retries
     replayed: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTED, 0))
 
@@ -136,9 +146,22 @@ def send(document: Any, post: Post, *, token: str, batch_size: int, attempts: in
         data = json.dumps(body, ensure_ascii=False).encode()
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
                    "Prefer": "return=representation", "Idempotency-Key": idempotency_key(body)}
-        reply = _post_with_retries(post, data, headers, attempts=attempts, backoff=backoff)
-        summary.batches += 1
         label = f"batch {number}/{len(chunks)} (items {offset + 1}-{offset + len(body['participants'])})"
+        try:
+            reply = _post_with_retries(post, data, headers, attempts=attempts, backoff=backoff)
+        except (urllib.error.URLError, OSError) as error:  # a timeout is an OSError too
+            reply = Reply(0, None, {})
+            reason = f"no answer ({type(error).__name__})"
+        else:
+            reason = f"{reply.status} {(reply.body or {}).get('title', '') if isinstance(reply.body, dict) else ''}"
+        summary.batches += 1
+        if reply.status == 0 or reply.status in RETRY_STATUSES:
+            summary.failed += 1
+            not_sent = len(chunks) - number
+            print(f"{label}: {reason.strip()} after {attempts} attempts: try again later (the service failed; "
+                  f"running the same file again replays what was applied)"
+                  + (f"; the {not_sent} batches after it were not sent" if not_sent else ""), file=out)
+            break
         replayed = " replayed" if reply.headers.get("Idempotent-Replayed") == "true" else ""
         summary.replayed += bool(replayed)
         if reply.status in (200, 201):
@@ -149,17 +172,21 @@ def send(document: Any, post: Post, *, token: str, batch_size: int, attempts: in
             continue
         summary.refused += 1
         problem = reply.body if isinstance(reply.body, dict) else {}
-        print(f"{label}: {reply.status}{replayed} {problem.get('title', 'refused')}: {problem.get('detail', '')}",
-              file=out)
+        what_to_do = ("check the token (it needs participants:write)" if reply.status in (401, 403)
+                      else "fix the data")
+        print(f"{label}: {reply.status}{replayed} {problem.get('title', 'refused')}: {problem.get('detail', '')}"
+              f" — {what_to_do}", file=out)
         for error in problem.get("errors") or []:
             where = error.get("pointer") or error.get("parameter", "")
             if "index" in error:  # /participants/<i>/<field> → the item's position in the file, and the field
                 field_pointer = where.split("/", 3)[3] if where.count("/") >= 3 else ""
                 where = f"item {offset + error['index'] + 1}" + (f" /{field_pointer}" if field_pointer else "")
             print(f"    {where}: {error.get('detail', '')} ({error.get('type', 'validation-error')})", file=out)
-    total = summary.batches
-    print(f"{total} batches: {total - summary.refused} accepted ({summary.replayed} replayed), "
-          f"{summary.refused} refused; " + ", ".join(f"{v} {k}" for k, v in summary.counts.items()), file=out)
+    total = len(chunks)
+    accepted = summary.batches - summary.refused - summary.failed
+    print(f"{total} batches: {accepted} accepted ({summary.replayed} replayed), {summary.refused} refused"
+          + (f", {summary.failed} failed (try again), {total - summary.batches} not sent" if summary.failed else "")
+          + "; " + ", ".join(f"{v} {k}" for k, v in summary.counts.items()), file=out)
     return summary
 
 
@@ -208,7 +235,14 @@ def main(argv: list[str] | None = None, post: Post | None = None) -> int:
     with args.file:
         document = json.load(args.file)
     summary = send(document, post or http_post(args.url), token=args.token, batch_size=args.batch_size)
-    return 1 if summary.refused else 0
+    return exit_status(summary)
+
+
+def exit_status(summary: Summary) -> int:
+    """1 when the data (or the token) must be fixed, 75 when trying again later will do, else 0."""
+    if summary.refused:
+        return REFUSED_EXIT
+    return TRY_AGAIN_EXIT if summary.failed else 0
 
 
 if __name__ == "__main__":

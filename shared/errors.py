@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 
 PROBLEM_MIMETYPE = "application/problem+json"
 
+# SPEC §5: the two routes whose wire format is an upstream specification's (`POST /api/appointments`,
+# `POST /api/appointments/participants`) answer 400 for a body that fails validation, as those
+# specifications say; every other route 422. Same problem body, same pointers.
+UPSTREAM_VALIDATION_STATUS = 400
+
 
 class DomainError(Exception):
     status = 400
@@ -79,9 +84,11 @@ class InvalidData(DomainError):
 
     status, type, title = 422, "validation-error", "Invalid data"
 
-    def __init__(self, detail: str, errors: list[dict[str, str]]):
+    def __init__(self, detail: str, errors: list[dict[str, str]], *, status: int | None = None):
         super().__init__(detail, errors=errors)
         self.errors = errors
+        if status is not None:  # 400 on the routes whose upstream specification says so (SPEC §5)
+            self.status = status
 
 
 def escape_pointer_token(token: Any) -> str:
@@ -145,10 +152,10 @@ def http_exception_to_problem(error: HTTPException) -> Response:
         headers.setdefault("WWW-Authenticate", f'Bearer realm="{current_app.config.get("SERVICE_NAME", "api")}"')
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         headers["Allow"] = ", ".join(error.valid_methods)
-    if error.code == 422 and "messages" in data:
+    if error.code in (400, 422) and "messages" in data:  # 400 on the upstream-format routes (SPEC §5)
         errors = _webargs_errors(data)
         fields = ", ".join(e.get("pointer") or e.get("parameter", "") for e in errors)
-        return problem(422, "Invalid data", f"validation failed for {fields}" if fields else None,
+        return problem(error.code, "Invalid data", f"validation failed for {fields}" if fields else None,
                        type="validation-error", errors=errors, headers=headers)
     detail = data.get("message") or error.description
     extra = {k: v for k, v in data.items() if k not in ("message", "headers", "messages", "schema", "exc")}

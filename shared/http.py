@@ -201,13 +201,16 @@ class Blueprint(SmorestBlueprint):
             return self.problems(401, 403, descriptions=AUTH_PROBLEMS)(view)
         return decorator
 
-    def problems(self, *statuses: int, descriptions: dict[int, str] | None = None) -> Callable:
+    def problems(self, *statuses: int, descriptions: dict[int, str] | None = None,
+                 examples: dict[int, dict[str, Any]] | None = None) -> Callable:
         """Document the problem-details responses a view can give besides its success."""
         def decorator(view: Callable) -> Callable:
             for status in statuses:
                 description = (descriptions or {}).get(status, HTTPStatus(status).phrase)
+                example = (examples or {}).get(status)
                 view = self.alt_response(status, schema=ProblemSchema, content_type=PROBLEM_MIMETYPE,
-                                         description=description)(view)
+                                         description=description,
+                                         **({"example": example} if example else {}))(view)
             return view
         return decorator
 

@@ -26,7 +26,7 @@ from flask import Flask, Response, current_app, g, request
 from flask.cli import AppGroup
 from prometheus_client import Counter
 
-from shared.auth.clients import ClientsFile, ClientsFileError, add_client, today_utc
+from shared.auth.clients import RELOAD_ERRORS, ClientsFile, ClientsFileError, add_client, today_utc
 from shared.auth.oidc import InvalidToken, OidcVerifier, ProviderUnavailable, looks_like_jwt
 from shared.auth.scopes import ALL_SCOPES, SCOPES, Principal, UnknownScope, known_scopes
 from shared.background import register_component
@@ -37,9 +37,10 @@ __all__ = ["ALL_SCOPES", "SCOPES", "Principal", "check_route_scopes", "init_auth
 log = logging.getLogger(__name__)
 
 PUBLIC_API_PATHS = ("/api/docs", "/api/openapi.json")
+DENIAL_REASONS = ("missing", "invalid", "expired", "unknown_key", "algorithm", "insufficient_scope",
+                  "wrong_organisation", "provider_unavailable")
 DENIED = Counter("curavani_http_auth_denied", "Requests refused by authentication or authorisation, by reason "
-                 "(missing, invalid, expired, unknown_key, algorithm, insufficient_scope, wrong_organisation, "
-                 "provider_unavailable)", ["service", "reason"])
+                 f"({', '.join(DENIAL_REASONS)})", ["service", "reason"])
 SCOPES_ATTRIBUTE = "_required_scopes"
 
 
@@ -213,6 +214,9 @@ def init_auth(app: Flask) -> None:
         log.warning("API_TOKENS is set: each of its %d tokens holds every scope. For development and tests; "
                     "give services clients (AUTH_CLIENTS_FILE) and people OpenID Connect", len(settings.API_TOKENS))
     app.extensions["auth"] = Credentials(dict(settings.API_TOKENS), clients, oidc)
+    for reason in DENIAL_REASONS:  # at zero from the start, as the runbook's other series
+        DENIED.labels(service, reason)
+    RELOAD_ERRORS.labels(service)
     app.before_request(authenticate)
     app.register_error_handler(InsufficientScope, _scope_error)
     app.register_error_handler(WrongOrganisation, _wrong_organisation)

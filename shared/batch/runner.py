@@ -43,19 +43,20 @@ class BatchAdapter:
 
 def run_batch(adapter: BatchAdapter, items: list[Any], *, mode: str, dry_run: bool, actor: str,
               key: str | None, keys: IdempotencyStore, path: str, body: Any, max_items: int,
-              items_pointer: str = "/items", org: str | None = None) -> Outcome:
+              items_pointer: str = "/items", org: str | None = None, invalid_status: int = 422) -> Outcome:
     """Apply `items` (the list under `items_pointer` of `body`) once per idempotency key.
     Answer: 201 if an item was created, else 200, with per-item results and a summary; 422 with
-    one error per failed item when `mode` is `transaction` and any item failed (nothing written)."""
+    one error per failed item when `mode` is `transaction` and any item failed (nothing written;
+    `invalid_status` instead of 422 where an upstream specification says 400)."""
     if len(items) > max_items:
         raise TooManyItems(f"{len(items)} items sent; at most {max_items} per batch (BATCH_MAX_ITEMS)")
     return keys.run(lambda: _apply(adapter, items, mode=mode, dry_run=dry_run, actor=actor,
-                                   items_pointer=items_pointer, org=org),
+                                   items_pointer=items_pointer, org=org, invalid_status=invalid_status),
                     actor=actor, key=None if dry_run else key, path=path, body=body)
 
 
 def _apply(adapter: BatchAdapter, raw_items: list[Any], *, mode: str, dry_run: bool, actor: str,
-           items_pointer: str, org: str | None) -> Outcome:
+           items_pointer: str, org: str | None, invalid_status: int) -> Outcome:
     transaction = mode == "transaction"
     items = [_load_item(adapter, index, raw, org) for index, raw in enumerate(raw_items)]
     results = _write_items(adapter, items, actor=actor, transaction=transaction)
@@ -64,7 +65,7 @@ def _apply(adapter: BatchAdapter, raw_items: list[Any], *, mode: str, dry_run: b
         db.session.rollback()
         errors = [dict(e, index=r["index"], pointer=f"{items_pointer}/{r['index']}{e['pointer'].rstrip('/')}")
                   for r in failed for e in r["errors"]]
-        return Outcome(422, problem_body(422, "Invalid batch",
+        return Outcome(invalid_status, problem_body(invalid_status, "Invalid batch",
                                          f"{len(failed)} of {len(results)} items failed; nothing was written",
                                          type="validation-error", errors=errors),
                        {"Content-Type": PROBLEM_MIMETYPE})

@@ -92,10 +92,10 @@ def test_stale_comes_before_overlap(therapist_client):
 # ---- bad input ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("end", ["2025-07-14 09:00", "2025-07-14 08:00"], ids=["equal", "before"])
-def test_end_not_after_start_is_422_pointing_at_end(therapist_client, admin_engine, end):
+def test_end_not_after_start_is_400_pointing_at_end(therapist_client, admin_engine, end):
     response = post(therapist_client, appointment(end=end))
 
-    assert_problem(response, 422)
+    assert_problem(response, 400)  # the upstream calendar API's code (SPEC §6.5)
     assert pointers(response) == ["/end"]
     assert stored_rows(admin_engine) == []
 
@@ -108,21 +108,21 @@ def test_end_not_after_start_is_422_pointing_at_end(therapist_client, admin_engi
     ({"start": "next monday"}, "/start"),
     ({"updatedAt": None}, "/updatedAt"),
 ])
-def test_invalid_or_unknown_fields_are_422_naming_the_field(therapist_client, body, pointer):
+def test_invalid_or_unknown_fields_are_400_naming_the_field(therapist_client, body, pointer):
     response = post(therapist_client, appointment(**body))
 
-    assert_problem(response, 422)
+    assert_problem(response, 400)  # the upstream calendar API's code (SPEC §6.5)
     assert pointer in pointers(response)
 
 
 @pytest.mark.parametrize("field", ["id", "start", "end", "updatedAt"])
-def test_required_fields_are_422_when_missing(therapist_client, field):
+def test_required_fields_are_400_when_missing(therapist_client, field):
     body = appointment()
     del body[field]
 
     response = post(therapist_client, body)
 
-    assert_problem(response, 422)
+    assert_problem(response, 400)  # the upstream calendar API's code (SPEC §6.5)
     assert pointers(response) == [f"/{field}"]
 
 

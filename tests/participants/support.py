@@ -38,7 +38,7 @@ def count(admin_engine, table: str) -> int:
     return rows(admin_engine, f"SELECT count(*) FROM therapist_service.{table}")[0][0]
 
 
-def problem_errors(response, status: int = 422) -> list[dict[str, Any]]:
+def problem_errors(response, status: int = 400) -> list[dict[str, Any]]:
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.mimetype == PROBLEM
     return response.get_json(force=True).get("errors", [])

@@ -137,7 +137,7 @@ def test_the_mid_is_accepted_under_each_spelling(therapist_client, key):
 
 
 @pytest.mark.parametrize("first, second", [("MID-1", "MID-2"), (None, "MID-2")])
-def test_two_mid_spellings_with_different_values_are_422(therapist_client, admin_engine, first, second):
+def test_two_mid_spellings_with_different_values_are_400(therapist_client, admin_engine, first, second):
     response = send(therapist_client, person(1), {**person(2), "mid": first, "MID": second})
     [error] = problem_errors(response)
     assert error["pointer"] == "/participants/1/MID"
@@ -197,15 +197,16 @@ def test_a_missing_participant_id_names_the_item_and_nothing_is_written(therapis
 
 
 @pytest.mark.parametrize("participants", [[], None])
-def test_an_empty_or_missing_batch_is_422(therapist_client, participants):
+def test_an_empty_or_missing_batch_is_400(therapist_client, participants):
     body = {"batchId": "b-1"} if participants is None else {"participants": participants}
     [error] = problem_errors(post(therapist_client, body))
     assert error["pointer"] == "/participants"
 
 
-def test_more_items_than_allowed_is_413(make_app):
+def test_more_items_than_allowed_is_400(make_app):
     client = make_app("therapist", BATCH_MAX_ITEMS=2).test_client()
-    problem_errors(send(client, person(1), person(2), person(3)), status=413)
+    [error] = problem_errors(send(client, person(1), person(2), person(3)))
+    assert error == {"pointer": "/participants", "detail": "at most 2 participants"}
 
 
 def test_a_participant_id_of_200_characters_is_stored_with_its_event(therapist_client, admin_engine):

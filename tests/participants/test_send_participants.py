@@ -4,6 +4,7 @@ reported by item position, and the generator."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import sys
 import threading
@@ -12,6 +13,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from conftest import ROOT, TOKEN
+from helpers import free_port
 
 from .support import count, person, rows
 
@@ -72,12 +74,50 @@ def test_a_refused_batch_names_item_positions_and_fields_and_the_exit_status_is_
     status, lines = run(tmp_path, capsys, live_url, participants, "--batch-size", "2")
     assert status == 1
     assert lines[0] == "batch 1/2 (items 1-2): 201 2 created, 0 updated, 0 unchanged"
-    assert lines[1].startswith("batch 2/2 (items 3-4): 422 Invalid batch")
+    assert lines[1].startswith("batch 2/2 (items 3-4): 400 Invalid batch")  # SPEC §6.6: 400, fix the data
+    assert lines[1].endswith("— fix the data")
     assert lines[2].startswith("    item 4 /MID: differs from `mid`")
     assert lines[-1] == "2 batches: 1 accepted (0 replayed), 1 refused; 2 created, 0 updated, 0 unchanged"
     assert [r.id for r in rows(admin_engine, "SELECT id FROM therapist_service.participants ORDER BY id")] == [
         "temp-000", "temp-001"]
     assert "Jana" not in "\n".join(lines)  # positions and fields, never names
+
+
+@pytest.fixture
+def failing_url():
+    """A server that answers every request 503, as a service does whose database is down."""
+    def app(environ, start_response):
+        start_response("503 SERVICE UNAVAILABLE", [("Content-Type", "application/problem+json")])
+        return [json.dumps({"type": "about:blank", "title": "Service Unavailable", "status": 503}).encode()]
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
+
+
+def try_again(url: str, document) -> tuple[int, list[str]]:
+    out = io.StringIO()
+    summary = send_participants.send(document, send_participants.http_post(url), token=TOKEN, batch_size=2,
+                                     attempts=2, backoff=0.01, out=out)
+    return send_participants.exit_status(summary), out.getvalue().splitlines()
+
+
+def test_a_5xx_after_the_retries_says_try_again_and_exits_75_not_1(failing_url):
+    status, lines = try_again(failing_url, [person(n) for n in range(4)])
+    assert status == send_participants.TRY_AGAIN_EXIT == 75
+    assert lines[0].startswith("batch 1/2 (items 1-2): 503 Service Unavailable after 2 attempts: try again later")
+    assert "the 1 batches after it were not sent" in lines[0]
+    assert lines[-1].startswith("2 batches: 0 accepted (0 replayed), 0 refused, 1 failed (try again), 1 not sent")
+
+
+def test_no_answer_at_all_says_try_again_and_exits_75():
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens: the connection is refused
+    status, lines = try_again(closed, [person(1)])
+    assert status == 75
+    assert lines[0].startswith("batch 1/1 (items 1-1): no answer (URLError) after 2 attempts: try again later")
 
 
 def test_the_generator_gives_the_mid_ratio_and_distinct_people(capsys):

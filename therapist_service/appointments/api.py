@@ -6,6 +6,7 @@ from flask.views import MethodView
 
 from shared import batch
 from shared.db import atomic
+from shared.errors import UPSTREAM_VALIDATION_STATUS
 from shared.http import Blueprint, as_stored, current_actor, current_principal, etag_for, expected_versions
 from shared.schemas import AsOfQuerySchema, VersionSchema
 from therapist_service.appointments import services
@@ -18,6 +19,12 @@ blp = Blueprint("appointments", __name__, url_prefix="/api/appointments",
                 description="Appointments pushed by practice calendars: latest `updatedAt` wins, "
                             "no two active appointments of one organisation overlap.")
 
+INVALID = {400: "The body is not JSON, or fails validation (as the upstream calendar API says: 400, not 422): "
+                "unknown fields, a bad date, `end` not after `start`, a required field missing; `errors` has "
+                "one pointer per problem"}
+INVALID_EXAMPLE = {"type": "validation-error", "title": "Invalid data", "status": 400,
+                   "detail": "validation failed for /end",
+                   "errors": [{"pointer": "/end", "detail": "must be after start"}]}
 OVERLAP = {409: "`overlap`: the time is taken by another active appointment of the organisation, "
                 "named by `conflicting_id`"}
 
@@ -37,10 +44,10 @@ class Appointments(MethodView):
         return items
 
     @blp.scope("appointments:write")
-    @blp.arguments(AppointmentWriteSchema)
+    @blp.arguments(AppointmentWriteSchema, error_status_code=UPSTREAM_VALIDATION_STATUS)
     @blp.response(200, WriteResultSchema, description="Updated, or `ignored-stale` (nothing written)")
     @blp.alt_response(201, schema=WriteResultSchema, description="Created")
-    @blp.problems(400, 409, 413, descriptions=OVERLAP)
+    @blp.problems(400, 409, 413, descriptions={**INVALID, **OVERLAP}, examples={400: INVALID_EXAMPLE})
     @atomic
     def post(self, data):
         """Create or update the appointment (`orgId`, `id`); `updatedAt` not newer than the stored one is ignored.

@@ -6,6 +6,7 @@ from flask import current_app, request
 from flask.views import MethodView
 
 from shared import batch
+from shared.errors import UPSTREAM_VALIDATION_STATUS
 from shared.http import Blueprint, current_actor, etag_for
 from shared.schemas import VersionSchema
 from therapist_service.models import IdempotencyKey
@@ -17,8 +18,16 @@ blp = Blueprint("participants", __name__, url_prefix="/api/appointments/particip
                 description="People taking part in appointments and events, sent in batches by an upstream job.")
 
 REPRESENTATION = "return=representation"
-PROBLEMS = {**batch.PROBLEMS, 422: "An invalid item (nothing written; one error per failed item, "
-                                   "`mid-conflict` for a MID another participant holds), or a reused `Idempotency-Key`"}
+PROBLEMS = {**batch.PROBLEMS,
+            400: "The body is not JSON, or fails validation (as the participants upstream says: 400, not 422): "
+                 "no or an empty `participants`, more than `BATCH_MAX_ITEMS`, unknown fields, or an invalid item "
+                 "(nothing written; one error per failed item, `mid-conflict` for a MID another participant "
+                 "holds, `/participants/<i>/…` pointers)",
+            422: "A reused `Idempotency-Key` (with another body), or an `Idempotency-Key` that cannot be stored"}
+INVALID_EXAMPLE = {"type": "validation-error", "title": "Invalid batch", "status": 400,
+                   "detail": "1 of 2 items failed; nothing was written",
+                   "errors": [{"pointer": "/participants/1/participantId", "detail": "Missing data for required field.",
+                               "index": 1, "type": "validation-error"}]}
 
 
 @blp.route("")
@@ -34,13 +43,13 @@ class Participants(MethodView):
         pagination_parameters.item_count = total
         return items
 
-    @blp.arguments(ParticipantBatchSchema)
+    @blp.scope("participants:write")
+    @blp.arguments(ParticipantBatchSchema, error_status_code=UPSTREAM_VALIDATION_STATUS)
     @blp.response(201, description="At least one participant was created")
     @blp.alt_response(204, description="Nothing was created (matched participants may have changed)")
     @blp.alt_response(200, schema=ParticipantBatchResultSchema,
                       description="`Prefer: return=representation` and nothing was created (201 carries it too)")
-    @blp.scope("participants:write")
-    @blp.problems(400, 409, 413, 422, descriptions=PROBLEMS)
+    @blp.problems(400, 409, 422, descriptions=PROBLEMS, examples={400: INVALID_EXAMPLE})
     def post(self, body):
         """Create or update participants in one transaction, matched by id or alias, else by first name,
         last name and e-mail. `Idempotency-Key` / `X-Request-ID` replay as for batch requests."""

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from shared import versioning
 from shared.batch import BatchAdapter, IdempotencyStore, Outcome, run_batch
 from shared.bulk import JsonText, copy_rows
-from shared.errors import Conflict, NotFound
+from shared.errors import UPSTREAM_VALIDATION_STATUS, Conflict, InvalidData, NotFound
 from shared.extensions import db
 from shared.schemas import now_utc
 from shared.text import fold
@@ -103,12 +103,19 @@ class Provenance:
 def receive_batch(body: dict[str, Any], *, actor: str, key: str | None, keys: IdempotencyStore, path: str,
                   max_items: int) -> Outcome:
     """`POST /api/appointments/participants`: every item in one transaction, through the shared
-    batch runner (its idempotency keys, its per-item results, its 422 when any item fails)."""
+    batch runner (its idempotency keys, its per-item results), answering 400 when any item fails
+    or there are too many, as the participants upstream's specification says (SPEC §6.6)."""
+    if len(body["participants"]) > max_items:
+        raise InvalidData(f"{len(body['participants'])} participants sent; at most {max_items} per batch "
+                          "(BATCH_MAX_ITEMS)", errors=[{"pointer": "/participants",
+                                                        "detail": f"at most {max_items} participants"}],
+                          status=UPSTREAM_VALIDATION_STATUS)
     provenance = Provenance(body.get("batch_id"), body.get("source"))
     adapter = BatchAdapter(item_schema=_item_schema, upsert=partial(receive_participant, provenance=provenance),
                            delete=None, key_model=IdempotencyKey, prepare=look_up, finish=write_pending)
     return run_batch(adapter, body["participants"], mode="transaction", dry_run=False, actor=actor, key=key,
-                     keys=keys, path=path, body=body, max_items=max_items, items_pointer="/participants")
+                     keys=keys, path=path, body=body, max_items=max_items, items_pointer="/participants",
+                     invalid_status=UPSTREAM_VALIDATION_STATUS)
 
 
 @dataclass
