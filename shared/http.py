@@ -244,8 +244,12 @@ def current_principal() -> Principal:
 
 
 def require_json_body() -> None:
-    """400 for a write whose body is not JSON (webargs would otherwise load `{}` and say 422)."""
+    """400 for a write whose body is not JSON (webargs would otherwise load `{}` and say 422).
+    Not for a request routing refuses: a method the path does not have is 405 with `Allow`, an
+    unknown path 404, whatever its body."""
     if request.method not in ("POST", "PUT", "PATCH") or not request.path.startswith("/api/"):
+        return
+    if request.routing_exception is not None:
         return
     if not request.get_data(cache=True):
         if request.method in ("PUT", "PATCH"):  # their body is required, as documented

@@ -179,8 +179,8 @@ class StrictBoolean(fields.Boolean):
 
 _NO_NUL = "^[^\\x00]*$"
 # What `str.strip()` removes, spelled out: `\s` differs between Python and ECMAScript regexes.
-_WHITESPACE = "".join(f"\\u{c:04x}" for c in range(0x10000) if chr(c).isspace())
-_NOT_BLANK = f"^[^\\x00]*[^\\x00{_WHITESPACE}][^\\x00]*$"  # a trimmed string: more than whitespace
+WHITESPACE = "".join(f"\\u{c:04x}" for c in range(0x10000) if chr(c).isspace())
+_NOT_BLANK = f"^[^\\x00]*[^\\x00{WHITESPACE}][^\\x00]*$"  # a trimmed string: more than whitespace
 
 
 def openapi_rules(converter, field: fields.Field, ret: dict, **_kwargs) -> dict:
@@ -192,7 +192,10 @@ def openapi_rules(converter, field: fields.Field, ret: dict, **_kwargs) -> dict:
     if isinstance(field, AnyOfSchemas):
         ret["anyOf"] = [converter.resolve_nested_schema(schema) for schema in field.schemas]
     if any(isinstance(v, validate.Email) for v in field.validators):
-        ret["format"] = "email"
+        if "anyOf" in ret:  # the field's own branches say the format and the length (`LowercaseEmail`)
+            ret.pop("maxLength", None)
+        else:
+            ret["format"] = "email"
     if SERVER_RULE in ret:
         _describe(ret, f"Also: {ret[SERVER_RULE]}.")
     if (ret.get("type") == "string" and isinstance(field.root, StrictSchema)  # loads input

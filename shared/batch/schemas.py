@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from shared.schemas import AnyOfSchemas, StrictSchema
+from shared.schemas import AnyOfSchemas, StrictBoolean, StrictSchema
 
 ACTIONS = ("created", "updated", "unchanged", "ignored_stale", "deleted", "error")
 PROBLEMS = {409: "A request with this `Idempotency-Key` is still running",
@@ -13,7 +13,7 @@ PROBLEMS = {409: "A request with this `Idempotency-Key` is still running",
 class BatchRequestSchema(StrictSchema):
     items = fields.List(fields.Raw(), required=True, validate=validate.Length(min=1, error="must not be empty"))
     mode = fields.String(load_default="transaction", validate=validate.OneOf(("transaction", "batch")))
-    dry_run = fields.Boolean(load_default=False)
+    dry_run = StrictBoolean(load_default=False, metadata={"description": "JSON `true` or `false`"})
 
 
 class DeleteItemSchema(StrictSchema):
@@ -34,6 +34,11 @@ class ItemErrorSchema(StrictSchema):
     pointer = fields.String()
     detail = fields.String()
     type = fields.String()
+    # What an item's problem type adds, as a single request's problem would carry it:
+    existing_id = fields.Integer(allow_none=True, metadata={"description": "`duplicate`: the record that exists"})
+    conflicting_id = fields.String(allow_none=True, metadata={
+        "description": "`overlap`: the appointment holding the time (ours, a UUID; null if gone since)"})
+    erasure_id = fields.Integer(metadata={"description": "`erased`: the erasure record"})
 
 
 class ItemResultSchema(StrictSchema):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from shared.batch import BatchRequestSchema, BatchResponseSchema, ItemResultSchema
-from shared.schemas import AnyOfSchemas, StrictSchema, TrimmedString, UtcDateTime
+from shared.schemas import SERVER_RULE, AnyOfSchemas, StrictSchema, TrimmedString, UtcDateTime
 
 
 class AppointmentWriteSchema(StrictSchema):
@@ -17,7 +17,8 @@ class AppointmentWriteSchema(StrictSchema):
                            metadata={"description": "the practice; without it the credential's own organisation "
                                                     "(`default` for a credential bound to none)"})
     start = UtcDateTime(required=True)
-    end = UtcDateTime(required=True, metadata={"description": "after `start`; the range is half-open [start, end)"})
+    end = UtcDateTime(required=True, metadata={"description": "the range is half-open [start, end)",
+                                               SERVER_RULE: "`end` is after `start` (400, pointer `/end`)"})
     payload_created_at = UtcDateTime(data_key="createdAt", load_default=None, allow_none=True)
     payload_updated_at = UtcDateTime(data_key="updatedAt", required=True,
                                      metadata={"description": "latest wins: not newer than the stored one is ignored"})

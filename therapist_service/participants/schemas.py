@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, pre_load, validate
 
-from shared.schemas import SERVER_RULE, AnyOfSchemas, StrictSchema, TrimmedString
+from shared.schemas import SERVER_RULE, WHITESPACE, AnyOfSchemas, StrictSchema, TrimmedString
 from therapist_service.participants.models import ID_LENGTH
 
 MID_KEYS = ("mid", "MID", "mId")
@@ -26,6 +26,11 @@ class OptionalText(TrimmedString):
 
 
 class LowercaseEmail(OptionalText):
+    """An address (at most 320 characters), or blank — read as no address, whatever its length:
+    documented as exactly that."""
+
+    openapi = {"anyOf": [{"format": "email", "maxLength": 320}, {"pattern": f"^[{WHITESPACE}]*$"}]}
+
     def _deserialize(self, value, attr, data, **kwargs):
         result = super()._deserialize(value, attr, data, **kwargs)
         return result.lower() if result is not None else None
