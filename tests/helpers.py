@@ -9,7 +9,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from email import policy
 from email.message import EmailMessage
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
 from aiosmtpd.controller import Controller
@@ -126,3 +127,18 @@ def add_record(app, **values: Any) -> int:
         db.session.add(record)
         db.session.commit()
         return record.id
+
+
+@contextmanager
+def serving(app: Any, port: int = 0) -> Iterator[str]:
+    """A WSGI app on a loopback port (threaded werkzeug), as a browser or a client reaches it; its URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)

@@ -6,7 +6,6 @@ import base64
 import json
 import re
 import shutil
-import threading
 import zlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from helpers import add_record
+from helpers import add_record, serving
 from conftest import AUTH, DASHBOARD_SECRET_KEY, OTHER_TOKEN, ROOT, SAMPLES, TOKEN
 
 SCREENSHOT = ROOT / "var" / "dashboard.png"
@@ -349,14 +348,8 @@ def test_run_now_and_retry_buttons(signed_in, app):
 @pytest.fixture
 def served(app):
     """The app on a loopback port, as a browser reaches it."""
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
+    with serving(app) as url:
+        yield url
 
 
 def test_browser_shows_a_real_run_and_retry_requeues_the_failed_import(app, inbox, served, browser):

@@ -3,10 +3,11 @@ offers the provider, the authorization code flow with PKCE runs through the prov
 page, and the person's scopes from the access token decide what the dashboard allows."""
 from __future__ import annotations
 
-import threading
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+from helpers import serving
 
 from .conftest import AUDIENCE, DASHBOARD_CLIENT
 
@@ -15,16 +16,10 @@ from .conftest import AUDIENCE, DASHBOARD_CLIENT
 def served(make_app, identity_provider, dashboard_port):
     """The therapist service with the dashboard's provider sign-in, on the port whose callback the
     provider knows."""
-    from werkzeug.serving import make_server
-
     app = make_app("therapist", API_TOKENS={}, OIDC_ISSUER=identity_provider.issuer, OIDC_AUDIENCE=AUDIENCE,
                    OIDC_CLIENT_ID=DASHBOARD_CLIENT)
-    server = make_server("127.0.0.1", dashboard_port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{dashboard_port}"
-    server.shutdown()
-    thread.join(timeout=10)
+    with serving(app, dashboard_port) as url:
+        yield url
 
 
 def sign_in_at_the_provider(browser, served: str, login: str):

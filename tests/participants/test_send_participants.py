@@ -7,13 +7,11 @@ import importlib.util
 import io
 import json
 import sys
-import threading
 
 import pytest
-from werkzeug.serving import make_server
 
 from conftest import ROOT, TOKEN
-from helpers import free_port
+from helpers import free_port, serving
 
 from .support import count, person, rows
 
@@ -24,12 +22,8 @@ spec.loader.exec_module(send_participants)
 
 @pytest.fixture
 def live_url(therapist_app):
-    server = make_server("127.0.0.1", 0, therapist_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
+    with serving(therapist_app) as url:
+        yield url
 
 
 def run(tmp_path, capsys, url, document, *options):
@@ -90,12 +84,8 @@ def failing_url():
         start_response("503 SERVICE UNAVAILABLE", [("Content-Type", "application/problem+json")])
         return [json.dumps({"type": "about:blank", "title": "Service Unavailable", "status": 503}).encode()]
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
+    with serving(app) as url:
+        yield url
 
 
 def try_again(url: str, document) -> tuple[int, list[str]]:
