@@ -61,7 +61,7 @@ class Credentials:
             client = self.clients.find(presented)
             if client is not None:
                 if client.expired(today_utc()):
-                    raise InvalidToken(f"client {client.name} expired on {client.expires}", "expired")
+                    raise InvalidToken(f"client {client.name} expired on {client.expires}", "expired", client.name)
                 return client.principal()
         if self.oidc is not None and looks_like_jwt(presented):
             return self.oidc.verify(presented)
@@ -142,7 +142,8 @@ def authenticate() -> Response | None:
     try:
         principal = credentials.principal(presented)
     except InvalidToken as error:
-        return _deny(401, error.reason, f"the bearer token is not valid ({error})", error="invalid_token")
+        return _deny(401, error.reason, f"the bearer token is not valid ({error})", error="invalid_token",
+                     name=error.name)
     except ProviderUnavailable as error:
         return _deny(503, "provider_unavailable", f"the identity provider cannot be reached: {error}; try again")
     g.principal, g.actor = principal, principal.name

@@ -43,9 +43,10 @@ class InvalidToken(Exception):
     """The token is not one of the provider's, or no longer valid: 401. The message is for logs
     and the `error_description`; it never holds the token."""
 
-    def __init__(self, message: str, reason: str = "invalid"):
+    def __init__(self, message: str, reason: str = "invalid", name: str | None = None):
         super().__init__(message)
         self.reason = reason
+        self.name = name  # the credential's name, when it is known (an expired client)
 
 
 class ProviderUnavailable(Exception):

@@ -57,7 +57,7 @@ def test_tokens_are_stored_hashed_and_grant_their_scopes_only(client_app, client
     assert status(http, clients.tokens["only-imports-read"], "/api/therapists") == 403
 
 
-def test_an_expired_client_is_refused_as_an_invalid_token(make_app, tmp_path):
+def test_an_expired_client_is_refused_as_an_invalid_token(make_app, tmp_path, caplog):
     path = tmp_path / "clients.toml"
     path.write_text(client_entry("old", token_of("old"), ["imports:read"], expires="2020-01-01")
                     + client_entry("new", token_of("new"), ["imports:read"], expires="2999-01-01"))
@@ -65,6 +65,7 @@ def test_an_expired_client_is_refused_as_an_invalid_token(make_app, tmp_path):
     response = http.get("/api/imports", headers={"Authorization": f"Bearer {token_of('old')}"})
     assert response.status_code == 401 and 'error="invalid_token"' in response.headers["WWW-Authenticate"]
     assert "expired" in response.get_json()["detail"]
+    assert any("access denied (expired)" in r.getMessage() and "by old" in r.getMessage() for r in caplog.records)
     assert status(http, token_of("new")) == 200
 
 
