@@ -27,11 +27,11 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from api_crud import free_port, run_open_loop, stop, wait_until_healthy  # noqa: E402
-from therapist_import import scrape, therapist  # noqa: E402
+from api_crud import free_port, run_open_loop, stop, wait_until_healthy
+from therapist_import import scrape, therapist
 
-from shared.config import sqlalchemy_url  # noqa: E402
-from shared.devdb import drop_database, ensure_database, start_embedded  # noqa: E402
+from shared.config import sqlalchemy_url
+from shared.devdb import drop_database, ensure_database, start_embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"

@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
@@ -55,7 +55,7 @@ DATABASE_NAME = "curavani_bench_appointments"
 ITEMS = 1000
 TARGET_RATIO = 5.0
 PRACTICES = 20
-BASE = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
+BASE = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 MIX = (("new", 40), ("updated", 25), ("stale", 20), ("overlap", 15))
 EXPECTED = {"new": (201, "ok"), "updated": (200, "ok"), "stale": (200, "ignored-stale"), "overlap": (409, "overlap")}
 SCRATCH_TABLE = """
@@ -96,7 +96,7 @@ def time_batch(client, headers: dict, items: list[dict]) -> float:
 
 def time_raw_insert(conn, items: list[dict]) -> float:
     started = time.perf_counter()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [(str(uuid.uuid4()), item["orgId"], item["id"], item["start"], item["end"], item["createdAt"],
              item["updatedAt"], 1, now, now) for item in items]
     with conn.cursor() as cur:

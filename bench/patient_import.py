@@ -18,10 +18,10 @@ import os
 import shutil
 import socket
 import statistics
-from contextlib import contextmanager
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent

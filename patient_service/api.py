@@ -6,9 +6,17 @@ from flask.views import MethodView
 
 from patient_service import privacy, services
 from patient_service.models import IdempotencyKey
-from patient_service.schemas import (AccessLogEntrySchema, ConsentSchema, ErasureRequestSchema, ErasureSchema,
-                                     PatientBatchItemSchema, PatientExportSchema, PatientQuerySchema, PatientSchema,
-                                     RegistrationSchema)
+from patient_service.schemas import (
+    AccessLogEntrySchema,
+    ConsentSchema,
+    ErasureRequestSchema,
+    ErasureSchema,
+    PatientBatchItemSchema,
+    PatientExportSchema,
+    PatientQuerySchema,
+    PatientSchema,
+    RegistrationSchema,
+)
 from shared import batch
 from shared.batch.schemas import batch_request_schema
 from shared.db import atomic

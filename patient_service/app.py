@@ -1,7 +1,8 @@
 """The patient service's app factory."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask
 

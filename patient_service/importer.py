@@ -26,9 +26,9 @@ from shared.config import Settings
 from shared.errors import DomainError, flatten_messages
 from shared.imports.backup import write_backup
 from shared.imports.parsing import decode
-from shared.imports.types import InputError, Outcome, SourceFile, item_error
 from shared.imports.service import ImporterSpec
 from shared.imports.sources.bucket import make_bucket
+from shared.imports.types import InputError, Outcome, SourceFile, item_error
 
 NAME = re.compile(r"^(?P<nachname>[^_]+)_(?P<vorname>[^_]+)_(?P<date>\d{8})_(?P<token>[A-Za-z0-9-]+)\.json$")
 _schema = RegistrationFileSchema()
@@ -112,7 +112,7 @@ class RegistrationFileHandler:
 
         outcome = Outcome()
         try:
-            patient, action, warnings = services.import_registration(
+            _patient, action, warnings = services.import_registration(
                 registration["patient_data"], dict(document["consent_metadata"]),  # kept in full, exactly as sent
                 token=token, registered_at=registration["registration_timestamp"],
                 consent_given_at=registration["consent_metadata"]["timestamp_utc"], import_id=import_id,

@@ -8,10 +8,10 @@ from sqlalchemy import BigInteger, Boolean, Date, DateTime, ForeignKey, Index, I
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.extensions import Model
 from shared.batch import IdempotencyKeyMixin
 from shared.events import register_event_tables
 from shared.events.outbox import OutboxEventMixin, RelayStateMixin
+from shared.extensions import Model
 from shared.imports.models import AlertMixin, ImporterStateMixin, ImportModels, ImportRecordMixin
 from shared.versioning import VersionedRecordMixin, VersionRowMixin
 

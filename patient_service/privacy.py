@@ -5,16 +5,28 @@ from __future__ import annotations
 import errno
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Collection, cast
+from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, func, insert, select, text, update
 
 from patient_service import services
-from patient_service.models import (SCHEMA, AccessLogEntry, Alert, BackupDeletion, Consent, Erasure, IdempotencyKey,
-                                    ImportRecord, Patient, PatientVersion, Registration)
+from patient_service.models import (
+    SCHEMA,
+    AccessLogEntry,
+    Alert,
+    BackupDeletion,
+    Consent,
+    Erasure,
+    IdempotencyKey,
+    ImportRecord,
+    Patient,
+    PatientVersion,
+    Registration,
+)
 from shared.db import page_of, unit_of_work
 from shared.errors import NotFound
 from shared.events import record_erasure

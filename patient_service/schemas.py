@@ -1,13 +1,23 @@
 """The patient's one shape (SPEC §6.1), used by the REST API, batch requests and the importer."""
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 from marshmallow import INCLUDE, ValidationError, fields, post_load, validate, validates
 
-from shared.schemas import (POSTCODE, SERVER_RULE, Nested, StrictBoolean, StrictSchema, TrimmedString,
-                            UtcDateTime, VersionSchema, optional_string, weekly_hours)
+from shared.schemas import (
+    POSTCODE,
+    SERVER_RULE,
+    Nested,
+    StrictBoolean,
+    StrictSchema,
+    TrimmedString,
+    UtcDateTime,
+    VersionSchema,
+    optional_string,
+    weekly_hours,
+)
 
 ANREDEN = ("Herr", "Frau", "Divers")
 GESCHLECHTER = ("männlich", "weiblich", "divers", "keine_angabe")
@@ -35,7 +45,7 @@ class BerlinLocalDateTime(fields.Field):
         if local is None:
             raise ValidationError("must be local time YYYY-MM-DD HH:MM:SS (Europe/Berlin)")
         try:
-            return local.replace(tzinfo=BERLIN).astimezone(timezone.utc)
+            return local.replace(tzinfo=BERLIN).astimezone(UTC)
         except OverflowError:  # 0001-01-01 00:30 in Berlin is before year 1 in UTC
             raise ValidationError("is outside the range of supported date-times") from None
 

@@ -6,9 +6,10 @@ caller's unit of work does (one request, one batch, one imported file).
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Collection
+from typing import Any
 
 from marshmallow import fields
 from sqlalchemy import inspect, select, true

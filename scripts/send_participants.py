@@ -34,8 +34,9 @@ import time
 import unicodedata
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, TextIO
 
 PATH = "/api/appointments/participants"
 RETRY_STATUSES = {409, 500, 502, 503, 504}

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from flask import Flask, g, request, send_from_directory
 from flask_cors import CORS
@@ -13,8 +14,8 @@ from flask_migrate import Migrate
 
 from shared import metrics
 from shared.auth import check_route_scopes, init_auth
-from shared.batch import BatchAdapter, batches_blp
 from shared.background import start_background
+from shared.batch import BatchAdapter, batches_blp
 from shared.config import Settings
 from shared.dashboard import init_dashboard
 from shared.db import ENGINE_OPTIONS

@@ -14,10 +14,9 @@ Whatever runs where, the database locks guarantee one active importer and one re
 """
 from __future__ import annotations
 
+import atexit
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
-
-import atexit
 
 from flask import Flask
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import psycopg2
 from sqlalchemy.exc import DBAPIError

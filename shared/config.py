@@ -7,10 +7,19 @@ variable; `create_app` lets it propagate so the service refuses to start.
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal, Mapping, Self, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Self, TypeVar
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, NonNegativeFloat, PositiveInt,
-                      ValidationError, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    NonNegativeFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 
 class ConfigError(Exception):
@@ -60,7 +69,7 @@ def _log_level(raw: str) -> str:
 
 def sqlalchemy_url(url: str) -> str:
     """The URL with the driver named: SQLAlchemy 2.1 would otherwise pick psycopg 3."""
-    scheme, sep, rest = url.partition("://")
+    scheme, _, rest = url.partition("://")
     return f"postgresql+psycopg2://{rest}" if scheme in ("postgres", "postgresql") else url
 
 # A comma-separated variable is a list; a value already a list (from `create_app(config)`) stays one.
@@ -141,13 +150,13 @@ class Settings(ServerSettings):
     ACCESS_LOG_RETENTION_DAYS: PositiveInt = 730
 
     @model_validator(mode="after")
-    def _bucket_needs_a_backup_folder(self) -> "Settings":
+    def _bucket_needs_a_backup_folder(self) -> Settings:
         if self.PATIENT_IMPORT_SOURCE and not self.PATIENT_IMPORT_BACKUP_DIR:
             raise ValueError("PATIENT_IMPORT_BACKUP_DIR is required when PATIENT_IMPORT_SOURCE is set")
         return self
 
     @model_validator(mode="after")
-    def _some_credential(self) -> "Settings":
+    def _some_credential(self) -> Settings:
         if not (self.API_TOKENS or self.AUTH_CLIENTS_FILE or self.OIDC_ISSUER):
             raise ValueError("a credential setting is required: AUTH_CLIENTS_FILE (service clients), "
                              "OIDC_ISSUER with OIDC_AUDIENCE (people) or API_TOKENS (development)")
@@ -157,7 +166,7 @@ class Settings(ServerSettings):
             raise ValueError("OIDC_CLIENT_ID needs OIDC_ISSUER (the provider the dashboard signs in with)")
         return self
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
         """A copy with some values replaced, checked like the rest: how tests and
         `create_app(config=...)` adjust settings."""
         return _validated(Settings, {**self.model_dump(), **overrides})

@@ -1,9 +1,10 @@
 """Units of work and engine settings. A unit of work commits in exactly one place."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import wraps
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Text, any_, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from flask import Flask, Response, current_app, json
 from werkzeug.exceptions import HTTPException, MethodNotAllowed

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from functools import cache
 from http import HTTPStatus
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 from apispec import BasePlugin

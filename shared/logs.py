@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from flask import current_app, g, has_app_context, has_request_context
 from pythonjsonlogger.json import JsonFormatter
@@ -68,7 +69,7 @@ class JsonLineFormatter(JsonFormatter):
             log_data["service"] = self.service
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
 
 
 class TextLineFormatter(logging.Formatter):

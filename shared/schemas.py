@@ -6,8 +6,9 @@ PostgreSQL cannot store (NUL characters, unpaired surrogates): a 422 naming the 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 
 import msgspec
 from apispec.ext.marshmallow import MarshmallowPlugin
@@ -99,14 +100,15 @@ class TrimmedString(fields.String):
 class UtcDateTime(fields.DateTime):
     """ISO-8601 date-time; a value without a zone is UTC (SPEC §8.2)."""
 
-    openapi = {SERVER_RULE: "a value without a zone is UTC; it must lie after 0001-01-01T00:00Z in UTC"}
+    openapi: ClassVar[dict[str, Any]] = {
+        SERVER_RULE: "a value without a zone is UTC; it must lie after 0001-01-01T00:00Z in UTC"}
 
     def _deserialize(self, value, attr, data, **kwargs):
         result = super()._deserialize(value, attr, data, **kwargs)
         if result.tzinfo is None:
-            result = result.replace(tzinfo=timezone.utc)
+            result = result.replace(tzinfo=UTC)
         try:
-            return result.astimezone(timezone.utc)
+            return result.astimezone(UTC)
         except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
             raise ValidationError("is outside the range of supported date-times") from None
 
@@ -147,7 +149,7 @@ def optional_string(**kwargs) -> TrimmedString:
 
 
 def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class AsOfQuerySchema(StrictSchema):

@@ -7,9 +7,10 @@ the outbox, in the same transaction (SPEC §9.1): write versions only through th
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Collection
+from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, select
 from sqlalchemy.dialects.postgresql import JSONB

@@ -6,11 +6,12 @@ import email
 import socket
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 from aiosmtpd.controller import Controller
@@ -103,7 +104,7 @@ def assert_problem(response, status: int) -> dict[str, Any]:
 def instant_between_writes() -> datetime:
     """A moment strictly after what was written before and strictly before what is written next."""
     time.sleep(0.01)
-    noted = datetime.now(timezone.utc)
+    noted = datetime.now(UTC)
     time.sleep(0.01)
     return noted
 
@@ -117,7 +118,7 @@ def add_record(app, **values: Any) -> int:
     from shared.extensions import db
 
     Record = app.extensions["imports"].models.record
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     defaults = dict(source="folder", name="00000.json", label="00000.json", status="succeeded", attempts=1,
                     retry_round=0, created_at=now, started_at=now, finished_at=now + timedelta(seconds=2),
                     counts={"created": 1, "updated": 0, "unchanged": 0, "deleted": 0, "ignored_stale": 0,

@@ -27,9 +27,8 @@ from typing import Any
 
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
-
 from helpers import free_port
+from jwt.algorithms import RSAAlgorithm
 
 PROVIDER_DIR = Path(__file__).resolve().parent / "identity"
 START_TIMEOUT = 30.0

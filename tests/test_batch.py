@@ -3,13 +3,12 @@ dry runs, `Prefer: return=minimal`, idempotency keys and the history each item l
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import text
-
 from conftest import AUTH, OTHER_TOKEN
+from sqlalchemy import text
 
 PROBLEM = "application/problem+json"
 OTHER_AUTH = {"Authorization": f"Bearer {OTHER_TOKEN}"}
@@ -426,13 +425,12 @@ def test_concurrent_requests_with_one_key_give_one_result_and_one_409(patient_ap
 
 def test_a_request_that_fails_unexpectedly_frees_its_key_for_a_retry(patient_app, admin_engine):
     items = [patient_item(0)]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        with patient_writes_held(admin_engine):
-            first = pool.submit(send, patient_app.test_client(), items, keyed("k-fail"))
-            backend = wait_until_claimed_and_held(admin_engine, first)
-            with admin_engine.connect() as conn:
-                conn.execute(text("SELECT pg_cancel_backend(:pid)"), {"pid": backend})
-            failed = first.result(timeout=30)
+    with ThreadPoolExecutor(max_workers=1) as pool, patient_writes_held(admin_engine):
+        first = pool.submit(send, patient_app.test_client(), items, keyed("k-fail"))
+        backend = wait_until_claimed_and_held(admin_engine, first)
+        with admin_engine.connect() as conn:
+            conn.execute(text("SELECT pg_cancel_backend(:pid)"), {"pid": backend})
+        failed = first.result(timeout=30)
 
     retried = send(patient_app.test_client(), items, keyed("k-fail"))
 

@@ -3,8 +3,8 @@ one clear line naming the variable."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import API_TOKENS, TOKEN
+
 from patient_service import create_app as create_patient_app
 from shared.config import ConfigError, Settings
 from therapist_service import create_app as create_therapist_app

@@ -7,14 +7,13 @@ import json
 import re
 import shutil
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from helpers import add_record, serving
 from conftest import AUTH, DASHBOARD_SECRET_KEY, OTHER_TOKEN, ROOT, SAMPLES, TOKEN
+from helpers import add_record, serving
 
 SCREENSHOT = ROOT / "var" / "dashboard.png"
 BROKEN = b'{"metadata": {"scrape_id": "10XXX"}, "therapists": [ {"id": '  # cut off mid-file
@@ -188,7 +187,7 @@ def test_without_a_dashboard_key_the_dashboard_is_off_and_the_api_serves(make_ap
 # ---- what the pages show -------------------------------------------------------------------------
 
 def test_list_shows_status_counts_duration_errors_and_filters(signed_in, app):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ok = add_record(app, name="52074.json", label="52074.json", warnings=[
         {"index": 1, "ref": "x", "pointer": "/", "detail": "w", "kind": "changed-unchanged"}])
     failed = add_record(app, name="10115.json", label="10115.json", status="failed", attempts=3,
@@ -269,11 +268,11 @@ def test_imports_per_day_groups_the_last_14_days_by_status(app):
     from shared.dashboard.chart import stacked_bars
     from shared.imports.dashboard import imports_per_day
 
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
 
     def at(days_ago: int) -> datetime:
         return datetime.combine(today - timedelta(days=days_ago), datetime.min.time(),
-                                tzinfo=timezone.utc) + timedelta(hours=12)
+                                tzinfo=UTC) + timedelta(hours=12)
 
     for days_ago, status in ((0, "succeeded"), (0, "succeeded"), (0, "failed"), (3, "partial"),
                              (13, "quarantined"), (14, "succeeded"), (30, "failed")):
@@ -296,7 +295,7 @@ def test_imports_per_day_groups_the_last_14_days_by_status(app):
 def test_importer_state_is_shown(signed_in, app):
     from shared.extensions import db
 
-    heartbeat = datetime(2025, 7, 2, 3, 14, 15, tzinfo=timezone.utc)
+    heartbeat = datetime(2025, 7, 2, 3, 14, 15, tzinfo=UTC)
     with app.app_context():
         State = app.extensions["imports"].models.state
         db.session.add(State(id=1, lock_holder="host-a:4242", lock_heartbeat_at=heartbeat,

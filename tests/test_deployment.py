@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT
 from ops.support import image_command
+
 from shared.config import Settings
 
 OUR_SERVICES = ("patient_service", "therapist_service")

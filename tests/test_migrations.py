@@ -7,10 +7,10 @@ import uuid
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from conftest import API_TOKENS, SCHEMAS
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import create_engine, text
 
-from conftest import API_TOKENS, SCHEMAS
 from patient_service import create_app as create_patient_app
 from shared.config import sqlalchemy_url
 from shared.devdb import drop_database, ensure_database

@@ -9,17 +9,25 @@ from __future__ import annotations
 import jsonschema_rs
 import pytest
 import schemathesis
+from conftest import API_TOKENS, AUTH
+from helpers import assert_problem, pointers
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
-from schemathesis.specs.openapi.checks import (allow_header_conformance, content_type_conformance,
-                                               ensure_resource_availability, ignored_auth, missing_required_header,
-                                               negative_data_rejection, response_headers_conformance,
-                                               response_schema_conformance, status_code_conformance,
-                                               unsupported_method, use_after_free)
+from schemathesis.specs.openapi.checks import (
+    allow_header_conformance,
+    content_type_conformance,
+    ensure_resource_availability,
+    ignored_auth,
+    missing_required_header,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+    unsupported_method,
+    use_after_free,
+)
 
-from conftest import API_TOKENS, AUTH
-from helpers import assert_problem, pointers
 from patient_service import create_app as create_patient_app
 from therapist_service import create_app as create_therapist_app
 

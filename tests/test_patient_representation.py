@@ -2,7 +2,7 @@
 dump (issue 14): it must be exactly what `PatientSchema` dumps, whatever the patient holds."""
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -10,7 +10,7 @@ from patient_service.models import Patient
 from patient_service.schemas import PatientSchema
 from patient_service.services import representation
 
-NOW = datetime(2026, 11, 29, 22, 30, 5, 123456, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 29, 22, 30, 5, 123456, tzinfo=UTC)
 FULL = {"anrede": "Frau", "geschlecht": "weiblich", "vorname": "Ayşe", "nachname": "Yılmaz",
         "geburtsdatum": date(1987, 11, 30), "email": "ayse@example.org", "telefon": "+49 241 123456",
         "strasse": "Pontstraße 1", "plz": "52062", "ort": "Aachen", "krankenkasse": "AOK",

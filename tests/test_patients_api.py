@@ -6,14 +6,13 @@ import re
 import threading
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import quote
 
 import pytest
-from sqlalchemy import text
-
-from helpers import PROBLEM, assert_problem, at_param, instant_between_writes, pointers
 from conftest import AUTH, OTHER_TOKEN, TOKEN
+from helpers import PROBLEM, assert_problem, at_param, instant_between_writes, pointers
+from sqlalchemy import text
 
 OTHER_AUTH = {"Authorization": f"Bearer {OTHER_TOKEN}"}
 
@@ -107,7 +106,7 @@ def test_patient_responses_carry_cache_control_no_store(patient_client):
         patient_client.get(f"/api/patients/{patient_id}", headers=AUTH),
         patient_client.get("/api/patients", headers=AUTH),
         patient_client.get(f"/api/patients/{patient_id}/history", headers=AUTH),
-        patient_client.get(f"/api/patients/{patient_id}?at={at_param(datetime.now(timezone.utc))}", headers=AUTH),
+        patient_client.get(f"/api/patients/{patient_id}?at={at_param(datetime.now(UTC))}", headers=AUTH),
         patient_client.patch(f"/api/patients/{patient_id}", json={"ort": "Köln"}, headers=AUTH),
         patient_client.post("/api/patients", json=patient_body(), headers=AUTH),  # a 409 names the patient
     ]
@@ -659,7 +658,7 @@ def test_get_at_a_time_without_zone_reads_it_as_utc(patient_client):
 
 
 def test_get_at_a_time_before_creation_gives_404(patient_client):
-    before = datetime.now(timezone.utc) - timedelta(days=1)
+    before = datetime.now(UTC) - timedelta(days=1)
     patient = create(patient_client)
 
     body = assert_problem(patient_client.get(f"/api/patients/{patient['id']}?at={at_param(before)}", headers=AUTH), 404)

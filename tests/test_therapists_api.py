@@ -4,12 +4,11 @@ from __future__ import annotations
 import copy
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from helpers import assert_problem, at_param, instant_between_writes, pointers
 from conftest import AUTH, OTHER_TOKEN, SAMPLES
+from helpers import assert_problem, at_param, instant_between_writes, pointers
 
 OTHER_AUTH = {"Authorization": f"Bearer {OTHER_TOKEN}"}
 
@@ -398,7 +397,7 @@ def test_get_at_an_earlier_time_returns_the_state_then(therapist_client):
 
 
 def test_get_at_a_time_before_creation_gives_404(therapist_client):
-    before = datetime.now(timezone.utc) - timedelta(hours=1)
+    before = datetime.now(UTC) - timedelta(hours=1)
     therapist = create(therapist_client)
 
     assert_problem(therapist_client.get(f"/api/therapists/{therapist['id']}?at={at_param(before)}", headers=AUTH), 404)

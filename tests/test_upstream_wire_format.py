@@ -6,11 +6,11 @@ route keeps 422 for a body that fails validation."""
 from __future__ import annotations
 
 import pytest
-
 from appointments.support import appointment, post
 from conftest import AUTH
 from helpers import assert_problem, pointers
-from participants.support import PATH as PARTICIPANTS, person
+from participants.support import PATH as PARTICIPANTS
+from participants.support import person
 
 APPOINTMENTS = "/api/appointments"
 

@@ -13,10 +13,11 @@ import hashlib
 import json
 import re
 from collections import Counter
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Collection, Iterable, Iterator
+from typing import Any
 
 import msgspec
 from marshmallow import ValidationError
@@ -27,9 +28,9 @@ from shared.errors import DomainError, StaleUpdate, flatten_messages
 from shared.imports import pool
 from shared.imports.parsing import decode
 from shared.imports.runner import READ_AHEAD_BYTES, READ_AHEAD_FILES
-from shared.imports.types import InputError, Outcome, SourceFile, item_error
 from shared.imports.service import ImporterSpec
 from shared.imports.sources.folder import FolderSource
+from shared.imports.types import InputError, Outcome, SourceFile, item_error
 from therapist_service import services
 from therapist_service.models import IMPORT_MODELS
 from therapist_service.schemas import TherapistImportItemSchema
@@ -370,7 +371,7 @@ class TherapistFileHandler:
                     loaded.append((index, status, data, entry_print))
             yield loaded
 
-    def _write(self, loaded: list[tuple[int, str, dict[str, Any], str]], statuses: dict[str, Any],
+    def _write(self, loaded: list[tuple[int, str, dict[str, Any], str]], statuses: dict[str, Any],  # noqa: C901 — issue 24
                outcome: Outcome, actor: str, *, bulk: bool, known: Collection[str] | None = None,
                deferred: list[tuple[dict[str, Any], str, str]] | None = None) -> Outcome:
         """Write the valid therapists through the service functions.

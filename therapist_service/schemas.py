@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from marshmallow import fields, pre_load, validate
 
-from shared.schemas import (POSTCODE, Nested, StrictBoolean, StrictSchema, TrimmedString, UtcDateTime,
-                            optional_string, weekly_hours)
-
+from shared.schemas import (
+    POSTCODE,
+    Nested,
+    StrictBoolean,
+    StrictSchema,
+    TrimmedString,
+    UtcDateTime,
+    optional_string,
+    weekly_hours,
+)
 from therapist_service.models import GROUPS
 
 INSURANCE = ("gesetzlich", "privat", "selbstzahler")

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Collection, Iterable
+from typing import Any
 
 import msgspec
 from sqlalchemy import func, or_, select

@@ -32,7 +32,7 @@ import threading
 import time
 import tomllib
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +186,7 @@ class ClientsFile:
 
 
 def today_utc() -> date:
-    return datetime.now(timezone.utc).date()
+    return datetime.now(UTC).date()
 
 
 def add_client(path: str | os.PathLike[str], name: str, scopes: list[str], *, org: str | None = None,

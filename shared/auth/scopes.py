@@ -5,8 +5,9 @@ guard in `shared.auth` refuses the request before the view runs when the credent
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 # The scope table of SPEC §11: name → what it allows (also the OpenAPI description).
 SCOPES: dict[str, str] = {

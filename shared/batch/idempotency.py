@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Integer, String, Text, UniqueConstraint, delete, select
 from sqlalchemy.dialects.postgresql import JSONB, insert

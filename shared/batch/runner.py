@@ -3,9 +3,10 @@ transaction (`transaction` mode) or each on its own (`batch` mode). Given everyt
 (items, mode, key, actor): nothing here reads the request or the app."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from marshmallow import Schema, ValidationError
 

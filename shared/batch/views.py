@@ -9,10 +9,10 @@ from typing import Any
 from flask import Response, current_app, request
 from flask.views import MethodView
 
+from shared.auth import Principal, require_scope, required_scopes
 from shared.batch.idempotency import IdempotencyStore, Outcome, checked_key, stored_outcome
 from shared.batch.runner import BatchAdapter, run_batch
 from shared.batch.schemas import StoredBatchSchema
-from shared.auth import Principal, require_scope, required_scopes
 from shared.http import Blueprint, current_actor
 
 

@@ -5,8 +5,8 @@ classes, so the page needs no script and no inline style.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from shared.imports.dashboard import DayCounts
 from shared.imports.models import FAILED, PARTIAL, PENDING, PROCESSING, QUARANTINED, SUCCEEDED

@@ -2,11 +2,10 @@
 function of `shared.imports.dashboard`, and renders or redirects."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, abort, current_app, flash, redirect, render_template, request, session,
-                   url_for)
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
 
 from shared.auth import Principal
@@ -211,13 +210,13 @@ def template_helpers():
 
 
 def when(moment: datetime | None) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "—"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "—"
 
 
 def ago(moment: datetime | None, now: datetime | None = None) -> str:
     if moment is None:
         return ""
-    seconds = ((now or datetime.now(timezone.utc)) - moment).total_seconds()
+    seconds = ((now or datetime.now(UTC)) - moment).total_seconds()
     text = _span(abs(seconds))
     return f"{text} ago" if seconds >= 0 else f"in {text}"
 
@@ -226,7 +225,7 @@ def due(moment: datetime | None) -> str:
     """A next attempt: "in 5 min", or "due" once its time has come."""
     if moment is None:
         return "—"
-    return "due" if moment <= datetime.now(timezone.utc) else ago(moment)
+    return "due" if moment <= datetime.now(UTC) else ago(moment)
 
 
 def took(span: timedelta | None) -> str:

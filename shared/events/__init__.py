@@ -18,6 +18,6 @@ Nothing is recorded for a write that changes nothing (no version row), and whate
 back (a dry run, a failed file) takes its events with it. The relay (`shared.events.relay`)
 publishes them; `flask --app <service> events tail` prints what arrives on the topics.
 """
-from shared.events.outbox import register_event_tables, event_models, record_erasure
+from shared.events.outbox import event_models, record_erasure, register_event_tables
 
-__all__ = ["register_event_tables", "event_models", "record_erasure"]
+__all__ = ["event_models", "record_erasure", "register_event_tables"]

@@ -17,8 +17,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Sequence, cast
+from typing import Any, cast
 
 from flask import Flask
 from sqlalchemy import CursorResult, delete, func, select, update

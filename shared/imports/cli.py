@@ -8,8 +8,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from shared.imports.locking import ImporterLock
 from shared.extensions import db
+from shared.imports.locking import ImporterLock
 
 imports_cli = AppGroup("imports", help="Run and inspect the importer.")
 

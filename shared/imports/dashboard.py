@@ -7,7 +7,7 @@ patient's name, the label names the registration token instead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Date, cast, func, select, true
@@ -161,12 +161,12 @@ def import_errors(record_model: type[ImportRecordMixin], import_id: int, *, page
 def imports_per_day(record_model: type[ImportRecordMixin], *, days: int = 14, today: date | None = None) -> list[DayCounts]:
     """How many imports were created on each of the last `days` UTC days, by status; every day
     present, oldest first. One GROUP BY."""
-    today = today or datetime.now(timezone.utc).date()
+    today = today or datetime.now(UTC).date()
     first = today - timedelta(days=days - 1)
     Record = record_model
     day = cast(func.timezone("UTC", Record.created_at), Date)
-    start = datetime.combine(first, datetime.min.time(), tzinfo=timezone.utc)
-    end = datetime.combine(today + timedelta(days=1), datetime.min.time(), tzinfo=timezone.utc)
+    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    end = datetime.combine(today + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
     counts: dict[date, dict[str, int]] = {first + timedelta(days=n): {} for n in range(days)}
     for when, status, count in db.session.execute(
             select(day, Record.status, func.count())

@@ -7,6 +7,7 @@ runs; a lock inside a long open transaction would leave the connection idle in t
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import zlib
@@ -91,9 +92,7 @@ class ImporterLock:
 
     def _close(self) -> None:
         if self._connection is not None:
-            try:
+            with contextlib.suppress(Exception):  # a connection already broken: nothing left to close
                 self._connection.close()
-            except Exception:  # noqa: BLE001
-                pass
         self._connection = None
         self.held = False

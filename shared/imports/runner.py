@@ -28,10 +28,11 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -39,10 +40,31 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports import alerts
-from shared.imports.models import (DONE, FAILED, PARTIAL, PENDING, PROCESSING, QUARANTINED, SUCCEEDED,
-                                   ImportModels, ImportRecordMixin, empty_counts, importer_state)
-from shared.imports.types import (Claim, Fetched, FileHandler, FileVanished, InputError, Outcome, Source, SourceFile,
-                                  SourceUnavailable, item_error)
+from shared.imports.models import (
+    DONE,
+    FAILED,
+    PARTIAL,
+    PENDING,
+    PROCESSING,
+    QUARANTINED,
+    SUCCEEDED,
+    ImportModels,
+    ImportRecordMixin,
+    empty_counts,
+    importer_state,
+)
+from shared.imports.types import (
+    Claim,
+    Fetched,
+    FileHandler,
+    FileVanished,
+    InputError,
+    Outcome,
+    Source,
+    SourceFile,
+    SourceUnavailable,
+    item_error,
+)
 from shared.logs import describe_exception, import_context
 from shared.schemas import now_utc
 
@@ -154,7 +176,7 @@ class ImportRunner:
         with _fewer_collections:
             return self._run_pass(files)
 
-    def _run_pass(self, files: list[SourceFile] | None) -> PassSummary:
+    def _run_pass(self, files: list[SourceFile] | None) -> PassSummary:  # noqa: C901 — issue 24: the runner split by job
         summary = PassSummary(retries=self.retries)
         self._touch_state(last_pass_started_at=now_utc())
         if files is None:

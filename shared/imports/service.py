@@ -9,8 +9,9 @@ through this object; it is also the app's background component "importer" for `/
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from sqlalchemy import select

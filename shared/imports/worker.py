@@ -19,7 +19,7 @@ import os
 import queue
 import socket
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -71,9 +71,9 @@ class BackgroundImporter:
                                        daemon=True)
         self.thread.start()
         self.scheduler = BackgroundScheduler(
-            timezone=timezone.utc, executors={"default": ThreadPoolExecutor(3)},
+            timezone=UTC, executors={"default": ThreadPoolExecutor(3)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         self.scheduler.add_job(self._heartbeat, "interval", seconds=HEARTBEAT_SECONDS, id="heartbeat",
                                next_run_time=now)
         self.scheduler.add_job(self.request_full_pass, "interval", seconds=self.imports.poll_seconds,
@@ -202,7 +202,7 @@ class BackgroundImporter:
         the next import."""
         job = self.scheduler.get_job("alerts") if self.scheduler else None
         if job is not None:
-            job.modify(next_run_time=datetime.now(timezone.utc))
+            job.modify(next_run_time=datetime.now(UTC))
 
     def _send_alerts(self) -> None:
         if self.lock.held and not self.stopping.is_set():

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import text
-
 from conftest import AUTH, SAMPLES
+from sqlalchemy import text
 
 ORG = "praxis-67"
 

@@ -3,9 +3,8 @@ actions, modes, dry runs, idempotency keys, and overlaps with stored appointment
 items of the same batch."""
 from __future__ import annotations
 
-from sqlalchemy import text
-
 from conftest import AUTH
+from sqlalchemy import text
 
 from .support import appointment, created, listed, stored_rows, version_count
 

@@ -6,18 +6,18 @@ import random
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
-
-from sqlalchemy import text
+from datetime import UTC, datetime, timedelta
 
 from conftest import AUTH
+from sqlalchemy import text
+
 from shared.extensions import db
 from therapist_service.appointments import services
 from therapist_service.appointments.schemas import AppointmentWriteSchema
 
 from .support import ORG, appointment, stored_rows
 
-DAY = datetime(2025, 7, 14, 9, 0, tzinfo=timezone.utc)
+DAY = datetime(2025, 7, 14, 9, 0, tzinfo=UTC)
 
 
 def wire(moment: datetime) -> str:
@@ -58,7 +58,7 @@ def test_fifty_overlapping_creates_store_exactly_one_and_the_rest_get_409(therap
 def test_twenty_writes_of_one_appointment_in_shuffled_order_end_with_the_highest_updated_at(
         therapist_app, admin_engine):
     # write n moves the appointment to 09:n and is stamped n hours after a base time
-    base = datetime(2025, 7, 1, tzinfo=timezone.utc)
+    base = datetime(2025, 7, 1, tzinfo=UTC)
     writes = [appointment("moving", start=wire(DAY + timedelta(minutes=n)), end=wire(DAY + timedelta(minutes=n + 30)),
                           updated_at=wire(base + timedelta(hours=n))) for n in range(20)]
     random.Random(20).shuffle(writes)

@@ -4,14 +4,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from conftest import AUTH
+from helpers import assert_problem, at_param, instant_between_writes, pointers
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from conftest import AUTH
-from helpers import assert_problem, at_param, instant_between_writes, pointers
-
 from .support import ORG, appointment, created, listed, post, sample_appointments, stored_rows, version_count
-
 
 # ---- create and update -------------------------------------------------------------------------
 
@@ -193,7 +191,7 @@ def test_an_update_moving_onto_another_appointment_is_409_and_keeps_the_stored_o
                                                   updated_at="2025-07-05 00:00:00"))
 
     assert assert_problem(response, 409)["conflicting_id"] == holder
-    moved = [row for row in stored_rows(admin_engine) if row["external_id"] == "b"][0]
+    moved = next(row for row in stored_rows(admin_engine) if row["external_id"] == "b")
     assert moved["start"].isoformat() == "2025-07-14T11:00:00+00:00" and moved["version"] == 1
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from helpers import free_port
 from identity_provider import OidcProvider
+
 from shared.auth.scopes import SCOPES
 
 from .support import ORG_A, Clients, standard_clients, write_clients

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from shared.auth.clients import token_sha256
 from shared.auth.scopes import SCOPES
+
 ORG_A, ORG_B = "praxis-67", "praxis-99"
 
 

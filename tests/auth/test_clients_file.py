@@ -7,11 +7,12 @@ import threading
 import time
 
 import pytest
+from helpers import wait_until
 from prometheus_client import REGISTRY
 
 from shared.config import ConfigError
+
 from .support import client_entry, token_of, write_clients
-from helpers import wait_until
 
 RELOAD_WINDOW = 5.0  # SPEC §11: an edit is in force within 5 seconds
 

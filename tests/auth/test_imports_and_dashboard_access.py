@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from helpers import add_record
 
 NAME = "2025/07/Mustermann_Erika_7f3a9c.json"

@@ -14,11 +14,11 @@ import uuid
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-
 from appointments.support import appointment
+from cryptography.hazmat.primitives import serialization
 from helpers import free_port, wait_until
 from identity_provider import rsa_key
+
 from shared.auth import oidc
 
 from .conftest import AUDIENCE, start_provider

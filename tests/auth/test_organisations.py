@@ -6,8 +6,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from appointments.support import appointment
+
 from .support import ORG_A, ORG_B
 
 

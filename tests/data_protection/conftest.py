@@ -2,5 +2,4 @@
 server, a real backup folder) reused from tests/patient_import."""
 from __future__ import annotations
 
-from patient_import.conftest import (app, backup_dir, client, emulator, gcs, importer_settings,  # noqa: F401
-                                     make_importer, smtp_server)
+from patient_import.conftest import app, backup_dir, client, emulator, gcs, importer_settings, make_importer, smtp_server  # noqa: F401

@@ -3,13 +3,12 @@ real database; the export of a patient that came in through the bucket includes 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote
-
-from sqlalchemy import text
 
 from conftest import AUTH, OTHER_TOKEN
 from patient_import.support import MAX, get_json, run_pass, sample, sample_bytes
+from sqlalchemy import text
 from test_patients_api import create
 
 OTHER_AUTH = {"Authorization": f"Bearer {OTHER_TOKEN}"}
@@ -31,7 +30,7 @@ def read_every_way(client, patient: dict) -> None:
 
 def test_each_kind_of_read_is_logged_with_actor_time_and_what(patient_client):
     patient = create(patient_client)
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
 
     read_every_way(patient_client, patient)
     assert patient_client.get(f"/api/patients/{patient['id']}", headers=OTHER_AUTH).status_code == 200
@@ -41,7 +40,7 @@ def test_each_kind_of_read_is_logged_with_actor_time_and_what(patient_client):
         ("record", "other"), ("list", "tests"), ("export", "tests"), ("registrations", "tests"),
         ("consents", "tests"), ("history", "tests"), ("as-of", "tests"), ("record", "tests")]
     assert all(set(entry) == ENTRY_KEYS and entry["patient_id"] == patient["id"] for entry in entries)
-    assert all(before <= datetime.fromisoformat(e["read_at"]) <= datetime.now(timezone.utc) for e in entries)
+    assert all(before <= datetime.fromisoformat(e["read_at"]) <= datetime.now(UTC) for e in entries)
 
 
 def test_the_log_holds_ids_actors_and_times_only(patient_client, admin_engine):

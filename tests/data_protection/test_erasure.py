@@ -7,10 +7,10 @@ import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import text
-
 from conftest import AUTH
 from patient_import.support import JUERGEN, get_json, object_name, registration, run_pass, sample_bytes
+from sqlalchemy import text
+
 from patient_service import privacy
 from shared.db import unit_of_work
 
@@ -175,10 +175,9 @@ def test_if_match_mismatch_gives_412_and_removes_nothing(app, client, gcs, backu
 
 def test_a_crash_between_commit_and_file_deletion_heals_on_the_next_pass(app, client, gcs, backup_dir, admin_engine):
     patient_id = bucket_patient_with_everything(app, client, gcs)["patient"]["id"]
-    with app.app_context():  # the erasure's transaction commits, then the process dies
-        with unit_of_work():
-            privacy.erase_patient(patient_id, reason="Art. 17", expected_versions=None, actor="tests",
-                                  backup_dir=str(backup_dir))
+    with app.app_context(), unit_of_work():  # the erasure's transaction commits, then the process dies
+        privacy.erase_patient(patient_id, reason="Art. 17", expected_versions=None, actor="tests",
+                              backup_dir=str(backup_dir))
     assert len([p for p in backup_dir.iterdir() if FIRST in p.name or SECOND in p.name]) == 2
     assert client.get(f"/api/patients/{patient_id}", headers=AUTH).status_code == 410
 

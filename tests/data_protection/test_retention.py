@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+from patient_import.support import MAX, run_pass, sample_bytes
 from sqlalchemy import text
 
-from patient_import.support import MAX, run_pass, sample_bytes
 from patient_service import privacy
 from shared.schemas import now_utc
 

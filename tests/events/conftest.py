@@ -7,7 +7,8 @@ and does not replace the top-level `conftest` module.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from helpers import free_port, wait_until

@@ -7,9 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
-
 from helpers import TIMEOUT
+from sqlalchemy import text
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import jsonschema_rs
-
 from conftest import AUTH, ROOT
 
 from .support import outbox_events

@@ -8,10 +8,9 @@ from datetime import date
 
 import jsonschema_rs
 import pytest
-from sqlalchemy import text
-
 from conftest import AUTH, ROOT
 from helpers import wait_until
+from sqlalchemy import text
 
 from .support import outbox_events, outbox_rows
 from .test_origins import drop_registration, registration, run_import, therapist_body

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import text
 
@@ -14,7 +14,7 @@ from shared.events.cloudevents import cloud_event
 from shared.extensions import db
 
 AWKWARD = 'quote " backslash \\ tab \t newline \n return \r ß € 🙂'
-TIME = datetime(2026, 11, 29, 23, 5, 7, 123456, tzinfo=timezone.utc)
+TIME = datetime(2026, 11, 29, 23, 5, 7, 123456, tzinfo=UTC)
 
 
 def test_an_envelope_event_is_what_json_dumps_makes_of_the_cloud_event():

@@ -3,11 +3,9 @@ records the same events as a REST write: `created` then `updated`, thin, origin 
 from __future__ import annotations
 
 import pytest
-
+from conftest import AUTH
 from patient_import.conftest import TEST_RETRY_DEADLINE_SECONDS, Emulator
 from patient_import.support import BUCKET, Gcs, object_name, registration, run_pass
-
-from conftest import AUTH
 
 
 @pytest.fixture

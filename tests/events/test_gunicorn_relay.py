@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import text
-
 from conftest import API_TOKENS, AUTH, ROOT
 from helpers import free_port, wait_until
 from ops.support import image_command, samples_of, series
+from sqlalchemy import text
+
 from shared.imports.locking import lock_key
 
 pytestmark = pytest.mark.slow

@@ -8,9 +8,9 @@ import json
 from collections import defaultdict
 
 import pytest
+from conftest import AUTH, SAMPLES
 from sqlalchemy import text
 
-from conftest import AUTH, SAMPLES
 from .support import outbox_events, outbox_rows
 
 PATIENT_FIELDS = {"id", "version", "changed"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import jsonschema_rs
-
 from conftest import AUTH, ROOT, SAMPLES
 
 SCHEMA = json.loads((ROOT / "docs" / "events" / "events.schema.json").read_text())

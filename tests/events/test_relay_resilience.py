@@ -10,10 +10,9 @@ import textwrap
 from collections import defaultdict
 
 import pytest
-from sqlalchemy import text
-
 from conftest import AUTH, ROOT
 from helpers import wait_until
+from sqlalchemy import text
 
 from .support import outbox_events
 

@@ -6,8 +6,9 @@ and does not replace the top-level `conftest` module that test files import `AUT
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from helpers import SmtpServer

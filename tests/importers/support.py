@@ -13,10 +13,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
-
-from helpers import wait_until  # noqa: F401  (re-exported for the tests here)
 from conftest import AUTH, SAMPLES
+from helpers import wait_until
+from sqlalchemy import text
 
 SAMPLE = SAMPLES / "therapist-folder" / "52074.json"
 FINAL = ("succeeded", "partial", "failed", "quarantined")

@@ -2,8 +2,7 @@
 what they say and do not say, one per failing file, and kept while the SMTP server is down."""
 from __future__ import annotations
 
-from .support import (SAMPLE, alert_rows, drop, imports_of, request_rescan, sample_document, wait_for_import,
-                      wait_until)
+from .support import SAMPLE, alert_rows, drop, imports_of, request_rescan, sample_document, wait_for_import, wait_until
 
 
 def _every_therapist_invalid() -> dict:

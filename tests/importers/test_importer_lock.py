@@ -6,12 +6,10 @@ from __future__ import annotations
 import os
 import time
 
+from conftest import AUTH
 from sqlalchemy import text
 
-from conftest import AUTH
-
-from .support import (SAMPLE, all_therapists, drop, drop_barrier, history, imports_of, sample_document,
-                      wait_for_import, wait_until)
+from .support import SAMPLE, all_therapists, drop, drop_barrier, history, imports_of, sample_document, wait_for_import, wait_until
 
 
 def advisory_locks_held(admin_engine) -> int:

@@ -7,8 +7,7 @@ import time
 
 from conftest import AUTH
 
-from .support import (SAMPLE, all_therapists, drop, imports, importer_state, request_rescan, wait_for_import,
-                      wait_until)
+from .support import SAMPLE, all_therapists, drop, importer_state, imports, request_rescan, wait_for_import, wait_until
 
 
 def settled(path) -> None:

@@ -7,8 +7,19 @@ import copy
 
 import pytest
 
-from .support import (SAMPLE, all_therapists, drop, drop_barrier, encode, imports, imports_of, sample_document,
-                      scrape, therapist, wait_for_import)
+from .support import (
+    SAMPLE,
+    all_therapists,
+    drop,
+    drop_barrier,
+    encode,
+    imports,
+    imports_of,
+    sample_document,
+    scrape,
+    therapist,
+    wait_for_import,
+)
 
 
 def _sample_bytes() -> bytes:

@@ -7,11 +7,22 @@ import time
 from collections import Counter
 
 import pytest
-
 from conftest import AUTH
 
-from .support import (SAMPLE, all_therapists, drop, drop_barrier, history, imports_of, sample_document,
-                      scrape, the_therapist, therapist, therapists, wait_for_import)
+from .support import (
+    SAMPLE,
+    all_therapists,
+    drop,
+    drop_barrier,
+    history,
+    imports_of,
+    sample_document,
+    scrape,
+    the_therapist,
+    therapist,
+    therapists,
+    wait_for_import,
+)
 
 ZERO = {"created": 0, "updated": 0, "unchanged": 0, "deleted": 0, "ignored_stale": 0, "failed": 0}
 T1, T2, T3 = "2025-07-01T10:00:00", "2025-07-02T10:00:00", "2025-07-03T10:00:00"

@@ -8,11 +8,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import API_TOKENS, AUTH
 from flask_migrate import upgrade
+from helpers import assert_problem, pointers
 from sqlalchemy import create_engine, text
 
-from conftest import API_TOKENS, AUTH
-from helpers import assert_problem, pointers
 from shared.config import sqlalchemy_url
 from shared.devdb import drop_database, ensure_database
 from shared.extensions import db

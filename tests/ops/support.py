@@ -5,10 +5,9 @@ import json
 import shutil
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from helpers import wait_until  # noqa: F401  (re-exported for the tests here)
 from conftest import ROOT, SAMPLES
+from helpers import wait_until  # noqa: F401  (re-exported for the tests here)
+from prometheus_client.parser import text_string_to_metric_families
 
 THERAPIST_SAMPLE = SAMPLES / "therapist-folder" / "52074.json"
 PATIENT_SAMPLES = sorted((SAMPLES / "patient-bucket").glob("*.json"))

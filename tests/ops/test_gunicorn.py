@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import API_TOKENS, AUTH, ROOT
 from sqlalchemy import text
 
-from conftest import API_TOKENS, AUTH, ROOT
 from shared.imports.locking import lock_key
 
 from .support import THERAPIST_SAMPLE, copy_samples, image_command, samples_of, series, value, wait_until

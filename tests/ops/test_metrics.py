@@ -7,9 +7,8 @@ import json
 import re
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import AUTH, ROOT
+from prometheus_client.parser import text_string_to_metric_families
 
 from .support import PATIENT_SAMPLES, THERAPIST_SAMPLE, copy_samples, samples_of, series, value, wait_until
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import text
-
 from conftest import AUTH, SAMPLES
+from sqlalchemy import text
 
 PATH = "/api/appointments/participants"
 REPRESENTATION = {**AUTH, "Prefer": "return=representation"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import AUTH
 
 from .support import PATH, REPRESENTATION, count, person, problem_errors, rows, sample, send

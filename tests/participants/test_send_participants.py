@@ -9,7 +9,6 @@ import json
 import sys
 
 import pytest
-
 from conftest import ROOT, TOKEN
 from helpers import free_port, serving
 

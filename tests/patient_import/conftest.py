@@ -7,8 +7,9 @@ and does not replace the top-level `conftest` module that the helpers import `AU
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from helpers import SmtpServer, free_port

@@ -9,8 +9,8 @@ import copy
 import json
 from typing import Any
 
-from helpers import wait_until  # noqa: F401  (re-exported for the tests here)
 from conftest import AUTH, SAMPLES
+from helpers import wait_until  # noqa: F401  (re-exported for the tests here)
 
 BUCKET = "inbox"
 SAMPLE_DIR = SAMPLES / "patient-bucket"

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from .support import (MAX, encode, get_json, imports, object_name, patient_history, patients, registration, run_pass,
-                      sample_bytes)
+from .support import MAX, encode, get_json, imports, object_name, patient_history, patients, registration, run_pass, sample_bytes
 
 
 class SimulatedCrash(Exception):
@@ -39,7 +38,7 @@ def test_object_reuploaded_between_download_and_delete_is_not_deleted(app, clien
 
     run_pass(app)  # the next poll reads the new generation
 
-    first, second = imports(client)
+    _first, second = imports(client)
     assert (second["generation"], second["status"], second["counts"]["updated"]) == (
         new_generations[0], "succeeded", 1)
     assert [p["plz"] for p in patients(client)] == ["52064"]

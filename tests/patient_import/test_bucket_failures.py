@@ -5,13 +5,24 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from conftest import AUTH
 from sqlalchemy import text
 
-from conftest import AUTH
 from shared.imports.types import SourceFile
 
-from .support import (JUERGEN, MAX, encode, imports, object_name, patients, registration, run_pass, sample,
-                      sample_bytes, the_import)
+from .support import (
+    JUERGEN,
+    MAX,
+    encode,
+    imports,
+    object_name,
+    patients,
+    registration,
+    run_pass,
+    sample,
+    sample_bytes,
+    the_import,
+)
 
 MAX_FILE_BYTES = 4000
 

@@ -4,8 +4,21 @@ from __future__ import annotations
 
 from conftest import AUTH
 
-from .support import (JUERGEN, MAX, get_json, imports_of, object_name, patient_history, patients, registration,
-                      run_pass, sample, sample_bytes, the_import, wait_until)
+from .support import (
+    JUERGEN,
+    MAX,
+    get_json,
+    imports_of,
+    object_name,
+    patient_history,
+    patients,
+    registration,
+    run_pass,
+    sample,
+    sample_bytes,
+    the_import,
+    wait_until,
+)
 
 
 def test_running_scheduler_imports_backs_up_and_deletes_both_samples(make_importer, gcs, backup_dir):
@@ -46,7 +59,7 @@ def test_same_registration_uploaded_again_changes_nothing(app, client, gcs):
     second_generation = gcs.upload(MAX, sample_bytes(MAX))
     run_pass(app)
 
-    first, second = imports_of(client, MAX)
+    _first, second = imports_of(client, MAX)
     assert second["generation"] == second_generation and second["status"] == "succeeded"
     assert second["counts"] == {"created": 0, "updated": 0, "unchanged": 1, "deleted": 0,
                                 "ignored_stale": 0, "failed": 0}

@@ -10,9 +10,14 @@ from shared.errors import UPSTREAM_VALIDATION_STATUS
 from shared.http import Blueprint, as_stored, current_actor, current_principal, etag_for, expected_versions
 from shared.schemas import AsOfQuerySchema, VersionSchema
 from therapist_service.appointments import services
-from therapist_service.appointments.schemas import (AppointmentBatchRequestSchema, AppointmentBatchResponseSchema,
-                                                    AppointmentQuerySchema, AppointmentSchema,
-                                                    AppointmentWriteSchema, WriteResultSchema)
+from therapist_service.appointments.schemas import (
+    AppointmentBatchRequestSchema,
+    AppointmentBatchResponseSchema,
+    AppointmentQuerySchema,
+    AppointmentSchema,
+    AppointmentWriteSchema,
+    WriteResultSchema,
+)
 from therapist_service.models import IdempotencyKey
 
 blp = Blueprint("appointments", __name__, url_prefix="/api/appointments",

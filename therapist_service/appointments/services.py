@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import uuid
 import zlib
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Collection, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import DateTime, cast, select, text
 from sqlalchemy.dialects.postgresql import distinct_on
@@ -59,7 +60,7 @@ def utc_text(value: datetime | None) -> str | None:
     """`2020-10-10T20:20:00.000Z`: the calendar API's form of an instant."""
     if value is None:
         return None
-    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 def representation(appointment: Appointment | NewAppointment) -> dict[str, Any]:

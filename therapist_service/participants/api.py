@@ -11,8 +11,12 @@ from shared.http import Blueprint, current_actor, etag_for
 from shared.schemas import VersionSchema
 from therapist_service.models import IdempotencyKey
 from therapist_service.participants import services
-from therapist_service.participants.schemas import (ParticipantBatchResultSchema, ParticipantBatchSchema,
-                                                    ParticipantQuerySchema, ParticipantSchema)
+from therapist_service.participants.schemas import (
+    ParticipantBatchResultSchema,
+    ParticipantBatchSchema,
+    ParticipantQuerySchema,
+    ParticipantSchema,
+)
 
 blp = Blueprint("participants", __name__, url_prefix="/api/appointments/participants",
                 description="People taking part in appointments and events, sent in batches by an upstream job.")

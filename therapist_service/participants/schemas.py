@@ -2,7 +2,7 @@
 representation read back, and the query of the list. camelCase on the wire, snake_case inside."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from marshmallow import ValidationError, fields, pre_load, validate
 
@@ -29,7 +29,8 @@ class LowercaseEmail(OptionalText):
     """An address (at most 320 characters), or blank — read as no address, whatever its length:
     documented as exactly that."""
 
-    openapi = {"anyOf": [{"format": "email", "maxLength": 320}, {"pattern": f"^[{WHITESPACE}]*$"}]}
+    openapi: ClassVar[dict[str, Any]] = {
+        "anyOf": [{"format": "email", "maxLength": 320}, {"pattern": f"^[{WHITESPACE}]*$"}]}
 
     def _deserialize(self, value, attr, data, **kwargs):
         result = super()._deserialize(value, attr, data, **kwargs)

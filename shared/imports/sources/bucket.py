@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from shared.imports.types import Fetched, FileVanished, SourceFile, SourceUnavailable
@@ -28,7 +28,7 @@ RETRY_DEADLINE_SECONDS = 60.0
 REQUEST_TIMEOUT_SECONDS = 30.0
 
 
-def make_bucket(spec: str) -> "GcsBucket | LocalBucket":
+def make_bucket(spec: str) -> GcsBucket | LocalBucket:
     """`gs://bucket[/prefix]` → `GcsBucket`; anything else is a local folder path."""
     if spec.startswith("gs://"):
         bucket, _, prefix = spec[len("gs://"):].partition("/")
@@ -61,9 +61,9 @@ class GcsBucket:
             else retry.with_deadline(RETRY_DEADLINE_SECONDS)
 
     def _errors(self):
+        import requests
         from google.api_core import exceptions as google
         from google.auth import exceptions as auth
-        import requests
 
         return (google.GoogleAPIError, auth.GoogleAuthError, requests.RequestException, OSError)
 
@@ -76,7 +76,7 @@ class GcsBucket:
         files = [SourceFile(name=blob.name, generation=int(blob.generation), size=blob.size,
                             updated=blob.time_created)
                  for blob in blobs if blob.name.endswith(".json")]
-        files.sort(key=lambda f: (f.updated or datetime.min.replace(tzinfo=timezone.utc), f.name))
+        files.sort(key=lambda f: (f.updated or datetime.min.replace(tzinfo=UTC), f.name))
         return files
 
     def fetch(self, file: SourceFile, max_bytes: int) -> Fetched:
@@ -139,7 +139,7 @@ class LocalBucket:
                     continue
                 files.append(SourceFile(name=path.relative_to(self.root).as_posix(), generation=stat.st_mtime_ns,
                                         size=stat.st_size,
-                                        updated=datetime.fromtimestamp(stat.st_mtime_ns / 1e9, timezone.utc)))
+                                        updated=datetime.fromtimestamp(stat.st_mtime_ns / 1e9, UTC)))
         files.sort(key=lambda f: (f.generation, f.name))
         return files
 

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +34,7 @@ def is_candidate(relative: str) -> bool:
 
 
 class _Enqueue(FileSystemEventHandler):
-    def __init__(self, folder: "FolderSource"):
+    def __init__(self, folder: FolderSource):
         self.folder = folder
 
     def on_created(self, event: FileSystemEvent) -> None:
@@ -79,7 +79,7 @@ class FolderSource(WatchedSource):
             with self._pending_lock:
                 self._pending.setdefault(relative, None)
 
-    def _settled(self, relative: str, now: float) -> SourceFile | None | Literal[False]:
+    def _settled(self, relative: str, now: float) -> SourceFile | Literal[False] | None:
         """The file if it is settled; None if it is gone; False if it is still changing."""
         try:
             stat = (self.root / relative).stat()
@@ -92,7 +92,7 @@ class FolderSource(WatchedSource):
         quiet = now - stat.st_mtime_ns / 1e9 >= self.settle_seconds
         if quiet and (previous is None or previous == signature):
             return SourceFile(name=relative, size=stat.st_size,
-                              updated=datetime.fromtimestamp(stat.st_mtime_ns / 1e9, timezone.utc))
+                              updated=datetime.fromtimestamp(stat.st_mtime_ns / 1e9, UTC))
         return False
 
     def ready_files(self) -> list[SourceFile]:
