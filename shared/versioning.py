@@ -10,10 +10,12 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, select
+from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, bindparam, insert, select
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2 as psycopg2_dialect
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.bulk import copy_lines, copy_value
@@ -61,6 +63,24 @@ def add_version(model: type, record: Any, data: dict[str, Any], *, source: str, 
 
 
 VERSION_COLUMNS = ("record_id", "version", "changed_at", "source", "actor", "data", "deleted")
+
+
+def version_statement(model: Any, row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """`row`'s version INSERT and its event's (keys as `add_versions`; `data` serialised already, as
+    `JsonText`), as SQL and parameters (`v_<column>`, `e_<column>`) for a caller that sends them
+    with its own statements in one round trip: the write path of one appointment."""
+    if row["source"] not in SOURCES:
+        raise ValueError(f"unknown source {row['source']!r}")
+    event_sql, event_parameters = outbox.event_statement(model, row)
+    parameters = {f"v_{column}": row[column] for column in VERSION_COLUMNS}
+    parameters["v_record_id"] = str(row["record_id"])
+    return ";\n".join(filter(None, (_insert_sql(model), event_sql))), {**parameters, **event_parameters}
+
+
+@cache
+def _insert_sql(model: Any) -> str:
+    return str(insert(model.__table__).inline().values({column: bindparam(f"v_{column}") for column in VERSION_COLUMNS})
+               .compile(dialect=psycopg2_dialect()))
 
 
 def add_versions(model: Any, rows: list[dict[str, Any]]) -> None:

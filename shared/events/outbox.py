@@ -9,9 +9,11 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Table, Text, select, text
+from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Table, Text, bindparam, insert, select, text
+from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2 as psycopg2_dialect
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.bulk import JsonText, copy_lines, copy_value
@@ -125,6 +127,32 @@ def record_versions(version_model: Any, rows: list[dict[str, Any]]) -> None:
     """
     if not RECORDING:
         return
+    models = event_models(version_model.__table__.schema)
+    events = _events(version_model, rows)
+    if len(events) == 1:
+        db.session.add(models.outbox(**events[0].row()))  # flushed with the version row, in one round trip
+    elif events:
+        copy_lines(models.outbox_table, _EVENT_COLUMNS, (event.copy_line() for event in events))
+
+
+def event_statement(version_model: Any, row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The event of one version row as an INSERT for the caller to send with its own statements in
+    one round trip, in its transaction (`shared.versioning.version_statement`); its parameters are
+    named `e_<column>`. No statement (`""`) while recording is off."""
+    if not RECORDING:
+        return "", {}
+    (event,) = _events(version_model, [row])
+    return _insert_sql(version_model.__table__.schema), {f"e_{key}": value for key, value in event.row().items()}
+
+
+@cache
+def _insert_sql(schema: str) -> str:
+    table = event_models(schema).outbox_table
+    return str(insert(table).inline().values({column: bindparam(f"e_{column}") for column in _EVENT_COLUMNS})
+               .compile(dialect=psycopg2_dialect()))
+
+
+def _events(version_model: Any, rows: list[dict[str, Any]]) -> list[_Event]:
     table = version_model.__table__
     models = _BY_SCHEMA[table.schema]
     aggregate = aggregate_of(table.name)
@@ -145,10 +173,7 @@ def record_versions(version_model: Any, rows: list[dict[str, Any]]) -> None:
             envelope = envelopes[key] = _Envelope(models.service, aggregate, kind, origin=row["source"],
                                                   actor=row["actor"], time=row["changed_at"])
         events.append(envelope.event(event_id, row["record_id"], row["version"], data))
-    if len(events) == 1:
-        db.session.add(models.outbox(**events[0].row()))  # flushed with the version row, in one round trip
-    elif events:
-        copy_lines(models.outbox_table, _EVENT_COLUMNS, (event.copy_line() for event in events))
+    return events
 
 
 def record_erasure(service: str, aggregate: str, record_id: Any, *, version: int, actor: str,

@@ -22,25 +22,26 @@ Rules:
 """
 from __future__ import annotations
 
+import json
 import uuid
 import zlib
-from collections.abc import Collection, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg2.errors
 from sqlalchemy import DateTime, cast, select, text
 from sqlalchemy.dialects.postgresql import distinct_on
-from sqlalchemy.exc import IntegrityError
 
 from shared import versioning
-from shared.bulk import copy_lines, copy_value
+from shared.bulk import JsonText, copy_lines, copy_value
 from shared.db import page_of
 from shared.errors import Overlap, WrongOrganisation
 from shared.extensions import db
 from shared.schemas import now_utc
 from therapist_service.appointments.models import NO_OVERLAP, Appointment, AppointmentVersion
+from therapist_service.models import SCHEMA
 
 CREATED, UPDATED, IGNORED_STALE = "created", "updated", "ignored_stale"
 DEFAULT_ORG = "default"  # the organisation of a body without `orgId`, sent by an unbound credential
@@ -168,14 +169,6 @@ def _list_as_of(filters: dict[str, Any], *, page: int, page_size: int) -> tuple[
     return [version.data for version in versions], total
 
 
-def _stored(org_id: str, external_id: str) -> Appointment | None:
-    """Read afresh (`populate_existing`): a batch redoing its items may hold a copy from before
-    its locks were released with the savepoint."""
-    return db.session.scalars(select(Appointment).where(Appointment.org_id == org_id,
-                                                        Appointment.external_id == external_id)
-                              .execution_options(populate_existing=True)).first()
-
-
 # ---- writes --------------------------------------------------------------------------------------
 
 def _record(appointment: Appointment, *, source: str, actor: str, now: datetime) -> None:
@@ -194,22 +187,6 @@ def _conflicting_id(own_id: uuid.UUID, org_id: str, start: datetime, end: dateti
                                          Appointment.end > start)
             .order_by(Appointment.start).limit(1))
     return str(found) if found is not None else None
-
-
-@contextmanager
-def _overlap_guarded(own_id: uuid.UUID, data: dict[str, Any]) -> Iterator[None]:
-    """A savepoint in which the changes made inside are flushed; an overlap becomes `Overlap`
-    and leaves the caller's transaction usable (a batch goes on with its other items)."""
-    try:
-        with db.session.begin_nested():
-            yield
-            db.session.flush()
-    except IntegrityError as error:
-        if getattr(getattr(error.orig, "diag", None), "constraint_name", None) != NO_OVERLAP:
-            raise
-        conflicting_id = _conflicting_id(own_id, data["org_id"], data["start"], data["end"])
-        raise Overlap(f"appointment {data['external_id']!r} overlaps another active appointment of "
-                      f"organisation {data['org_id']!r}", conflicting_id=conflicting_id) from None
 
 
 @dataclass
@@ -277,49 +254,91 @@ def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, org: st
     `updated` or `ignored_stale` (nothing written). An overlap raises `Overlap`; an `org_id` other
     than a bound credential's (`org`) raises `WrongOrganisation`.
 
+    Alone (REST, or a batch redone item by item) it is `_write_one`: two round trips of plain SQL.
     With a batch `context` the organisation is locked and the match looked up already, and the
     write is left to the batch's one flush and COPY (whose overlap makes the batch redo its items
     singly); a created one is then a `NewAppointment`."""
     bind_organisation(data, org)
-    key = (data["org_id"], data["external_id"])
-    appointment: Appointment | NewAppointment | None
     if context is None:
-        lock_organisations({data["org_id"], *_planned_organisations()})
-        appointment = _stored(*key)
-    else:
-        appointment = context.by_key.get(key)
+        return _write_one(data, source=source, actor=actor, now=now or now_utc())
+    key = (data["org_id"], data["external_id"])
+    appointment = context.by_key.get(key)
     if appointment is not None and data["payload_updated_at"] <= appointment.payload_updated_at:
         return appointment, IGNORED_STALE
     now = now or now_utc()
-    own_id = appointment.id if appointment is not None else uuid.uuid4()
-    with _overlap_guarded(own_id, data) if context is None else nullcontext():
-        if appointment is None and context is not None:
-            appointment = NewAppointment(own_id, data["org_id"], data["external_id"], data["start"], data["end"],
-                                         data["payload_created_at"], data["payload_updated_at"], version=1,
-                                         created_at=now, updated_at=now)
-            context.created.append(appointment)
-            action = CREATED
-        elif appointment is None:
-            appointment = Appointment(id=own_id, org_id=data["org_id"], external_id=data["external_id"],
-                                      version=1, created_at=now, updated_at=now, deleted_at=None)
-            _apply(appointment, data)
-            db.session.add(appointment)
-            action = CREATED
-        else:
-            _apply(appointment, data)
-            appointment.version += 1
-            appointment.updated_at = now
-            appointment.deleted_at = None  # the calendar's newer word brings a cancelled one back
-            action = UPDATED
-    if context is None:
-        assert isinstance(appointment, Appointment)  # only a batch holds new ones back
-        _record(appointment, source=source, actor=actor, now=now)
-    else:  # later items of the batch see this one; its version is written with the others
-        context.by_key[key] = appointment
-        context.versions.append({"record_id": appointment.id, "version": appointment.version, "changed_at": now,
-                                 "source": source, "actor": actor, "data": representation(appointment),
-                                 "deleted": False})
+    if appointment is None:
+        appointment = NewAppointment(uuid.uuid4(), data["org_id"], data["external_id"], data["start"], data["end"],
+                                     data["payload_created_at"], data["payload_updated_at"], version=1,
+                                     created_at=now, updated_at=now)
+        context.created.append(appointment)
+        action = CREATED
+    else:
+        _apply(appointment, data)
+        appointment.version += 1
+        appointment.updated_at = now
+        appointment.deleted_at = None  # the calendar's newer word brings a cancelled one back
+        action = UPDATED
+    context.by_key[key] = appointment  # later items of the batch see this one
+    context.versions.append({"record_id": appointment.id, "version": appointment.version, "changed_at": now,
+                             "source": source, "actor": actor, "data": representation(appointment),
+                             "deleted": False})
     return appointment, action
+
+
+# One appointment's write in two round trips, the rules as above: (1) its organisations' locks
+# (with those a batch planned, `_planned_organisations`) and the stored row; (2) in a savepoint,
+# the row, its version and its event (`versioning.version_statement`). The ORM's unit of work and
+# flush cost more than the database work itself here (bench/api_write.py): plain SQL, sent
+# several statements at a time (psycopg2 sends a string of statements as one query; the last
+# one's rows are the result), on the session's own connection and transaction.
+_TABLE = f"{SCHEMA}.{Appointment.__tablename__}"
+_COLUMNS = (*NEW_APPOINTMENT_COLUMNS, "deleted_at")
+_LOCK_AND_READ = ("SELECT pg_advisory_xact_lock(%(namespace)s, key) FROM unnest(%(keys)s::integer[]) AS key;\n"
+                  f"SELECT {', '.join(f'{chr(34)}{column}{chr(34)}' for column in _COLUMNS)} "
+                  f"FROM {_TABLE} WHERE org_id = %(org_id)s AND external_id = %(external_id)s")
+_INSERT = (f"INSERT INTO {_TABLE} ({', '.join(f'{chr(34)}{column}{chr(34)}' for column in NEW_APPOINTMENT_COLUMNS)}) "
+           f"VALUES ({', '.join(f'%({column})s' for column in NEW_APPOINTMENT_COLUMNS)})")
+_UPDATE = (f'UPDATE {_TABLE} SET start = %(start)s, "end" = %(end)s, payload_created_at = %(payload_created_at)s, '
+           "payload_updated_at = %(payload_updated_at)s, version = %(version)s, updated_at = %(updated_at)s, "
+           "deleted_at = NULL WHERE id = %(id)s")
+_SAVEPOINT = "appointment_write"
+
+
+def _write_one(data: dict[str, Any], *, source: str, actor: str, now: datetime) -> tuple[NewAppointment, str]:
+    db.session.flush()  # nothing is pending on the write path; anything that is goes first, in order
+    cursor = db.session.connection().connection.cursor()
+    keys = sorted({_int4(zlib.crc32(org_id.encode())) for org_id in {data["org_id"], *_planned_organisations()}})
+    cursor.execute(_LOCK_AND_READ, {"namespace": LOCK_NAMESPACE, "keys": keys, "org_id": data["org_id"],
+                                    "external_id": data["external_id"]})
+    row = cursor.fetchone()
+    stored = NewAppointment(*row) if row is not None else None
+    if stored is not None and data["payload_updated_at"] <= stored.payload_updated_at:
+        return stored, IGNORED_STALE
+    if stored is None:
+        appointment = NewAppointment(uuid.uuid4(), data["org_id"], data["external_id"], data["start"], data["end"],
+                                     data["payload_created_at"], data["payload_updated_at"], version=1,
+                                     created_at=now, updated_at=now)
+    else:
+        appointment = replace(stored, start=data["start"], end=data["end"],
+                              payload_created_at=data["payload_created_at"],
+                              payload_updated_at=data["payload_updated_at"], version=stored.version + 1,
+                              updated_at=now, deleted_at=None)  # a newer word brings a cancelled one back
+    version_sql, version_parameters = versioning.version_statement(AppointmentVersion, {
+        "record_id": appointment.id, "version": appointment.version, "changed_at": now, "source": source,
+        "actor": actor, "data": JsonText(json.dumps(representation(appointment))), "deleted": False})
+    parameters = {column: getattr(appointment, column) for column in NEW_APPOINTMENT_COLUMNS}
+    parameters["id"] = str(appointment.id)
+    try:
+        cursor.execute(f"SAVEPOINT {_SAVEPOINT};\n{_UPDATE if stored else _INSERT};\n{version_sql};\n"
+                       f"RELEASE SAVEPOINT {_SAVEPOINT}", {**parameters, **version_parameters})
+    except psycopg2.errors.ExclusionViolation as error:
+        if error.diag.constraint_name != NO_OVERLAP:
+            raise
+        cursor.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")  # the caller's transaction goes on
+        conflicting_id = _conflicting_id(appointment.id, data["org_id"], data["start"], data["end"])
+        raise Overlap(f"appointment {data['external_id']!r} overlaps another active appointment of "
+                      f"organisation {data['org_id']!r}", conflicting_id=conflicting_id) from None
+    return appointment, CREATED if stored is None else UPDATED
 
 
 def finish_batch(context: BatchContext) -> None:
