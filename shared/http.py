@@ -176,6 +176,13 @@ class Blueprint(SmorestBlueprint):
     ARGUMENTS_PARSER = BodyParser()
     PAGINATION_ARGUMENTS_PARSER = PaginationParser()
 
+    def arguments(self, schema: Any, *args: Any, **kwargs: Any) -> Callable:
+        """flask-smorest's `arguments`, with one schema instance for every request: given a class,
+        webargs builds an instance per request, deep-copying its fields (a tenth of a small
+        write's time, bench/api_write.py). Loading with a shared instance is safe: marshmallow
+        keeps a load's state in the call, and our schemas keep none on themselves."""
+        return super().arguments(schema() if isinstance(schema, type) else schema, *args, **kwargs)
+
     def paginate(self, *args, **kwargs) -> Callable:
         """flask-smorest's `paginate`, documenting the bounded `page` the parser enforces."""
         paginate = super().paginate(*args, **kwargs)
