@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 import re
 import secrets
@@ -98,15 +99,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_ours(database_url: str, token: str, port: int, log_file) -> subprocess.Popen:
-    """As the Dockerfile's CMD, with a service client that may write appointments (any practice)."""
+def start_ours(database_url: str, token: str, port: int, log_file, settings: dict[str, str]) -> subprocess.Popen:
+    """As the Dockerfile's CMD, with a service client that may write appointments (any practice);
+    `settings` (from `--set`) on top, e.g. to compare worker models."""
     clients = VAR / "bench-write-clients.toml"
     clients.write_text(f'[clients.calendar]\ntoken_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\n'
                        'scopes = ["appointments:write"]\n')
     env = {key: value for key, value in os.environ.items() if not key.startswith("GUNICORN_")}
     env.update({"DATABASE_URL": database_url, "AUTH_CLIENTS_FILE": str(clients), "IMPORTS_ENABLED": "false",
                 "LOG_LEVEL": "WARNING", "HOST": "127.0.0.1", "PORT": str(port),
-                "SERVICE_APP": "therapist_service.app:create_app()"})
+                "SERVICE_APP": "therapist_service.app:create_app()", **settings})
     return subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"], env=env, cwd=ROOT,
                             stdout=log_file, stderr=log_file, process_group=0)
 
@@ -211,7 +213,7 @@ def report(runs: list[Run], connections: list[int]) -> bool:
               for name in ("ours", "peer", "pgbench")}
         by_rate = [o.rate / p.rate for o, p in zip(of["ours"], of["peer"], strict=True)]
         by_p99 = [o.p99_ms / p.p99_ms for o, p in zip(of["ours"], of["peer"], strict=True)]
-        by_raw = [o.rate / r.rate for o, r in zip(of["ours"], of["pgbench"], strict=True)]
+        by_raw = [o.rate / r.rate for o, r in zip(of["ours"], of["pgbench"], strict=True)] if of["pgbench"] else [math.nan]
         print(f"   {count:3d} connections: ours ÷ peer {', '.join(f'{x:.2f}' for x in by_rate)} "
               f"(median {median(by_rate):.2f}; target ≥ 0.70)   p99 ours ÷ peer "
               f"{', '.join(f'{x:.2f}' for x in by_p99)}   ours ÷ pgbench {', '.join(f'{x:.2f}' for x in by_raw)}")
@@ -230,6 +232,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--database-url", help="a PostgreSQL server to use instead of the embedded one")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of our service, e.g. GUNICORN_WORKERS=4 (default: gunicorn.conf.py's)")
+    parser.add_argument("--skip-pgbench", action="store_true", help="ours and the peer only (no ratios to pgbench)")
     args = parser.parse_args()
     if missing := missing_tools():
         print("bench/api_write.py needs:\n  " + "\n  ".join(missing), file=sys.stderr)
@@ -247,12 +252,13 @@ def main() -> int:
     ours_port, peer_port = free_port(), free_port()
     runs: list[Run] = []
     with (VAR / "bench-write-ours.log").open("w") as ours_log, (VAR / "bench-write-peer.log").open("w") as peer_log:
-        ours = start_ours(database_url, token, ours_port, ours_log)
+        ours = start_ours(database_url, token, ours_port, ours_log, dict(item.split("=", 1) for item in args.set))
         peer = start_peer(dsn, token, peer_port, peer_log)
         try:
             wait_until_healthy(f"http://127.0.0.1:{ours_port}", ours, "our service", token)
             wait_until_healthy(f"http://127.0.0.1:{peer_port}", peer, "the peer", token)
-            print(f"{args.rounds} rounds, {args.seconds} s per run, connections {args.connections}")
+            print(f"{args.rounds} rounds, {args.seconds} s per run, connections {args.connections}"
+                  + (f", ours with {' '.join(args.set)}" if args.set else ""))
             for number in range(1, args.rounds + 1):
                 print(f"round {number}")
                 for count in args.connections:
@@ -260,7 +266,7 @@ def main() -> int:
                                                 args.seconds, dsn),
                                 lambda: run_wrk("peer", f"http://127.0.0.1:{peer_port}", token, count,
                                                 args.seconds, dsn),
-                                lambda: run_pgbench(dsn, count, args.seconds)):
+                                *(() if args.skip_pgbench else (lambda: run_pgbench(dsn, count, args.seconds),))):
                         runs.append(run())
                         print(runs[-1].line(), flush=True)
         finally:

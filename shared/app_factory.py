@@ -18,7 +18,7 @@ from shared.background import start_background
 from shared.batch import BatchAdapter, batches_blp
 from shared.config import Settings
 from shared.dashboard import init_dashboard
-from shared.db import ENGINE_OPTIONS
+from shared.db import ENGINE_OPTIONS, ping_idle_connections
 from shared.errors import register_error_handlers
 from shared.events import relay as events_relay
 from shared.extensions import db
@@ -79,6 +79,9 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT, service.name)
 
     db.init_app(app)
+    with app.app_context():
+        for engine in db.engines.values():
+            ping_idle_connections(engine)
     # A Migrate of its own: flask_migrate's commands read the folder from the Migrate object, so a
     # shared one would run every app in a process with the last-created service's migrations.
     Migrate(app, db, directory=str(MIGRATIONS_ROOT / service.name),

@@ -1,14 +1,15 @@
 """Units of work and engine settings. A unit of work commits in exactly one place."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeVar
 
-from sqlalchemy import Text, any_, bindparam, func, select, text
+from sqlalchemy import Engine, Text, any_, bindparam, event, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DisconnectionError, IntegrityError
 
 from shared.errors import Duplicate
 from shared.extensions import db
@@ -17,10 +18,33 @@ T = TypeVar("T")
 
 ENGINE_OPTIONS = {
     "hide_parameters": True,  # row values never reach logs or exception text
-    "pool_pre_ping": True,
     "pool_size": 5,
     "max_overflow": 5,
 }
+IDLE_PING_SECONDS = 10.0
+
+
+def ping_idle_connections(engine: Engine) -> None:
+    """Check a pooled connection before it is used only when it has sat idle for
+    `IDLE_PING_SECONDS`: one the database dropped meanwhile (a restart, a proxy's idle timeout)
+    is replaced before a request sees it. SQLAlchemy's `pool_pre_ping` pings at every checkout,
+    which is a round trip per request, a quarter of an appointment write's (bench/api_write.py);
+    a connection in steady use is checked by its use (a disconnect found then invalidates the
+    whole pool, so the others are replaced too). SQLAlchemy's "pessimistic" recipe, on idle ones."""
+
+    @event.listens_for(engine, "checkin")
+    def returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def check(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error:
+            raise DisconnectionError("a pooled connection was lost while idle") from None  # the pool retries
 
 
 @contextmanager
