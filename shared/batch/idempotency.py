@@ -147,7 +147,7 @@ class IdempotencyStore:
                        replayed=True)
 
 
-def stored_outcome(model: Any, actor: str, key: str) -> dict[str, Any]:
+def stored_outcome(model: type[IdempotencyKeyMixin], actor: str, key: str) -> dict[str, Any]:
     row = db.session.scalars(select(model).where(model.actor == actor, model.key == key,
                                                  model.expires_at > now_utc())).first()
     if row is None:
