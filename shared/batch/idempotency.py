@@ -35,7 +35,7 @@ class Outcome:
     """An answer to store and send: status, JSON body (None for none) and headers."""
 
     status: int
-    body: Any
+    body: object  # JSON
     headers: dict[str, str] = field(default_factory=dict)
     replayed: bool = False
 
