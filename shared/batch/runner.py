@@ -3,7 +3,7 @@ transaction (`transaction` mode) or each on its own (`batch` mode). Given everyt
 (items, mode, key, actor): nothing here reads the request or the app."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -52,7 +52,7 @@ class BatchAdapter:
     bind: Callable[[dict[str, Any], str | None], None] | None = None
 
 
-def run_batch(adapter: BatchAdapter, items: list[object], *, mode: str, dry_run: bool, actor: str,
+def run_batch(adapter: BatchAdapter, items: Sequence[object], *, mode: str, dry_run: bool, actor: str,
               key: str | None, keys: IdempotencyStore, path: str, body: Any, max_items: int,
               items_pointer: str = "/items", org: str | None = None, invalid_status: int = 422) -> Outcome:
     """Apply `items` (the list under `items_pointer` of `body`) once per idempotency key.
@@ -66,7 +66,7 @@ def run_batch(adapter: BatchAdapter, items: list[object], *, mode: str, dry_run:
                     actor=actor, key=None if dry_run else key, path=path, body=body)
 
 
-def _apply(adapter: BatchAdapter, raw_items: list[object], *, mode: str, dry_run: bool, actor: str,
+def _apply(adapter: BatchAdapter, raw_items: Sequence[object], *, mode: str, dry_run: bool, actor: str,
            items_pointer: str, org: str | None, invalid_status: int) -> Outcome:
     transaction = mode == "transaction"
     items = [_load_item(adapter, index, raw, org) for index, raw in enumerate(raw_items)]
