@@ -1,10 +1,13 @@
 """REST endpoints for patients (SPEC §6.1). Each view: loaded arguments in, one service call, result out."""
 from __future__ import annotations
 
-from flask import current_app, url_for
-from flask.views import MethodView
+from typing import Any
 
-from patient_service import privacy, services
+from flask import Response, current_app, url_for
+from flask.views import MethodView
+from flask_smorest.pagination import PaginationParameters
+
+from patient_service import models, privacy, services
 from patient_service.models import IdempotencyKey
 from patient_service.schemas import (
     AccessLogEntrySchema,
@@ -28,16 +31,18 @@ blp = Blueprint("patients", __name__, url_prefix="/api/patients",
 
 DUPLICATE = {409: "Duplicate: `existing_id` names the patient who exists"}
 ERASED = {410: "Deleted (type `gone`), or erased (type `erased`, with `erasure_id`)"}
+# A patient to serialise, the status and the headers (its `ETag`).
+Answer = tuple[models.Patient, int, dict[str, str]]
 
 
 @blp.after_request
-def contains_phi(response):
+def contains_phi(response: Response) -> Response:
     """SPEC §10.5: every answer of this blueprint may carry health data."""
     response.headers["X-Contains-PHI"] = "true"
     return response
 
 
-def _respond(patient, status=200, headers=None):
+def _respond(patient: models.Patient, status: int = 200, headers: dict[str, str] | None = None) -> Answer:
     return patient, status, {"ETag": etag_for(patient.id, patient.version), **(headers or {})}
 
 
@@ -48,7 +53,7 @@ class Patients(MethodView):
     @blp.response(200, PatientSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=100)
     @atomic
-    def get(self, filters, pagination_parameters):
+    def get(self, filters: dict[str, Any], pagination_parameters: PaginationParameters) -> list[models.Patient]:
         """List patients (newest id last), filtered. Each patient listed is a read in its access log."""
         items, total = privacy.read_list(filters, page=pagination_parameters.page,
                                          page_size=pagination_parameters.page_size, actor=current_actor())
@@ -60,7 +65,7 @@ class Patients(MethodView):
     @blp.response(201, PatientSchema)
     @blp.problems(400, 409, 413, descriptions=DUPLICATE)
     @atomic
-    def post(self, data):
+    def post(self, data: dict[str, Any]) -> Answer:
         """Create a patient."""
         patient = services.create_patient(data, source="api", actor=current_actor())
         return _respond(patient, 201, {"Location": url_for("patients.Patient", patient_id=patient.id)})
@@ -73,7 +78,7 @@ class Patient(MethodView):
     @blp.response(200, PatientSchema)
     @blp.problems(404, 410, descriptions=ERASED)
     @atomic
-    def get(self, args, patient_id):
+    def get(self, args: dict[str, Any], patient_id: int) -> Response | Answer:
         """Read a patient; with `?at=` as it was then."""
         if "at" in args:
             return as_stored(privacy.read_patient_as_of(patient_id, args["at"], actor=current_actor()))
@@ -84,7 +89,7 @@ class Patient(MethodView):
     @blp.response(200, PatientSchema)
     @blp.problems(400, 404, 409, 410, 412, 413, descriptions=DUPLICATE)
     @atomic
-    def put(self, data, patient_id):
+    def put(self, data: dict[str, Any], patient_id: int) -> Answer:
         """Replace a patient. Honours `If-Match`."""
         return _respond(services.replace_patient(
             patient_id, data, expected_versions=expected_versions(patient_id),
@@ -95,7 +100,7 @@ class Patient(MethodView):
     @blp.response(200, PatientSchema)
     @blp.problems(400, 404, 409, 410, 412, 413, descriptions=DUPLICATE)
     @atomic
-    def patch(self, changes, patient_id):
+    def patch(self, changes: dict[str, Any], patient_id: int) -> Answer:
         """Change some fields of a patient. Honours `If-Match`."""
         return _respond(services.patch_patient(
             patient_id, changes, expected_versions=expected_versions(patient_id),
@@ -105,7 +110,7 @@ class Patient(MethodView):
     @blp.response(204)
     @blp.problems(404, 410, 412)
     @atomic
-    def delete(self, patient_id):
+    def delete(self, patient_id: int) -> None:
         """Soft-delete a patient: later reads answer 410. Honours `If-Match`."""
         services.delete_patient(patient_id, expected_versions=expected_versions(patient_id),
                                 source="api", actor=current_actor())
@@ -117,7 +122,7 @@ class PatientHistory(MethodView):
     @blp.response(200, VersionSchema(many=True))
     @blp.problems(404, 410, descriptions=ERASED)
     @atomic
-    def get(self, patient_id):
+    def get(self, patient_id: int) -> list[models.PatientVersion]:
         """Every version of a patient, newest first."""
         return privacy.read_history(patient_id, actor=current_actor())
 
@@ -128,7 +133,7 @@ class PatientConsents(MethodView):
     @blp.response(200, ConsentSchema(many=True))
     @blp.problems(404, 410, descriptions=ERASED)
     @atomic
-    def get(self, patient_id):
+    def get(self, patient_id: int) -> list[models.Consent]:
         """The patient's consent records, each with the registration's `consent_metadata` in full."""
         return privacy.read_consents(patient_id, actor=current_actor())
 
@@ -139,7 +144,7 @@ class PatientRegistrations(MethodView):
     @blp.response(200, RegistrationSchema(many=True))
     @blp.problems(404, 410, descriptions=ERASED)
     @atomic
-    def get(self, patient_id):
+    def get(self, patient_id: int) -> list[models.Registration]:
         """The registrations (bucket files) that created or updated this patient."""
         return privacy.read_registrations(patient_id, actor=current_actor())
 
@@ -150,7 +155,7 @@ class PatientErasure(MethodView):
     @blp.arguments(ErasureRequestSchema)
     @blp.response(200, ErasureSchema)
     @blp.problems(400, 404, 410, 412, descriptions=ERASED)
-    def post(self, body, patient_id):
+    def post(self, body: dict[str, Any], patient_id: int) -> models.Erasure:
         """Erase a patient (GDPR Art. 17): the record, its versions, consents and registrations, the
         stored answers of idempotent batches that named it, its name in import records, and the
         backup copies of its files. Honours `If-Match`. The answer is the erasure record, which holds
@@ -167,7 +172,7 @@ class PatientExport(MethodView):
         "description": 'attachment; filename="patient-<id>-export.json"', "schema": {"type": "string"}}})
     @blp.problems(404, 410, descriptions=ERASED)
     @atomic
-    def get(self, patient_id):
+    def get(self, patient_id: int) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Everything stored about a patient (GDPR Art. 15, 20), as a file to hand to the person:
         the record, its versions, consents, registrations, import records and access log."""
         export = privacy.export(patient_id, actor=current_actor())
@@ -180,7 +185,7 @@ class PatientAccessLog(MethodView):
     @blp.response(200, AccessLogEntrySchema(many=True))
     @blp.paginate(page_size=50, max_page_size=100)
     @blp.problems(404)
-    def get(self, patient_id, pagination_parameters):
+    def get(self, patient_id: int, pagination_parameters: PaginationParameters) -> list[models.AccessLogEntry]:
         """Who read this patient's data, when, and what (newest first). Ids, actors and times
         only; kept `ACCESS_LOG_RETENTION_DAYS`, also after an erasure."""
         entries, total = privacy.access_log(patient_id, page=pagination_parameters.page,
@@ -202,7 +207,7 @@ class PatientBatch(MethodView):
     @blp.alt_response(201, schema=batch.BatchResponseSchema, description="At least one patient was created")
     @blp.alt_response(204, description="`Prefer: return=minimal` and nothing was created")
     @blp.problems(400, 409, 413, descriptions=batch.PROBLEMS)
-    def post(self, body):
+    def post(self, body: dict[str, Any]) -> Response:
         """Create, update or delete many patients at once; see docs/api.md (*Batch requests*) for
         modes, dry runs and `Idempotency-Key`. An item with `id` updates that patient; without, the duplicate
         rule decides between update and create."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from flask import Flask
 
@@ -13,7 +12,7 @@ SERVICE_NAME = "patient_service"
 DEFAULT_PORT = 5001
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+def create_app(config: Mapping[str, object] | None = None) -> Flask:
     from patient_service import api, importer
 
     settings = load_settings(config, default_port=DEFAULT_PORT)

@@ -1,7 +1,9 @@
 """The patient's one shape (SPEC §6.1), used by the REST API, batch requests and the importer."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from marshmallow import INCLUDE, ValidationError, fields, post_load, validate, validates
@@ -30,14 +32,15 @@ REGISTRATION_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
-def _one_of(choices):
+def _one_of(choices: Sequence[str]) -> validate.OneOf:
     return validate.OneOf(choices, error="must be one of: " + ", ".join(choices))
 
 
-class BerlinLocalDateTime(fields.Field):
+class BerlinLocalDateTime(fields.Field[datetime]):
     """`YYYY-MM-DD HH:MM:SS` in Berlin's local time (SPEC §8.1), loaded as the moment in UTC."""
 
-    def _deserialize(self, value, attr, data, **kwargs) -> datetime:
+    def _deserialize(self, value: object, attr: str | None, data: Mapping[str, Any] | None,
+                     **kwargs: Any) -> datetime:
         try:
             local = datetime.strptime(value, REGISTRATION_TIMESTAMP_FORMAT) if isinstance(value, str) else None
         except ValueError:
@@ -91,7 +94,7 @@ class PatientSchema(StrictSchema):
     verkehrsmittel = fields.String(load_default=None, allow_none=True, validate=_one_of(VERKEHRSMITTEL))
 
     @validates("geburtsdatum")
-    def _plausible_birth_date(self, value: date, **_kwargs) -> None:
+    def _plausible_birth_date(self, value: date, **_kwargs: Any) -> None:
         today = date.today()
         if value > today:
             raise ValidationError("must not be in the future")
@@ -103,7 +106,7 @@ class PatientSchema(StrictSchema):
             raise ValidationError(f"must be at most {MAX_AGE_YEARS} years ago")
 
     @post_load
-    def _normalise(self, data, **_kwargs):
+    def _normalise(self, data: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:
         if data.get("email"):
             data["email"] = data["email"].lower()
         return data

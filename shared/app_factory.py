@@ -6,9 +6,8 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from flask import Flask, g, request, send_from_directory
+from flask import Flask, Response, g, request, send_from_directory
 from flask_cors import CORS
 from flask_migrate import Migrate
 
@@ -22,7 +21,7 @@ from shared.db import ENGINE_OPTIONS, ping_idle_connections
 from shared.errors import register_error_handlers
 from shared.events import relay as events_relay
 from shared.extensions import db
-from shared.http import Api, JSONProvider, SecurityPlugin, require_json_body
+from shared.http import Api, Blueprint, JSONProvider, SecurityPlugin, require_json_body
 from shared.imports import api as imports_api
 from shared.imports import service as imports
 from shared.imports.service import ImporterSpec
@@ -44,7 +43,7 @@ class ServiceDefinition:
 
     name: str  # "patient_service": also its PostgreSQL schema and its migrations folder
     title: str
-    blueprints: Iterable[Any]
+    blueprints: Iterable[Blueprint]
     importer: ImporterSpec
     batch: BatchAdapter
     no_store_prefixes: tuple[str, ...] = ()
@@ -120,9 +119,9 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     return app
 
 
-def security_schemes(settings: Settings) -> dict[str, Any]:
+def security_schemes(settings: Settings) -> dict[str, dict[str, str]]:
     """SPEC §11: `bearer` for every credential; `oidc` too when people sign in with a provider."""
-    schemes: dict[str, Any] = {"bearer": {
+    schemes: dict[str, dict[str, str]] = {"bearer": {
         "type": "http", "scheme": "bearer",
         "description": "A service client's token (AUTH_CLIENTS_FILE), an OpenID Connect access token, or in "
                        "development an API_TOKENS token. `x-required-scopes` names the scope each operation needs."}}
@@ -139,7 +138,7 @@ def _assign_request_id() -> None:
 
 def _add_no_store(app: Flask, prefixes: tuple[str, ...]) -> None:
     @app.after_request
-    def no_store(response):
+    def no_store(response: Response) -> Response:
         if request.path.startswith(prefixes):
             response.headers["Cache-Control"] = "no-store"
         return response
@@ -151,11 +150,11 @@ def _add_operational_routes(app: Flask) -> None:
     assets = swagger_ui_bundle.swagger_ui_path
 
     @app.get(SWAGGER_ASSETS_URL + "<path:filename>")
-    def swagger_assets(filename: str):
+    def swagger_assets(filename: str) -> Response:
         return send_from_directory(assets, filename, max_age=86400)
 
     @app.after_request
-    def echo_request_id(response):
+    def echo_request_id(response: Response) -> Response:
         if "request_id" in g:
             response.headers.setdefault("X-Request-ID", g.request_id)
         return response

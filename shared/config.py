@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Literal, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -99,7 +99,7 @@ class ServerSettings(BaseModel):
         """The settings in `env` (the process environment by default): every variable named like a
         setting and not blank; the others are not ours."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {"PORT": default_port}
+        values: dict[str, object] = {"PORT": default_port}
         values.update({name: env[name] for name in cls.model_fields if (env.get(name) or "").strip()})
         for required, hint in REQUIRED.items():
             if required in cls.model_fields and required not in values:
@@ -166,7 +166,7 @@ class Settings(ServerSettings):
             raise ValueError("OIDC_CLIENT_ID needs OIDC_ISSUER (the provider the dashboard signs in with)")
         return self
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
+    def with_overrides(self, overrides: Mapping[str, object]) -> Settings:
         """A copy with some values replaced, checked like the rest: how tests and
         `create_app(config=...)` adjust settings."""
         return _validated(Settings, {**self.model_dump(), **overrides})
@@ -176,7 +176,7 @@ SettingsModel = TypeVar("SettingsModel", bound=ServerSettings)
 REQUIRED = {"DATABASE_URL": "a PostgreSQL URL such as postgresql://user@host/db"}
 
 
-def _validated(model: type[SettingsModel], values: Mapping[str, Any]) -> SettingsModel:
+def _validated(model: type[SettingsModel], values: Mapping[str, object]) -> SettingsModel:
     try:
         return model.model_validate(values)
     except ValidationError as error:
@@ -188,7 +188,7 @@ def _validated(model: type[SettingsModel], values: Mapping[str, Any]) -> Setting
         raise ConfigError(detail if detail.startswith(name) or name == "settings" else f"{name}: {detail}") from None
 
 
-def load_settings(config: Mapping[str, Any] | None, *, default_port: int) -> Settings:
+def load_settings(config: Mapping[str, object] | None, *, default_port: int) -> Settings:
     """Settings for `create_app(config)`: the environment, then `config` on top.
 
     `config` may hold the required values itself, so tests need not touch `os.environ`; a value
@@ -198,6 +198,7 @@ def load_settings(config: Mapping[str, Any] | None, *, default_port: int) -> Set
     overrides = dict(config or {})
     for name, value in list(overrides.items()):  # text is read as the environment's would be
         if isinstance(value, str) and name in Settings.model_fields:
-            env[name] = overrides.pop(name)
+            env[name] = value
+            del overrides[name]
     settings = Settings.from_env(env, default_port=default_port)
     return settings.with_overrides(overrides) if overrides else settings

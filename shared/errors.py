@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, current_app, json
@@ -92,11 +92,11 @@ class InvalidData(DomainError):
             self.status = status
 
 
-def escape_pointer_token(token: Any) -> str:
+def escape_pointer_token(token: object) -> str:
     return str(token).replace("~", "~0").replace("/", "~1")
 
 
-def flatten_messages(messages: Any, prefix: str = "") -> list[dict[str, str]]:
+def flatten_messages(messages: object, prefix: str = "") -> list[dict[str, str]]:
     """marshmallow's nested error messages → `[{"pointer": "/a/0/b", "detail": "..."}]`."""
     errors: list[dict[str, str]] = []
     if isinstance(messages, dict):
@@ -127,7 +127,7 @@ def problem_body(status: int, title: str, detail: str | None = None, *, type: st
 
 
 def problem(status: int, title: str, detail: str | None = None, *, type: str = "about:blank",
-            headers: dict[str, str] | Iterable | None = None, **extra: Any) -> Response:
+            headers: Mapping[str, str] | None = None, **extra: Any) -> Response:
     body = problem_body(status, title, detail, type=type, **extra)
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE)
     for name, value in dict(headers or {}).items():

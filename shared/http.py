@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from apispec import BasePlugin
 from apispec.ext.marshmallow.common import resolve_schema_cls
-from flask import Response, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api as SmorestApi
 from flask_smorest import Blueprint as SmorestBlueprint
@@ -31,6 +31,8 @@ from shared.schemas import RulesPlugin
 MAX_SQL_OFFSET = 2**63 - 1  # OFFSET is a bigint
 # The id is a number, or a UUID (appointments).
 _ETAG_RE = re.compile(r'^(?:W/)?"(?P<id>\d+|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})\.(?P<version>\d+)"$')
+# A view function (or MethodView method): what the blueprint's decorators take and give back.
+View = TypeVar("View", bound=Callable[..., object])
 
 
 class ProblemErrorSchema(Schema):
@@ -63,7 +65,7 @@ class PaginationSchema(Schema):
     total_pages = fields.Integer(required=True)
 
 
-def schema_name(schema) -> str:
+def schema_name(schema: type[Schema] | Schema | str) -> str:
     """`PatientSchema` → `Patient`; its partial form (a PATCH body) → `PatientPatch`."""
     resolved = resolve_schema_cls(schema)
     schema_class = resolved[0] if isinstance(resolved, list) else resolved  # a list only for a union of schemas
@@ -86,7 +88,8 @@ class SecurityPlugin(BasePlugin):
         super().__init__()
         self.oidc = oidc
 
-    def operation_helper(self, path: str | None = None, operations: dict | None = None, **kwargs: Any) -> None:
+    def operation_helper(self, path: str | None = None, operations: dict[str, dict[str, Any]] | None = None,
+                         **kwargs: Any) -> None:
         for operation in (operations or {}).values():
             scopes = operation.get("x-required-scopes")
             if scopes:
@@ -99,12 +102,12 @@ class Api(SmorestApi):
 
     ERROR_SCHEMA = ProblemSchema
 
-    def __init__(self, app=None, **kwargs):
+    def __init__(self, app: Flask | None = None, **kwargs: Any):
         spec_kwargs = kwargs.setdefault("spec_kwargs", {})
         spec_kwargs.setdefault("marshmallow_plugin", RulesPlugin(schema_name_resolver=schema_name))
         super().__init__(app, **kwargs)
 
-    def _register_responses(self):
+    def _register_responses(self) -> None:
         problem = {PROBLEM_MIMETYPE: {"schema": self.ERROR_SCHEMA}}
         for status in HTTPStatus:
             response: dict[str, Any] = {"description": status.phrase}
@@ -115,7 +118,7 @@ class Api(SmorestApi):
                                       {"description": "Default error response", "content": problem},
                                       lazy=True)
 
-    def _register_pagination_header(self):
+    def _register_pagination_header(self) -> None:
         # A JSON value, so `content` rather than `schema` (which would mean comma-separated pairs).
         self.spec.components.header("PAGINATION", {
             "description": "Pagination metadata (JSON)",
@@ -138,7 +141,8 @@ def bounded_pages(schema_cls: type[Schema]) -> type[Schema]:
 class PaginationParser(FlaskParser):
     """Parses pagination arguments with `page` bounded (see `bounded_pages`)."""
 
-    def parse(self, argmap, *args, **kwargs):
+    # Narrower than webargs' `argmap`: flask-smorest hands this parser its pagination schema class only.
+    def parse(self, argmap: type[Schema], *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         return super().parse(bounded_pages(argmap), *args, **kwargs)
 
 
@@ -176,18 +180,18 @@ class Blueprint(SmorestBlueprint):
     ARGUMENTS_PARSER = BodyParser()
     PAGINATION_ARGUMENTS_PARSER = PaginationParser()
 
-    def arguments(self, schema: Any, *args: Any, **kwargs: Any) -> Callable:
+    def arguments(self, schema: Any, *args: Any, **kwargs: Any) -> Callable[[View], View]:
         """flask-smorest's `arguments`, with one schema instance for every request: given a class,
         webargs builds an instance per request, deep-copying its fields (a tenth of a small
         write's time, bench/api_write.py). Loading with a shared instance is safe: marshmallow
         keeps a load's state in the call, and our schemas keep none on themselves."""
         return super().arguments(schema() if isinstance(schema, type) else schema, *args, **kwargs)
 
-    def paginate(self, *args, **kwargs) -> Callable:
+    def paginate(self, *args: Any, **kwargs: Any) -> Callable[[View], View]:
         """flask-smorest's `paginate`, documenting the bounded `page` the parser enforces."""
         paginate = super().paginate(*args, **kwargs)
 
-        def decorator(view: Callable) -> Callable:
+        def decorator(view: View) -> View:
             wrapper = paginate(view)
             parameters = wrapper._apidoc["pagination"]["parameters"]
             parameters["schema"] = bounded_pages(parameters["schema"])
@@ -199,20 +203,20 @@ class Blueprint(SmorestBlueprint):
         return {"total": item_count, "page": page, "page_size": page_size,
                 "total_pages": page_count(item_count, page_size)}
 
-    def scope(self, *scopes: str) -> Callable:
+    def scope(self, *scopes: str) -> Callable[[View], View]:
         """The scope a view needs (SPEC §11); several: any one of them. The guard of `shared.auth`
         refuses a credential without it (403) before the view runs; the OpenAPI operation names it
         and documents 401 and 403."""
-        def decorator(view: Callable) -> Callable:
+        def decorator(view: View) -> View:
             declare_scopes(view, scopes)
             view = self.doc(**{"x-required-scopes": list(scopes)})(view)
             return self.problems(401, 403, descriptions=AUTH_PROBLEMS)(view)
         return decorator
 
     def problems(self, *statuses: int, descriptions: dict[int, str] | None = None,
-                 examples: dict[int, dict[str, Any]] | None = None) -> Callable:
+                 examples: dict[int, dict[str, object]] | None = None) -> Callable[[View], View]:
         """Document the problem-details responses a view can give besides its success."""
-        def decorator(view: Callable) -> Callable:
+        def decorator(view: View) -> View:
             for status in statuses:
                 description = (descriptions or {}).get(status, HTTPStatus(status).phrase)
                 example = (examples or {}).get(status)
@@ -271,7 +275,7 @@ def require_json_body() -> None:
         abort(400, message="the request body is not valid JSON")
 
 
-def as_stored(representation: dict) -> Response:
+def as_stored(representation: Mapping[str, Any]) -> Response:
     """A stored representation (a version row's `data`), sent as it was serialised then."""
     response = jsonify(representation)
     response.headers["ETag"] = etag_for(representation["id"], representation["version"])

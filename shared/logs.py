@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from flask import current_app, g, has_app_context, has_request_context
 from pythonjsonlogger.json import JsonFormatter
@@ -85,7 +85,7 @@ class TextLineFormatter(logging.Formatter):
         return super().format(record)
 
 
-class StderrHandler(logging.StreamHandler):
+class StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever `sys.stderr` is at the time: a stream captured when the app was made
     (by pytest, say) may be closed by the time a late line, such as an atexit hook's, arrives."""
 
@@ -93,11 +93,11 @@ class StderrHandler(logging.StreamHandler):
         super().__init__()
 
     @property
-    def stream(self):
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, _value) -> None:
+    def stream(self, _value: TextIO) -> None:
         pass
 
 

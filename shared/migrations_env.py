@@ -8,8 +8,10 @@ from __future__ import annotations
 import zlib
 
 from alembic import context
+from alembic.runtime.environment import NameFilterParentNames, NameFilterType
 from flask import current_app
 from sqlalchemy import text
+from sqlalchemy.schema import SchemaItem
 
 from shared.extensions import db
 
@@ -17,10 +19,11 @@ from shared.extensions import db
 def run_migrations() -> None:
     schema = current_app.config["DB_SCHEMA"]
 
-    def include_name(name, type_, parent_names):
+    def include_name(name: str | None, type_: NameFilterType, parent_names: NameFilterParentNames) -> bool:
         return name == schema if type_ == "schema" else True
 
-    def include_object(obj, name, type_, reflected, compare_to):
+    def include_object(obj: SchemaItem, name: str | None, type_: NameFilterType, reflected: bool,
+                       compare_to: SchemaItem | None) -> bool:
         return getattr(obj, "schema", schema) == schema if type_ == "table" else True
 
     options = dict(target_metadata=db.metadata, version_table_schema=schema, include_schemas=True,

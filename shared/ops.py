@@ -12,10 +12,10 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Required, TypedDict
 
 from flask import Flask, Response, current_app, g, jsonify, request
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from shared import metrics
@@ -79,7 +79,7 @@ def metrics_view() -> Response:
 
 # ---- the checks ---------------------------------------------------------------------------------
 
-def _ready_engine() -> Any:
+def _ready_engine() -> Engine:
     """An engine without a pool, made once per app: each check opens and closes one connection,
     which also means nothing crosses a gunicorn fork."""
     engine = current_app.extensions.get("ready_engine")
@@ -94,7 +94,15 @@ def _ready_engine() -> Any:
     return engine
 
 
-def _check_database() -> dict[str, Any]:
+class DatabaseCheck(TypedDict, total=False):
+    """`/ready`'s `database`: whether a connection answered, and in how long or why not."""
+
+    ok: Required[bool]
+    seconds: float
+    error: str  # the exception's class, never its message
+
+
+def _check_database() -> DatabaseCheck:
     started = time.perf_counter()
     try:
         with _ready_engine().connect() as connection:

@@ -6,13 +6,16 @@ PostgreSQL cannot store (NUL characters, unpaired surrogates): a 422 naming the 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import msgspec
+from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow.openapi import OpenAPIConverter
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow.types import StrSequenceOrSet, UnknownOption
 
 WEEKDAYS = ("montag", "dienstag", "mittwoch", "donnerstag", "freitag", "samstag", "sonntag")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -22,21 +25,23 @@ SERVER_RULE = "x-server-rule"
 # Digits spelled [0-9]: Python's \d also matches other scripts' digits (and int() reads them),
 # and the pattern is published, where \d means [0-9].
 _TIME_RANGE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])$")
+# marshmallow-style messages: a list of them for a value, or a dict of these by key or index.
+_Messages = list[str] | dict[object, "_Messages"]
 
 
-def _unstorable_strings(value: Any) -> Any:
+def _unstorable_strings(value: object) -> _Messages | None:
     """marshmallow-style messages for every string (or key) in `value` PostgreSQL would refuse."""
     message = ["must not contain NUL characters or unpaired surrogates"]
     if isinstance(value, str):
         return message if _UNSTORABLE.search(value) else None
-    items: Iterable[tuple[Any, Any]]
+    items: Iterable[tuple[object, object]]
     if isinstance(value, Mapping):  # a dict, or webargs' view of the query string
         items = value.items()
     elif isinstance(value, list):
         items = enumerate(value)
     else:
         return None
-    found: dict[Any, Any] = {}
+    found: dict[object, _Messages] = {}
     for key, item in items:
         inner = message if isinstance(key, str) and _UNSTORABLE.search(key) else _unstorable_strings(item)
         if inner:
@@ -53,7 +58,8 @@ class StrictSchema(Schema):
     # batch item's loaded with the batch's. Its own load then does not look at every string again.
     strings_checked_by_parent = False
 
-    def load(self, data, *, many=None, partial=None, unknown=None):
+    def load(self, data: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, many: bool | None = None,
+             partial: bool | StrSequenceOrSet | None = None, unknown: UnknownOption | None = None) -> Any:
         """`Schema.load`, refusing first what PostgreSQL cannot store, wherever it is in `data`.
 
         A check before the load rather than a `pre_load` hook: a hook runs in every nested group's
@@ -63,7 +69,7 @@ class StrictSchema(Schema):
         return super().load(data, many=many, partial=partial, unknown=unknown)
 
 
-def _refuse_unstorable_strings(data: Any) -> None:
+def _refuse_unstorable_strings(data: object) -> None:
     # Fast path: one C-level serialisation and search; the walk only runs to name the field.
     # msgspec writes a NUL as \u0000 and refuses an unpaired surrogate (UTF-8 cannot hold it)
     # or a value that is not JSON. Only for plain JSON: webargs' query-string view is no dict.
@@ -81,7 +87,7 @@ def _refuse_unstorable_strings(data: Any) -> None:
 class Nested(fields.Nested):
     """A nested `StrictSchema` inside another: the outer one has checked every string in it."""
 
-    def _load(self, value, partial=None):
+    def _load(self, value: Any, partial: bool | StrSequenceOrSet | None = None) -> Any:
         schema = self.schema  # made once, then cached by marshmallow
         if isinstance(schema, StrictSchema):
             schema.strings_checked_by_parent = True
@@ -91,7 +97,7 @@ class Nested(fields.Nested):
 class TrimmedString(fields.String):
     """A string stored without surrounding whitespace; length rules apply after trimming."""
 
-    def _deserialize(self, value, attr, data, **kwargs):
+    def _deserialize(self, value: object, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> str:
         if isinstance(value, str):  # what JSON gives: `String` would only check that and return it
             return value.strip()
         return super()._deserialize(value, attr, data, **kwargs).strip()
@@ -103,7 +109,8 @@ class UtcDateTime(fields.DateTime):
     openapi: ClassVar[dict[str, Any]] = {
         SERVER_RULE: "a value without a zone is UTC; it must lie after 0001-01-01T00:00Z in UTC"}
 
-    def _deserialize(self, value, attr, data, **kwargs):
+    def _deserialize(self, value: object, attr: str | None, data: Mapping[str, Any] | None,
+                     **kwargs: Any) -> datetime:
         result = super()._deserialize(value, attr, data, **kwargs)
         if result.tzinfo is None:
             result = result.replace(tzinfo=UTC)
@@ -136,7 +143,7 @@ WeeklyHoursSchema = StrictSchema.from_dict(
     name="WeeklyHoursSchema")
 
 
-def weekly_hours(**kwargs) -> Nested:
+def weekly_hours(**kwargs: Any) -> Nested:
     """`{"montag": ["09:00-12:00"], ...}` — the shape of patients' and therapists' time slots."""
     return Nested(WeeklyHoursSchema, **kwargs)
 
@@ -144,7 +151,7 @@ def weekly_hours(**kwargs) -> Nested:
 POSTCODE = validate.Regexp(r"^[0-9]{5}$", error="must be 5 digits")
 
 
-def optional_string(**kwargs) -> TrimmedString:
+def optional_string(**kwargs: Any) -> TrimmedString:
     return TrimmedString(load_default=None, allow_none=True, **kwargs)
 
 
@@ -169,7 +176,7 @@ class VersionSchema(StrictSchema):
 class StrictBoolean(fields.Boolean):
     """Only JSON `true` / `false`: a registration saying "yes" or 1 is an error, not a guess."""
 
-    def _deserialize(self, value, attr, data, **kwargs):
+    def _deserialize(self, value: object, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> bool:
         if not isinstance(value, bool):
             raise ValidationError("must be true or false")
         return value
@@ -185,7 +192,8 @@ WHITESPACE = "".join(f"\\u{c:04x}" for c in range(0x10000) if chr(c).isspace())
 _NOT_BLANK = f"^[^\\x00]*[^\\x00{WHITESPACE}][^\\x00]*$"  # a trimmed string: more than whitespace
 
 
-def openapi_rules(converter, field: fields.Field, ret: dict, **_kwargs) -> dict:
+def openapi_rules(converter: OpenAPIConverter, field: fields.Field[Any], ret: dict[str, Any],
+                  **_kwargs: Any) -> dict[str, Any]:
     """apispec attribute function (runs after the built-in ones): the rules of our fields and
     validators that apispec does not translate, written into the property `ret`."""
     for rule in (getattr(field, "openapi", None), *(getattr(v, "openapi", None) for v in field.validators)):
@@ -224,7 +232,7 @@ class AnyOfSchemas(fields.Raw):
         self.schemas = schemas
 
 
-def _describe(prop: dict, sentence: str) -> None:
+def _describe(prop: dict[str, Any], sentence: str) -> None:
     """Append a sentence to a property's description."""
     before = prop.get("description", "").rstrip()
     if before and not before.endswith("."):
@@ -235,7 +243,7 @@ def _describe(prop: dict, sentence: str) -> None:
 class RulesPlugin(MarshmallowPlugin):
     """apispec's marshmallow plugin with `openapi_rules` added to its field conversion."""
 
-    def init_spec(self, spec) -> None:
+    def init_spec(self, spec: APISpec) -> None:
         super().init_spec(spec)
         assert self.converter is not None  # init_spec made it
         self.converter.add_attribute_function(openapi_rules)

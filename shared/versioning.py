@@ -11,12 +11,13 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, bindparam, insert, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2 as psycopg2_dialect
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql import ColumnElement, Select
 
 from shared.bulk import copy_lines, copy_value
 from shared.db import page_of
@@ -51,7 +52,12 @@ class VersionRowMixin:
     deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
-def add_version(model: type, record: Any, data: dict[str, Any], *, source: str, actor: str,
+R = TypeVar("R", bound=VersionedRecordMixin)  # a record type
+V = TypeVar("V", bound=VersionRowMixin)  # its version rows
+T = TypeVar("T")
+
+
+def add_version(model: type, record: VersionedRecordMixin, data: dict[str, Any], *, source: str, actor: str,
                 changed_at: datetime) -> None:
     """Write `record`'s current state as its version `record.version`, and its domain event."""
     if source not in SOURCES:
@@ -102,12 +108,12 @@ def add_versions(model: Any, rows: list[dict[str, Any]]) -> None:
     outbox.record_versions(model, rows)
 
 
-def history(model: type[VersionRowMixin], record_id: RecordId) -> list[Any]:
+def history(model: type[V], record_id: RecordId) -> list[V]:
     return list(db.session.scalars(
         select(model).where(model.record_id == record_id).order_by(model.version.desc())))
 
 
-def as_of(model: type[VersionRowMixin], record_id: RecordId, at: datetime) -> Any | None:
+def as_of(model: type[V], record_id: RecordId, at: datetime) -> V | None:
     """The version that was current at `at`, or None if the record did not exist yet."""
     return db.session.scalars(
         select(model).where(model.record_id == record_id, model.changed_at <= at)
@@ -115,20 +121,20 @@ def as_of(model: type[VersionRowMixin], record_id: RecordId, at: datetime) -> An
 
 
 @dataclass(frozen=True)
-class VersionedStore:
+class VersionedStore(Generic[R, V]):
     """Reads that every versioned record type has alike: by id (404 / 410), as of a moment,
     its history, a page of a query, and the `If-Match` check. `kind` names it in errors."""
 
-    model: type[VersionedRecordMixin]
-    versions: type[VersionRowMixin]
+    model: type[R]
+    versions: type[V]
     kind: str
 
     def get(self, record_id: RecordId, *, for_update: bool = False, include_deleted: bool = False,
-            within: Any = None) -> Any:
+            within: ColumnElement[bool] | None = None) -> R:
         """The record (404, or 410 once deleted). `within`, a condition on the record's columns,
         limits what exists for this caller (an organisation's appointments): outside it, 404 as
         for an id that never existed, before any 410, so a caller learns nothing of the others."""
-        query: Any = select(self.model).where(self.model.id == record_id)
+        query = select(self.model).where(self.model.id == record_id)
         if within is not None:
             query = query.where(within)
         record = db.session.scalars(query.with_for_update() if for_update else query).first()
@@ -138,7 +144,7 @@ class VersionedStore:
             raise Gone(f"{self.kind} {record_id} was deleted")
         return record
 
-    def as_of(self, record_id: RecordId, at: datetime, *, within: Any = None) -> dict[str, Any]:
+    def as_of(self, record_id: RecordId, at: datetime, *, within: ColumnElement[bool] | None = None) -> dict[str, Any]:
         self.get(record_id, include_deleted=True, within=within)  # 404 for an id that never existed
         row = as_of(self.versions, record_id, at)
         if row is None:
@@ -147,14 +153,14 @@ class VersionedStore:
             raise Gone(f"{self.kind} {record_id} was deleted at {at.isoformat()}")
         return row.data
 
-    def history(self, record_id: RecordId, *, within: Any = None) -> list[Any]:
+    def history(self, record_id: RecordId, *, within: ColumnElement[bool] | None = None) -> list[V]:
         self.get(record_id, include_deleted=True, within=within)
         return history(self.versions, record_id)
 
-    def page(self, query: Any, *, page: int, page_size: int) -> tuple[list[Any], int]:
+    def page(self, query: Select[T], *, page: int, page_size: int) -> tuple[list[T], int]:
         return page_of(query, order_by=self.model.id, page=page, page_size=page_size)
 
-    def check_version(self, record: Any, expected_versions: Collection[int] | None) -> None:
+    def check_version(self, record: VersionedRecordMixin, expected_versions: Collection[int] | None) -> None:
         if expected_versions is not None and record.version not in expected_versions:
             raise PreconditionFailed(f"{self.kind} {record.id} is at version {record.version}; "
                                      "If-Match named another version")

@@ -1,15 +1,18 @@
 """REST endpoints for therapists (SPEC §6.2). Each view: loaded arguments in, one service call, result out."""
 from __future__ import annotations
 
-from flask import url_for
+from typing import Any
+
+from flask import Response, url_for
 from flask.views import MethodView
+from flask_smorest.pagination import PaginationParameters
 
 from shared import batch
 from shared.batch.schemas import batch_request_schema
 from shared.db import atomic
 from shared.http import Blueprint, as_stored, current_actor, current_principal, etag_for, expected_versions
 from shared.schemas import AsOfQuerySchema, VersionSchema
-from therapist_service import services
+from therapist_service import models, services
 from therapist_service.models import IdempotencyKey
 from therapist_service.schemas import TherapistQuerySchema, TherapistSchema
 
@@ -18,9 +21,11 @@ blp = Blueprint("therapists", __name__, url_prefix="/api/therapists",
 
 DUPLICATE = {409: "`external_id` is taken: `existing_id` names the therapist"}
 CONFLICT = {409: "`stale-update`: `last_modified` is not newer than the stored one; or `external_id` is taken"}
+# A therapist to serialise, the status and the headers (its `ETag`).
+Answer = tuple[models.Therapist, int, dict[str, str]]
 
 
-def _respond(therapist, status=200, headers=None):
+def _respond(therapist: models.Therapist, status: int = 200, headers: dict[str, str] | None = None) -> Answer:
     return therapist, status, {"ETag": etag_for(therapist.id, therapist.version), **(headers or {})}
 
 
@@ -30,7 +35,7 @@ class Therapists(MethodView):
     @blp.arguments(TherapistQuerySchema, location="query")
     @blp.response(200, TherapistSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=100)
-    def get(self, filters, pagination_parameters):
+    def get(self, filters: dict[str, Any], pagination_parameters: PaginationParameters) -> list[models.Therapist]:
         """List therapists, filtered."""
         items, total = services.list_therapists(filters, page=pagination_parameters.page,
                                                 page_size=pagination_parameters.page_size)
@@ -42,7 +47,7 @@ class Therapists(MethodView):
     @blp.response(201, TherapistSchema)
     @blp.problems(400, 409, 413, descriptions=DUPLICATE)
     @atomic
-    def post(self, data):
+    def post(self, data: dict[str, Any]) -> Answer:
         """Create a therapist."""
         therapist = services.create_therapist(data, source="api", actor=current_actor())
         return _respond(therapist, 201, {"Location": url_for("therapists.Therapist", therapist_id=therapist.id)})
@@ -54,7 +59,7 @@ class Therapist(MethodView):
     @blp.arguments(AsOfQuerySchema, location="query")
     @blp.response(200, TherapistSchema)
     @blp.problems(404, 410)
-    def get(self, args, therapist_id):
+    def get(self, args: dict[str, Any], therapist_id: int) -> Response | Answer:
         """Read a therapist; with `?at=` as it was then."""
         if "at" in args:
             return as_stored(services.get_therapist_as_of(therapist_id, args["at"]))
@@ -65,7 +70,7 @@ class Therapist(MethodView):
     @blp.response(200, TherapistSchema)
     @blp.problems(400, 404, 409, 410, 412, 413, descriptions=CONFLICT)
     @atomic
-    def put(self, data, therapist_id):
+    def put(self, data: dict[str, Any], therapist_id: int) -> Answer:
         """Replace a therapist. Honours `If-Match`; latest `last_modified` wins."""
         return _respond(services.replace_therapist(
             therapist_id, data, expected_versions=expected_versions(therapist_id),
@@ -76,7 +81,7 @@ class Therapist(MethodView):
     @blp.response(200, TherapistSchema)
     @blp.problems(400, 404, 409, 410, 412, 413, descriptions=CONFLICT)
     @atomic
-    def patch(self, changes, therapist_id):
+    def patch(self, changes: dict[str, Any], therapist_id: int) -> Answer:
         """Change some fields; a group sent is merged key by key. Honours `If-Match`."""
         return _respond(services.patch_therapist(
             therapist_id, changes, expected_versions=expected_versions(therapist_id),
@@ -86,7 +91,7 @@ class Therapist(MethodView):
     @blp.response(204)
     @blp.problems(404, 410, 412)
     @atomic
-    def delete(self, therapist_id):
+    def delete(self, therapist_id: int) -> None:
         """Soft-delete a therapist: later reads answer 410. Honours `If-Match`."""
         services.delete_therapist(therapist_id, expected_versions=expected_versions(therapist_id),
                                   source="api", actor=current_actor())
@@ -97,7 +102,7 @@ class TherapistHistory(MethodView):
     @blp.scope("therapists:read")
     @blp.response(200, VersionSchema(many=True))
     @blp.problems(404)
-    def get(self, therapist_id):
+    def get(self, therapist_id: int) -> list[models.TherapistVersion]:
         """Every version of a therapist, newest first."""
         return services.therapist_history(therapist_id)
 
@@ -114,7 +119,7 @@ class TherapistBatch(MethodView):
     @blp.alt_response(201, schema=batch.BatchResponseSchema, description="At least one therapist was created")
     @blp.alt_response(204, description="`Prefer: return=minimal` and nothing was created")
     @blp.problems(400, 409, 413, descriptions=batch.PROBLEMS)
-    def post(self, body):
+    def post(self, body: dict[str, Any]) -> Response:
         """Create, update or delete many therapists at once, matched on `external_id`;
         latest `last_modified` wins. See docs/api.md (*Batch requests*) for modes, dry runs
         and `Idempotency-Key`."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from flask import Flask
 
@@ -13,7 +12,7 @@ SERVICE_NAME = "therapist_service"
 DEFAULT_PORT = 5002
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+def create_app(config: Mapping[str, object] | None = None) -> Flask:
     from therapist_service import api, importer
     from therapist_service.appointments import api as appointments_api
     from therapist_service.participants import api as participants_api

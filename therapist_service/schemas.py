@@ -6,6 +6,8 @@ A missing or null group is read as an empty one, so every stored group has all i
 """
 from __future__ import annotations
 
+from typing import Any
+
 from marshmallow import fields, pre_load, validate
 
 from shared.schemas import (
@@ -26,7 +28,7 @@ _ID_RULE = "required: a non-empty string of at most 200 characters"
 _STATUS_RULE = "must be one of: " + ", ".join(IMPORT_STATUSES)
 
 
-def _string_list():
+def _string_list() -> fields.List[str]:
     return fields.List(TrimmedString(validate=validate.Length(1, 200)), load_default=list)
 
 
@@ -84,7 +86,7 @@ class TherapistSchema(StrictSchema):
     availability = Nested(AvailabilitySchema, allow_none=True)
 
     @pre_load(pass_collection=False)
-    def _empty_groups(self, data, **kwargs):
+    def _empty_groups(self, data: object, **kwargs: Any) -> object:
         if isinstance(data, dict) and not kwargs.get("partial"):
             data = dict(data)
             for group in GROUPS[1:]:

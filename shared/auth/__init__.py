@@ -19,7 +19,7 @@ import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import click
@@ -94,7 +94,7 @@ def required_scopes(app: Flask, endpoint: str, method: str) -> tuple[str, ...] |
     return cache[key]
 
 
-def declare_scopes(view: Callable, scopes: tuple[str, ...]) -> None:
+def declare_scopes(view: Callable[..., object], scopes: tuple[str, ...]) -> None:
     """Mark a view as needing one of `scopes` (what `Blueprint.scope` does)."""
     known_scopes(scopes)
     setattr(view, SCOPES_ATTRIBUTE, scopes)
@@ -236,7 +236,8 @@ auth_cli = AppGroup("auth", help="Credentials: service clients of AUTH_CLIENTS_F
 @click.option("--expires", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
               help="the day (UTC, YYYY-MM-DD) from which the token is refused")
 @click.option("--file", "path", default=None, help="the clients file (default: AUTH_CLIENTS_FILE)")
-def add_client_command(name: str, scopes: tuple[str, ...], org: str | None, expires: Any, path: str | None) -> None:
+def add_client_command(name: str, scopes: tuple[str, ...], org: str | None, expires: datetime | None,
+                       path: str | None) -> None:
     """Make a client with a random token: the token is printed once, only its hash is stored."""
     path = path or current_app.extensions["settings"].AUTH_CLIENTS_FILE
     if not path:

@@ -34,7 +34,6 @@ import tomllib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import Counter
 
@@ -96,7 +95,7 @@ def parse_clients(text: str, source: str) -> tuple[Client, ...]:
     return tuple(clients)
 
 
-def _client(name: str, entry: Any, where: str) -> Client:
+def _client(name: str, entry: object, where: str) -> Client:
     if not NAME_RE.match(name):
         raise ClientsFileError(f"{where}: a name is letters, digits, '.', '_' and '-' (at most 100)")
     if not isinstance(entry, dict):

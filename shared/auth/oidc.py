@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Mapping
 
 import jwt
 import requests
@@ -103,7 +103,7 @@ class OidcVerifier:
         self._failed_at, self._failure = time.monotonic(), detail
         log.warning("identity provider %s: %s", self.issuer, detail)
 
-    def _signing_key(self, kid: str) -> Any:
+    def _signing_key(self, kid: str) -> jwt.PyJWK:
         client = self._key_client()
         cached = client.jwk_set_cache is not None and client.jwk_set_cache.get() is not None
         if not cached and self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_SECONDS:
@@ -159,7 +159,7 @@ class OidcVerifier:
         return None
 
 
-def _scopes(claims: dict[str, Any]) -> frozenset[str]:
+def _scopes(claims: Mapping[str, object]) -> frozenset[str]:
     raw = claims.get("scope")
     names = raw.split() if isinstance(raw, str) else claims.get("scp", [])
     if not isinstance(names, list):
@@ -167,6 +167,6 @@ def _scopes(claims: dict[str, Any]) -> frozenset[str]:
     return frozenset(name for name in names if isinstance(name, str)) & ALL_SCOPES
 
 
-def _org(claims: dict[str, Any]) -> str | None:
+def _org(claims: Mapping[str, object]) -> str | None:
     org = claims.get("org_id")
     return org if isinstance(org, str) and org else None

@@ -35,7 +35,7 @@ class Outcome:
     """An answer to store and send: status, JSON body (None for none) and headers."""
 
     status: int
-    body: Any
+    body: object  # JSON
     headers: dict[str, str] = field(default_factory=dict)
     replayed: bool = False
 
@@ -147,7 +147,7 @@ class IdempotencyStore:
                        replayed=True)
 
 
-def stored_outcome(model: Any, actor: str, key: str) -> dict[str, Any]:
+def stored_outcome(model: type[IdempotencyKeyMixin], actor: str, key: str) -> dict[str, Any]:
     row = db.session.scalars(select(model).where(model.actor == actor, model.key == key,
                                                  model.expires_at > now_utc())).first()
     if row is None:

@@ -3,10 +3,11 @@ transaction (`transaction` mode) or each on its own (`batch` mode). Given everyt
 (items, mode, key, actor): nothing here reads the request or the app."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
+from uuid import UUID
 
 from marshmallow import Schema, ValidationError
 
@@ -15,6 +16,15 @@ from shared.batch.schemas import ACTIONS, DeleteItemSchema
 from shared.db import bulk_first
 from shared.errors import PROBLEM_MIMETYPE, DomainError, flatten_messages, problem_body
 from shared.extensions import db
+
+
+class ItemResult(TypedDict):
+    """One item's line in a batch's answer (`ItemResultSchema`)."""
+
+    index: int
+    id: int | str | UUID | None  # the record's; None when nothing was written (or a dry run's create)
+    action: str  # one of ACTIONS, or "error"
+    errors: list[dict[str, Any]]
 
 
 class TooManyItems(DomainError):
@@ -42,7 +52,7 @@ class BatchAdapter:
     bind: Callable[[dict[str, Any], str | None], None] | None = None
 
 
-def run_batch(adapter: BatchAdapter, items: list[Any], *, mode: str, dry_run: bool, actor: str,
+def run_batch(adapter: BatchAdapter, items: Sequence[object], *, mode: str, dry_run: bool, actor: str,
               key: str | None, keys: IdempotencyStore, path: str, body: Any, max_items: int,
               items_pointer: str = "/items", org: str | None = None, invalid_status: int = 422) -> Outcome:
     """Apply `items` (the list under `items_pointer` of `body`) once per idempotency key.
@@ -56,7 +66,7 @@ def run_batch(adapter: BatchAdapter, items: list[Any], *, mode: str, dry_run: bo
                     actor=actor, key=None if dry_run else key, path=path, body=body)
 
 
-def _apply(adapter: BatchAdapter, raw_items: list[Any], *, mode: str, dry_run: bool, actor: str,
+def _apply(adapter: BatchAdapter, raw_items: Sequence[object], *, mode: str, dry_run: bool, actor: str,
            items_pointer: str, org: str | None, invalid_status: int) -> Outcome:
     transaction = mode == "transaction"
     items = [_load_item(adapter, index, raw, org) for index, raw in enumerate(raw_items)]
@@ -88,7 +98,7 @@ class _Item:
     errors: list[dict[str, Any]] | None = None  # set when the item did not even load
 
 
-def _load_item(adapter: BatchAdapter, index: int, raw: Any, org: str | None) -> _Item:
+def _load_item(adapter: BatchAdapter, index: int, raw: object, org: str | None) -> _Item:
     """Validate one item with its schema, and bind it to the credential's organisation; nothing
     touches the database yet."""
     if not isinstance(raw, dict):
@@ -107,18 +117,18 @@ def _load_item(adapter: BatchAdapter, index: int, raw: Any, org: str | None) -> 
     return _Item(index, deleting, data)
 
 
-def _write_items(adapter: BatchAdapter, items: list[_Item], *, actor: str, transaction: bool) -> list[dict]:
+def _write_items(adapter: BatchAdapter, items: list[_Item], *, actor: str, transaction: bool) -> list[ItemResult]:
     """First all at once: matches looked up in bulk, no savepoint per item, one flush. Only if
     that flush meets a constraint (a record created meanwhile by someone else) is the batch done
     again item by item, each in a savepoint of its own (batch mode) so a clash is that item's error."""
-    def one_by_one() -> list[dict]:
+    def one_by_one() -> list[ItemResult]:
         return [_write_item(adapter, item, actor=actor, context=None, isolated=not transaction) for item in items]
 
     prepare, finish = adapter.prepare, adapter.finish
     if prepare is None:
         return one_by_one()
 
-    def all_at_once() -> list[dict]:
+    def all_at_once() -> list[ItemResult]:
         context = prepare([item.data for item in items if item.data and not item.deleting])
         results = [_write_item(adapter, item, actor=actor, context=context, isolated=False) for item in items]
         if finish is not None:
@@ -129,10 +139,10 @@ def _write_items(adapter: BatchAdapter, items: list[_Item], *, actor: str, trans
     return bulk_first(all_at_once, one_by_one)
 
 
-def _write_item(adapter: BatchAdapter, item: _Item, *, actor: str, context: Any, isolated: bool) -> dict[str, Any]:
+def _write_item(adapter: BatchAdapter, item: _Item, *, actor: str, context: Any, isolated: bool) -> ItemResult:
     """One item. `isolated` wraps its writes in a savepoint so that a failure undoes only this
     item; in transaction mode any failure undoes everything, so none is needed."""
-    result: dict[str, Any] = {"index": item.index, "id": None, "action": "error", "errors": item.errors or []}
+    result: ItemResult = {"index": item.index, "id": None, "action": "error", "errors": item.errors or []}
     if item.errors:
         return result
     assert item.data is not None
@@ -147,7 +157,7 @@ def _write_item(adapter: BatchAdapter, item: _Item, *, actor: str, context: Any,
             else:
                 extra = {"context": context} if context is not None else {}
                 record, action = adapter.upsert(item.data, source="batch", actor=actor, **extra)
-            result.update(id=record.id if record is not None else None, action=action)
+            result["id"], result["action"] = (record.id if record is not None else None), action
     except DomainError as error:
         result["errors"] = [_item_error(error)]
     return result

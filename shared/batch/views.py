@@ -78,7 +78,7 @@ def make_batches_blueprint() -> Blueprint:
         @blp.scope(*BATCH_WRITE_SCOPES)
         @blp.response(200, StoredBatchSchema)
         @blp.problems(404)
-        def get(self, key):
+        def get(self, key: str) -> dict[str, Any]:
             """The stored outcome of the calling credential's batch with this key. Needs the write
             scope of the resource the batch wrote (one of those listed)."""
             stored = stored_outcome(current_app.extensions["batch"].key_model, current_actor(), key)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from authlib.common.errors import AuthlibBaseError
-from authlib.integrations.flask_client import OAuth
+from authlib.integrations.flask_client import FlaskOAuth2App, OAuth
 from flask import Flask, current_app
 
 from shared.auth import Principal
@@ -40,12 +40,12 @@ def configure(app: Flask) -> None:
     app.extensions["dashboard_oauth"] = oauth
 
 
-def client() -> Any | None:
+def client() -> FlaskOAuth2App | None:
     oauth = current_app.extensions.get("dashboard_oauth")
     return oauth.provider if oauth is not None else None
 
 
-def principal(oauth_client: Any) -> Principal:
+def principal(oauth_client: FlaskOAuth2App) -> Principal:
     """The principal of the provider's answer at the callback, or `SignInFailed`."""
     try:
         token = oauth_client.authorize_access_token()

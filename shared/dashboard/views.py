@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, session, url_for
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from shared.auth import Principal
@@ -16,6 +17,7 @@ from shared.dashboard.chart import STACK_ORDER, stacked_bars
 from shared.errors import DomainError
 from shared.imports import dashboard as queries
 from shared.imports.models import STATUSES
+from shared.imports.service import ImportsExtension
 
 PAGE_SIZE = 25
 ERRORS_PAGE_SIZE = 100  # a bad scrape can carry thousands
@@ -29,14 +31,14 @@ OPEN_ENDPOINTS = {"imports_dashboard.login", "imports_dashboard.oidc_login", "im
 READ, OPERATE = "imports:read", "imports:operate"  # pages, buttons (SPEC §11)
 
 
-def _imports():
+def _imports() -> ImportsExtension:
     return current_app.extensions["imports"]
 
 
 # ---- sign-in, scopes and CSRF, for every page ---------------------------------------------------
 
 @bp.before_request
-def require_sign_in_and_csrf():
+def require_sign_in_and_csrf() -> ResponseReturnValue | None:
     if not current_app.config.get("SECRET_KEY"):
         abort(503, description="The dashboard is off: set DASHBOARD_SECRET_KEY (a random value of at least "
                                "32 characters, the same for every worker and replica) to serve it.")
@@ -66,7 +68,7 @@ def _safe_next(target: str | None) -> str:
     return url_for(".overview")
 
 
-def _signed_in(principal: Principal, next_page: str | None):
+def _signed_in(principal: Principal, next_page: str | None) -> ResponseReturnValue:
     if not principal.holds(READ):
         flash(f"{principal.name} does not hold the scope {READ}: ask for a credential that may read imports.",
               "error")
@@ -76,7 +78,7 @@ def _signed_in(principal: Principal, next_page: str | None):
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login():
+def login() -> ResponseReturnValue:
     if request.method == "POST":
         try:
             principal = current_app.extensions["auth"].principal(request.form.get("token", "").strip())
@@ -90,7 +92,7 @@ def login():
 
 
 @bp.get("/login/oidc")
-def oidc_login():
+def oidc_login() -> ResponseReturnValue:
     """To the identity provider (authorization code flow with PKCE); it sends the browser back to
     `oidc_callback`."""
     client = provider.client()
@@ -101,7 +103,7 @@ def oidc_login():
 
 
 @bp.get("/login/callback")
-def oidc_callback():
+def oidc_callback() -> ResponseReturnValue:
     client = provider.client()
     if client is None:
         abort(404, description="Signing in with an identity provider is not configured (OIDC_CLIENT_ID).")
@@ -115,7 +117,7 @@ def oidc_callback():
 
 
 @bp.post("/logout")
-def logout():
+def logout() -> ResponseReturnValue:
     auth.sign_out()
     flash("Signed out.", "ok")
     return redirect(url_for(".login"))
@@ -124,7 +126,7 @@ def logout():
 # ---- pages --------------------------------------------------------------------------------------
 
 @bp.get("")
-def overview():
+def overview() -> ResponseReturnValue:
     status = request.args.get("status") or None
     if status is not None and status not in STATUSES:
         abort(400, description=f"status must be one of {', '.join(STATUSES)}")
@@ -141,7 +143,7 @@ def overview():
 
 
 @bp.get("/<int:import_id>")
-def detail(import_id: int):
+def detail(import_id: int) -> ResponseReturnValue:
     record = queries.get_import(_imports().models.record, import_id)
     if record is None:
         abort(404, description=f"Import {import_id} does not exist.")
@@ -156,14 +158,14 @@ def detail(import_id: int):
 # ---- buttons ------------------------------------------------------------------------------------
 
 @bp.post("/run")
-def run_now():
+def run_now() -> ResponseReturnValue:
     _imports().request_run()
     flash("A pass was requested: the worker holding the importer lock starts it within a few seconds.", "ok")
     return redirect(_safe_next(request.form.get("next")))
 
 
 @bp.post("/<int:import_id>/retry")
-def retry(import_id: int):
+def retry(import_id: int) -> ResponseReturnValue:
     _imports().retry(import_id)
     flash(f"Import #{import_id} was re-queued with a fresh attempt count; a pass was requested.", "ok")
     return redirect(_safe_next(request.form.get("next")) if request.form.get("next")
@@ -173,19 +175,20 @@ def retry(import_id: int):
 # ---- errors as pages, not problem details --------------------------------------------------------
 
 @bp.errorhandler(DomainError)
-def domain_error(error: DomainError):
+def domain_error(error: DomainError) -> ResponseReturnValue:
     return render_template("imports_dashboard/error.html", status=error.status, title=error.title,
                            detail=error.detail), error.status
 
 
 @bp.errorhandler(HTTPException)
-def http_error(error: HTTPException):
-    return render_template("imports_dashboard/error.html", status=error.code, title=error.name,
-                           detail=error.description), error.code
+def http_error(error: HTTPException) -> ResponseReturnValue:
+    status = error.code or 500  # never 500 here: Flask passes no handler an exception without a code
+    return render_template("imports_dashboard/error.html", status=status, title=error.name,
+                           detail=error.description), status
 
 
 @bp.after_request
-def page_headers(response):
+def page_headers(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     response.headers.setdefault(
         "Content-Security-Policy",
@@ -199,7 +202,7 @@ def page_headers(response):
 # ---- what templates use -------------------------------------------------------------------------
 
 @bp.context_processor
-def template_helpers():
+def template_helpers() -> dict[str, object]:
     principal = auth.signed_in()
     return {"csrf_token": auth.csrf_token, "signed_in_as": principal.name if principal else None,
             "can_operate": principal is not None and principal.holds(OPERATE),

@@ -1,8 +1,12 @@
 """REST endpoints for appointments (SPEC §6.5). Each view: loaded arguments in, one service call, result out."""
 from __future__ import annotations
 
-from flask import url_for
+import uuid
+from typing import Any
+
+from flask import Response, url_for
 from flask.views import MethodView
+from flask_smorest.pagination import PaginationParameters
 
 from shared import batch
 from shared.db import atomic
@@ -10,6 +14,7 @@ from shared.errors import UPSTREAM_VALIDATION_STATUS
 from shared.http import Blueprint, as_stored, current_actor, current_principal, etag_for, expected_versions
 from shared.schemas import AsOfQuerySchema, VersionSchema
 from therapist_service.appointments import services
+from therapist_service.appointments.models import AppointmentVersion
 from therapist_service.appointments.schemas import (
     AppointmentBatchRequestSchema,
     AppointmentBatchResponseSchema,
@@ -40,7 +45,7 @@ class Appointments(MethodView):
     @blp.arguments(AppointmentQuerySchema, location="query")
     @blp.response(200, AppointmentSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=100)
-    def get(self, filters, pagination_parameters):
+    def get(self, filters: dict[str, Any], pagination_parameters: PaginationParameters) -> list[dict[str, Any]]:
         """An organisation's appointments ordered by start: now, or with `at` as they were then."""
         items, total = services.list_appointments(filters, page=pagination_parameters.page,
                                                   page_size=pagination_parameters.page_size,
@@ -54,7 +59,7 @@ class Appointments(MethodView):
     @blp.alt_response(201, schema=WriteResultSchema, description="Created")
     @blp.problems(400, 409, 413, descriptions={**INVALID, **OVERLAP}, examples={400: INVALID_EXAMPLE})
     @atomic
-    def post(self, data):
+    def post(self, data: dict[str, Any]) -> dict[str, str] | tuple[dict[str, object], int, dict[str, str]]:
         """Create or update the appointment (`orgId`, `id`); `updatedAt` not newer than the stored one is ignored.
         A credential bound to an organisation writes its own only (403 `wrong-organisation`)."""
         appointment, action = services.upsert_appointment(data, source="api", actor=current_actor(),
@@ -74,7 +79,7 @@ class Appointment(MethodView):
     @blp.arguments(AsOfQuerySchema, location="query")
     @blp.response(200, AppointmentSchema)
     @blp.problems(404, 410)
-    def get(self, args, appointment_id):
+    def get(self, args: dict[str, Any], appointment_id: uuid.UUID) -> Response | tuple[dict[str, Any], int, dict[str, str]]:
         """Read an appointment (410 once cancelled); with `?at=` as it was then."""
         if "at" in args:
             return as_stored(services.get_appointment_as_of(appointment_id, args["at"], org=current_principal().org))
@@ -85,7 +90,7 @@ class Appointment(MethodView):
     @blp.response(204)
     @blp.problems(404, 410, 412)
     @atomic
-    def delete(self, appointment_id):
+    def delete(self, appointment_id: uuid.UUID) -> None:
         """Cancel an appointment: its time is free again, reads answer 410. Honours `If-Match`."""
         services.cancel_appointment(appointment_id, expected_versions=expected_versions(appointment_id),
                                     source="api", actor=current_actor(), org=current_principal().org)
@@ -96,7 +101,7 @@ class AppointmentHistory(MethodView):
     @blp.scope("appointments:read")
     @blp.response(200, VersionSchema(many=True))
     @blp.problems(404)
-    def get(self, appointment_id):
+    def get(self, appointment_id: uuid.UUID) -> list[AppointmentVersion]:
         """Every version of an appointment, newest first."""
         return services.appointment_history(appointment_id, org=current_principal().org)
 
@@ -119,7 +124,7 @@ class AppointmentBatch(MethodView):
     @blp.alt_response(201, schema=AppointmentBatchResponseSchema, description="At least one appointment was created")
     @blp.alt_response(204, description="`Prefer: return=minimal` and nothing was created")
     @blp.problems(400, 409, 413, descriptions=batch.PROBLEMS)
-    def post(self, body):
+    def post(self, body: dict[str, Any]) -> Response:
         """Create or update many appointments at once, each as `POST /api/appointments` would:
         per item `created`, `updated`, `ignored_stale`, or an error (an `overlap` names the
         appointment holding the time, which may be an earlier item of the same batch)."""

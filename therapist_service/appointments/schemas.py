@@ -2,6 +2,8 @@
 `POST /api/appointments` and of batch items, the representation, and the list's query."""
 from __future__ import annotations
 
+from typing import Any
+
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from shared.batch import BatchRequestSchema, BatchResponseSchema, ItemResultSchema
@@ -24,7 +26,7 @@ class AppointmentWriteSchema(StrictSchema):
                                      metadata={"description": "latest wins: not newer than the stored one is ignored"})
 
     @validates_schema
-    def _end_after_start(self, data, **_kwargs):
+    def _end_after_start(self, data: dict[str, Any], **_kwargs: Any) -> None:
         if "start" in data and "end" in data and data["end"] <= data["start"]:
             raise ValidationError("must be after start", field_name="end")
 

@@ -2,15 +2,18 @@
 arguments in, one service call, result out."""
 from __future__ import annotations
 
-from flask import current_app, request
+from typing import Any
+
+from flask import Response, current_app, request
 from flask.views import MethodView
+from flask_smorest.pagination import PaginationParameters
 
 from shared import batch
 from shared.errors import UPSTREAM_VALIDATION_STATUS
 from shared.http import Blueprint, current_actor, etag_for
 from shared.schemas import VersionSchema
 from therapist_service.models import IdempotencyKey
-from therapist_service.participants import services
+from therapist_service.participants import models, services
 from therapist_service.participants.schemas import (
     ParticipantBatchResultSchema,
     ParticipantBatchSchema,
@@ -40,7 +43,7 @@ class Participants(MethodView):
     @blp.arguments(ParticipantQuerySchema, location="query")
     @blp.response(200, ParticipantSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=100)
-    def get(self, filters, pagination_parameters):
+    def get(self, filters: dict[str, Any], pagination_parameters: PaginationParameters) -> list[models.Participant]:
         """List participants, filtered by `mid`, `email`, `eventId` (of their metadata)."""
         items, total = services.list_participants(filters, page=pagination_parameters.page,
                                                   page_size=pagination_parameters.page_size)
@@ -54,7 +57,7 @@ class Participants(MethodView):
     @blp.alt_response(200, schema=ParticipantBatchResultSchema,
                       description="`Prefer: return=representation` and nothing was created (201 carries it too)")
     @blp.problems(400, 409, 422, descriptions=PROBLEMS, examples={400: INVALID_EXAMPLE})
-    def post(self, body):
+    def post(self, body: dict[str, Any]) -> Response:
         """Create or update participants in one transaction, matched by id or alias, else by first name,
         last name and e-mail. `Idempotency-Key` / `X-Request-ID` replay as for batch requests."""
         outcome = services.receive_batch(
@@ -70,7 +73,7 @@ class Participant(MethodView):
     @blp.scope("participants:read")
     @blp.response(200, ParticipantSchema)
     @blp.problems(404)
-    def get(self, participant_id):
+    def get(self, participant_id: str) -> tuple[models.Participant, int, dict[str, str]]:
         """Read a participant by its `participantId` or an alias."""
         participant = services.get_participant(participant_id)
         return participant, 200, {"ETag": etag_for(participant.id, participant.version)}
@@ -81,6 +84,6 @@ class ParticipantHistory(MethodView):
     @blp.scope("participants:read")
     @blp.response(200, VersionSchema(many=True))
     @blp.problems(404)
-    def get(self, participant_id):
+    def get(self, participant_id: str) -> list[models.ParticipantVersion]:
         """Every version of a participant, newest first."""
         return services.participant_history(participant_id)

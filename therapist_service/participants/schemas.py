@@ -2,12 +2,13 @@
 representation read back, and the query of the list. camelCase on the wire, snake_case inside."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from marshmallow import ValidationError, fields, pre_load, validate
 
 from shared.schemas import SERVER_RULE, WHITESPACE, AnyOfSchemas, StrictSchema, TrimmedString
-from therapist_service.participants.models import ID_LENGTH
+from therapist_service.participants.models import ID_LENGTH, Participant
 
 MID_KEYS = ("mid", "MID", "mId")
 
@@ -15,12 +16,14 @@ MID_KEYS = ("mid", "MID", "mId")
 class OptionalText(TrimmedString):
     """Trimmed; blank counts as not sent (a blank name identifies nobody)."""
 
-    def _deserialize(self, value, attr, data, **kwargs):
+    # Wider than `TrimmedString`'s `str`: a blank string loads as None, as a null would.
+    def _deserialize(self, value: object, attr: str | None, data: Mapping[str, Any] | None,  # type: ignore[override]
+                     **kwargs: Any) -> str | None:
         if type(value) is str:  # what JSON sends: trimmed here, without the three calls of the general path
             return value.strip() or None
         return super()._deserialize(value, attr, data, **kwargs) or None
 
-    def _validate(self, value):
+    def _validate(self, value: str | None) -> None:
         if value is not None:  # blank became None: there is nothing left to check
             super()._validate(value)
 
@@ -32,13 +35,15 @@ class LowercaseEmail(OptionalText):
     openapi: ClassVar[dict[str, Any]] = {
         "anyOf": [{"format": "email", "maxLength": 320}, {"pattern": f"^[{WHITESPACE}]*$"}]}
 
-    def _deserialize(self, value, attr, data, **kwargs):
+    # As `OptionalText`'s: blank loads as None.
+    def _deserialize(self, value: object, attr: str | None, data: Mapping[str, Any] | None,  # type: ignore[override]
+                     **kwargs: Any) -> str | None:
         result = super()._deserialize(value, attr, data, **kwargs)
         return result.lower() if result is not None else None
 
 
-def _optional(field: type = OptionalText, max_length: int = 200, **kwargs: Any) -> fields.Field:
-    return field(allow_none=True, validate=validate.Length(max=max_length), **kwargs)
+def _optional(max_length: int = 200, **kwargs: Any) -> OptionalText:
+    return OptionalText(allow_none=True, validate=validate.Length(max=max_length), **kwargs)
 
 
 SAME_MID = "another spelling of the MID sent in the same item must hold the same value"
@@ -75,7 +80,7 @@ class ParticipantItemSchema(StrictSchema):
                                                     "surrogate (PostgreSQL cannot store them)"})
 
     @pre_load
-    def _one_mid(self, data: Any, **_kwargs: Any) -> Any:
+    def _one_mid(self, data: object, **_kwargs: Any) -> object:
         """`MID` and `mId` are `mid` spelled otherwise; two spellings with different values are an error."""
         if not isinstance(data, dict) or not any(key in data for key in MID_KEYS[1:]):
             return data
@@ -118,7 +123,7 @@ class ParticipantSchema(StrictSchema):
     created_at = fields.DateTime(data_key="createdAt")
     updated_at = fields.DateTime(data_key="updatedAt")
 
-    def _aliases(self, participant: Any) -> list[str]:
+    def _aliases(self, participant: Participant) -> list[str]:
         ordered = sorted(participant.aliases, key=lambda alias: (alias.created_at, alias.alias))
         return [alias.alias for alias in ordered if alias.alias != participant.id]
 
