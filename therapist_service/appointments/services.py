@@ -307,6 +307,14 @@ _SAVEPOINT = "appointment_write"
 def _write_one(data: dict[str, Any], *, source: str, actor: str, now: datetime) -> tuple[NewAppointment, str]:
     db.session.flush()  # nothing is pending on the write path; anything that is goes first, in order
     cursor = db.session.connection().connection.cursor()
+    try:
+        return _write_with(cursor, data, source=source, actor=actor, now=now)
+    finally:
+        cursor.close()
+
+
+def _write_with(cursor: Any, data: dict[str, Any], *, source: str, actor: str,
+                now: datetime) -> tuple[NewAppointment, str]:
     keys = sorted({_int4(zlib.crc32(org_id.encode())) for org_id in {data["org_id"], *_planned_organisations()}})
     cursor.execute(_LOCK_AND_READ, {"namespace": LOCK_NAMESPACE, "keys": keys, "org_id": data["org_id"],
                                     "external_id": data["external_id"]})
