@@ -26,7 +26,7 @@ What the hooks do:
 - `worker_exit` / `on_exit`: the background components stop cleanly (the current file or batch
   finishes, the advisory locks are released at once, so a standby takes over within a second
   instead of waiting for the connection to die).
-The life cycle itself is written down once, in shared/background.py.
+The life cycle itself is written down once, in shared/background/__init__.py.
 """
 from __future__ import annotations
 

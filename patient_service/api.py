@@ -22,7 +22,7 @@ from patient_service.schemas import (
 )
 from shared import batch
 from shared.batch.schemas import batch_request_schema
-from shared.db import atomic
+from shared.db import atomic, unit_of_work
 from shared.http import Blueprint, as_stored, current_actor, current_principal, etag_for, expected_versions
 from shared.schemas import AsOfQuerySchema, VersionSchema
 
@@ -160,9 +160,12 @@ class PatientErasure(MethodView):
         stored answers of idempotent batches that named it, its name in import records, and the
         backup copies of its files. Honours `If-Match`. The answer is the erasure record, which holds
         no personal data; later reads of the id answer 410 `erased`."""
-        return privacy.erase(patient_id, reason=body["reason"], expected_versions=expected_versions(patient_id),
-                             actor=current_actor(),
-                             backup_dir=current_app.extensions["settings"].PATIENT_IMPORT_BACKUP_DIR)
+        backup_dir = current_app.extensions["settings"].PATIENT_IMPORT_BACKUP_DIR
+        with unit_of_work():  # the database part commits before any backup copy is deleted
+            erasure_id = privacy.erase_patient(patient_id, reason=body["reason"], actor=current_actor(),
+                                               expected_versions=expected_versions(patient_id),
+                                               backup_dir=backup_dir).id
+        return privacy.delete_erased_backups(erasure_id, backup_dir)
 
 
 @blp.route("/<int:patient_id>/export")

@@ -13,7 +13,7 @@ DEFAULT_PORT = 5001
 
 
 def create_app(config: Mapping[str, object] | None = None) -> Flask:
-    from patient_service import api, importer
+    from patient_service import api, importer, privacy
 
     settings = load_settings(config, default_port=DEFAULT_PORT)
     service = ServiceDefinition(
@@ -21,7 +21,8 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
         title="Patient service",
         description="Patients, consents and registrations; imports registration files from a bucket.",
         blueprints=[api.blp],
-        importer=importer.spec(settings),
+        # SPEC §10: backup copies erasures still owe, after every pass; retention, daily.
+        importer=importer.spec(settings, after_pass=privacy.Housekeeping.of(settings)),
         batch=api.BATCH,
         no_store_prefixes=("/api/",),  # patient data is never cached
     )

@@ -13,18 +13,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from marshmallow import ValidationError
 
-from patient_service import privacy, services
+from patient_service import services
 from patient_service.models import IMPORT_MODELS
 from patient_service.schemas import RegistrationFileSchema
 from shared.config import Settings
 from shared.errors import DomainError, flatten_messages
-from shared.imports.backup import write_backup
+from shared.imports.backup import safe_file_name, write_backup
 from shared.imports.parsing import decode
 from shared.imports.service import ImporterSpec
 from shared.imports.sources.bucket import make_bucket
@@ -32,6 +34,18 @@ from shared.imports.types import InputError, Outcome, SourceFile, item_error
 
 NAME = re.compile(r"^(?P<nachname>[^_]+)_(?P<vorname>[^_]+)_(?P<date>\d{8})_(?P<token>[A-Za-z0-9-]+)\.json$")
 _schema = RegistrationFileSchema()
+
+
+def registration_label(token: str) -> str:
+    """The import record's label of a registration file: its token, never the patient's name. The
+    erasure and the export find a patient's import records by it."""
+    return f"registration {token}"
+
+
+def backup_name(token: str, generation: int | None) -> str:
+    """The file name of a registration file's backup copy (token and bucket generation), as
+    `write_backup` writes it. The erasure deletes the copies by it."""
+    return safe_file_name(f"{token}-{generation}.json")
 
 
 @dataclass(frozen=True)
@@ -68,7 +82,7 @@ class RegistrationFileHandler:
     def label(self, file: SourceFile) -> str:
         token = parse_object_name(file.name).token
         if token and ".." not in file.name:
-            return f"registration {token}"
+            return registration_label(token)
         return f"object {hashlib.sha256(file.name.encode()).hexdigest()[:12]} (name not in the expected form)"
 
     def check_name(self, file: SourceFile) -> None:
@@ -83,7 +97,7 @@ class RegistrationFileHandler:
         token = parse_object_name(file.name).token
         if token is None:
             raise InputError("bad-name", "the object name has no registration token")  # check_name refused it before
-        backup = (self._backups.submit(write_backup, self.backup_dir, f"{token}-{file.generation}.json", payload)
+        backup = (self._backups.submit(write_backup, self.backup_dir, backup_name(token, file.generation), payload)
                   if self.backup_dir else None)
         try:
             outcome = self._import(payload, token, import_id)
@@ -128,7 +142,8 @@ def _source(settings: Settings):
     return make_bucket(settings.PATIENT_IMPORT_SOURCE) if settings.PATIENT_IMPORT_SOURCE else None
 
 
-def spec(settings: Settings) -> ImporterSpec:
+def spec(settings: Settings, *, after_pass: Callable[[], Any] | None = None) -> ImporterSpec:
+    """The patient importer; `after_pass`: its upkeep after every full pass (`privacy.Housekeeping`)."""
     return ImporterSpec(
         service="patient_service",
         models=IMPORT_MODELS,
@@ -138,8 +153,5 @@ def spec(settings: Settings) -> ImporterSpec:
         retry_input_errors=True,
         name_scope="patients:read",  # a registration file's name holds the patient's name
         missing_source_hint="set PATIENT_IMPORT_SOURCE to gs://bucket[/prefix] or a local folder",
-        # SPEC §10: backup copies erasures still owe, after every pass; retention, daily.
-        after_pass=privacy.Housekeeping(settings.PATIENT_IMPORT_BACKUP_DIR,
-                                        settings.PATIENT_IMPORT_BACKUP_RETENTION_DAYS,
-                                        settings.ACCESS_LOG_RETENTION_DAYS),
+        after_pass=after_pass,
     )

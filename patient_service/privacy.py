@@ -1,9 +1,18 @@
 """Data protection for patient records (SPEC §10): erasure that reaches every copy, the export of
-everything stored about a patient, the access log of reads, and retention of backups and log."""
+everything stored about a patient, the access log of reads, and retention of backups and log.
+
+Nothing here commits but the jobs, each step of which is a unit of work of its own (a deleted file
+cannot be rolled back, and a long transaction would hold its locks): the deletion of the backup
+copies erasures owe (after an erasure's commit, and after every import pass) and retention
+(`Housekeeping`, the importer's upkeep). The rest runs in the caller's unit of work: the erasure
+route commits `erase_patient`, then calls `delete_erased_backups`.
+
+What other modules write is read through them: import-record labels and backup copy names through
+`patient_service.importer`, stored batch answers through `shared.batch`.
+"""
 from __future__ import annotations
 
 import errno
-import json
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -14,6 +23,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, delete, func, insert, select, text, update
 
 from patient_service import services
+from patient_service.importer import backup_name, registration_label
 from patient_service.models import (
     SCHEMA,
     AccessLogEntry,
@@ -27,19 +37,20 @@ from patient_service.models import (
     PatientVersion,
     Registration,
 )
+from shared.batch.idempotency import Outcome, replace_answers
+from shared.batch.runner import answers_naming
+from shared.config import Settings
 from shared.db import page_of, unit_of_work
-from shared.errors import NotFound
+from shared.errors import PROBLEM_MIMETYPE, NotFound, problem_body
 from shared.events import record_erasure
 from shared.extensions import db
 from shared.imports import alerts
-from shared.imports.backup import safe_file_name
 from shared.logs import describe_exception
 from shared.schemas import now_utc
 
 log = logging.getLogger(__name__)
 
 SERVICE = "patient_service"
-REGISTRATION_LABEL = "registration "  # an import record's label: `registration <token>`
 PRUNE_BATCH = 10_000
 
 # ---- where patient data can be, and what an erasure does there ------------------------------------
@@ -77,55 +88,29 @@ COVERAGE: dict[str, dict[str, str]] = {
     "access_log": {"actor": NOT_PERSONAL, "what": NOT_PERSONAL},
 }
 
-ERASED_BATCH_ANSWER = {
-    "type": "erased", "title": "Erased", "status": 410,
-    "detail": "the stored answer of this batch named a patient whose data were erased; it was removed",
-}
+# What an idempotent batch that named an erased patient answers from then on: its key stays
+# claimed, so a retry of that batch replays this instead of writing the erased patient again.
+ERASED_BATCH_ANSWER = Outcome(410, problem_body(
+    410, "Erased", "the stored answer of this batch named a patient whose data were erased; it was removed",
+    type="erased"), {"Content-Type": PROBLEM_MIMETYPE})
 
 
 # ---- erasure (SPEC §10.1) --------------------------------------------------------------------------
 
-def erase(patient_id: int, *, reason: str, expected_versions: Collection[int] | None, actor: str,
-          backup_dir: str | None, now: datetime | None = None) -> Erasure:
-    """Erase a patient in one transaction, then delete its backup copies. A copy that cannot be
-    deleted stays on record (`backup_deletions`), is alerted, and is retried by the importer."""
-    with unit_of_work():
-        erasure_id = erase_patient(patient_id, reason=reason, expected_versions=expected_versions, actor=actor,
-                                   backup_dir=backup_dir, now=now).id
-    if backup_dir:
-        try:
-            delete_pending_backups(backup_dir, erasure_id=erasure_id)
-        except Exception as error:  # noqa: BLE001 — committed: the rows left are done after the next pass
-            db.session.rollback()
-            log.error("erasure %s: deleting its backup copies failed: %s", erasure_id, describe_exception(error))
-    return _erasure(erasure_id)
-
-
 def erase_patient(patient_id: int, *, reason: str, expected_versions: Collection[int] | None, actor: str,
                   backup_dir: str | None, now: datetime | None = None) -> Erasure:
     """The erasure's database part, in the caller's unit of work: every table of `COVERAGE`, the
-    erasure record, the files still to delete, and the `patient.erased` event.
-
-    Locks are taken in the importer's order (import record, registration, patient), so an import
-    of one of the patient's files running at the same time waits or is waited for, never deadlocks.
-    """
+    erasure record, the backup copies still to delete (`delete_erased_backups`, after the commit),
+    and the `patient.erased` event."""
     now = now or now_utc()
-    known_tokens = _tokens_of(patient_id)
-    records = _import_records(known_tokens)
-    db.session.execute(select(Registration.id).where(Registration.patient_id == patient_id)
-                       .order_by(Registration.id).with_for_update())
-    patient = services.get_patient(patient_id, for_update=True, include_deleted=True)  # 404, 410 erased
-    services.PATIENTS.check_version(patient, expected_versions)
-    tokens = _tokens_of(patient_id)  # none can be added now: a registration's insert needs the patient
-    if set(tokens) - set(known_tokens):
-        records = _import_records(tokens)
-
+    patient, tokens, records = _lock_patient(patient_id, expected_versions)
     rows = {
         "consents": _delete(Consent, Consent.patient_id == patient_id),
         "registrations": _delete(Registration, Registration.patient_id == patient_id),
         "patient_versions": _delete(PatientVersion, PatientVersion.record_id == patient_id),
         "imports": len(records),
-        "idempotency_keys": _scrub_batch_answers(patient_id),
+        "idempotency_keys": replace_answers(IdempotencyKey, answers_naming(IdempotencyKey, patient_id),
+                                            ERASED_BATCH_ANSWER),
     }
     for record in records:
         record.name = record.label
@@ -133,7 +118,8 @@ def erase_patient(patient_id: int, *, reason: str, expected_versions: Collection
     db.session.expunge(patient)
     rows["patients"] = _delete(Patient, Patient.id == patient_id)
 
-    files = sorted({safe_file_name(f"{r.label.removeprefix(REGISTRATION_LABEL)}-{r.generation}.json")
+    token_of = {registration_label(token): token for token in tokens}
+    files = sorted({backup_name(token_of[r.label], r.generation)
                     for r in records if r.generation is not None}) if backup_dir else []
     erasure = Erasure(patient_id=patient_id, erased_at=now, actor=actor, reason=reason, rows_removed=rows,
                       files_removed=0, files_pending=len(files))
@@ -147,7 +133,24 @@ def erase_patient(patient_id: int, *, reason: str, expected_versions: Collection
     return erasure
 
 
-def _erasure(erasure_id: int) -> Erasure:
+def _lock_patient(patient_id: int, expected_versions: Collection[int] | None) -> tuple[Patient, list[str], list[Any]]:
+    """The patient, its registration tokens and its import records, locked in the importer's order
+    (import record, registration, patient), so an import of one of its files running at the same
+    time waits or is waited for, never deadlocks; 404, 410 or 412 as for any write."""
+    known_tokens = _tokens_of(patient_id)
+    records = _import_records(known_tokens, lock=True)
+    db.session.execute(select(Registration.id).where(Registration.patient_id == patient_id)
+                       .order_by(Registration.id).with_for_update())
+    patient = services.get_patient(patient_id, for_update=True, include_deleted=True)  # 404, 410 erased
+    services.PATIENTS.check_version(patient, expected_versions)
+    tokens = _tokens_of(patient_id)  # none can be added now: a registration's insert needs the patient
+    if set(tokens) - set(known_tokens):
+        records = _import_records(tokens, lock=True)
+    return patient, tokens, records
+
+
+def erasure_record(erasure_id: int) -> Erasure:
+    """The erasure record as it is now (not as this session last saw it)."""
     return db.session.scalars(select(Erasure).where(Erasure.id == erasure_id)
                               .execution_options(populate_existing=True)).one()
 
@@ -156,13 +159,13 @@ def _tokens_of(patient_id: int) -> list[str]:
     return list(db.session.scalars(select(Registration.token).where(Registration.patient_id == patient_id)))
 
 
-def _import_records(tokens: list[str]) -> list[Any]:
-    """The import records of the patient's files (every attempt, every generation), locked."""
+def _import_records(tokens: list[str], *, lock: bool) -> list[Any]:
+    """The import records of the patient's files (every attempt, every generation), in id order."""
     if not tokens:
         return []
-    return list(db.session.scalars(select(ImportRecord).where(
-        ImportRecord.label.in_([REGISTRATION_LABEL + token for token in tokens]))
-        .order_by(ImportRecord.id).with_for_update()))
+    query = (select(ImportRecord).where(ImportRecord.label.in_([registration_label(token) for token in tokens]))
+             .order_by(ImportRecord.id))
+    return list(db.session.scalars(query.with_for_update() if lock else query))
 
 
 def _delete(model: type, condition: Any) -> int:
@@ -174,20 +177,18 @@ def _rows(statement: Any) -> int:
     return cast(CursorResult, db.session.execute(statement)).rowcount
 
 
-def _scrub_batch_answers(patient_id: int) -> int:
-    """Replace the stored answer of every idempotent batch whose results name the patient (as the
-    item's id, or as a duplicate's `existing_id`). The key stays claimed, so a retry of that batch
-    replays the 410 instead of writing the erased patient again."""
-    names_patient = text(
-        "jsonb_path_exists(CAST(response_body AS jsonb), "
-        "'$.results[*] ? (@.id == $id || @.errors[*].existing_id == $id)', jsonb_build_object('id', :id))"
-    ).bindparams(id=patient_id)
-    return _rows(
-        update(IdempotencyKey)
-        .where(IdempotencyKey.response_body.is_not(None), IdempotencyKey.response_body.like("{%"), names_patient)
-        .values(response_status=410, response_body=json.dumps(ERASED_BATCH_ANSWER),
-                response_headers={"Content-Type": "application/problem+json"})
-        .execution_options(synchronize_session=False))
+# ---- the erasure's backup copies: a job, each copy a unit of work of its own ------------------------
+
+def delete_erased_backups(erasure_id: int, backup_dir: str | None) -> Erasure:
+    """After the erasure's commit: delete its backup copies. A failure is logged, never raised: the
+    copies left are tried again after the next import pass. The erasure record as it is now."""
+    if backup_dir:
+        try:
+            delete_pending_backups(backup_dir, erasure_id=erasure_id)
+        except Exception as error:  # noqa: BLE001 — committed: the rows left are done after the next pass
+            db.session.rollback()
+            log.error("erasure %s: deleting its backup copies failed: %s", erasure_id, describe_exception(error))
+    return erasure_record(erasure_id)
 
 
 def delete_pending_backups(backup_dir: str, *, erasure_id: int | None = None) -> int:
@@ -214,7 +215,7 @@ def delete_pending_backups(backup_dir: str, *, erasure_id: int | None = None) ->
             except OSError as error:
                 deletion.attempts += 1
                 deletion.last_error = _safe_os_error(error)
-                _alert_undeleted(_erasure(deletion.erasure_id), deletion)
+                _alert_undeleted(erasure_record(deletion.erasure_id), deletion)
                 log.warning("erasure %s: backup copy %s not deleted (%s); will retry", deletion.erasure_id,
                             deletion.file_name, deletion.last_error)
                 pending += 1
@@ -326,7 +327,6 @@ def export(patient_id: int, *, actor: str, now: datetime | None = None) -> dict[
     now = now or now_utc()
     patient = services.get_patient(patient_id, include_deleted=True)
     record_access(actor, [patient_id], "export", now=now)
-    tokens = _tokens_of(patient_id)
     return {
         "exported_at": now,
         "patient": patient,
@@ -334,15 +334,13 @@ def export(patient_id: int, *, actor: str, now: datetime | None = None) -> dict[
         "versions": services.patient_history(patient_id),
         "consents": services.patient_consents(patient_id),
         "registrations": services.patient_registrations(patient_id),
-        "imports": list(db.session.scalars(select(ImportRecord).where(
-            ImportRecord.label.in_([REGISTRATION_LABEL + t for t in tokens])).order_by(ImportRecord.id)))
-        if tokens else [],
+        "imports": _import_records(_tokens_of(patient_id), lock=False),
         "access_log": list(db.session.scalars(select(AccessLogEntry).where(
             AccessLogEntry.patient_id == patient_id).order_by(AccessLogEntry.read_at, AccessLogEntry.id))),
     }
 
 
-# ---- storage limitation (SPEC §10.3, §10.4) ------------------------------------------------------
+# ---- storage limitation (SPEC §10.3, §10.4): jobs, each batch a unit of work of its own -----------
 
 def prune_backups(backup_dir: str, days: int, *, now: datetime | None = None) -> int:
     """Delete backup copies (and crash-left temporaries) last written more than `days` ago."""
@@ -386,6 +384,11 @@ class Housekeeping:
     access_log_retention_days: int
     retention_every: timedelta = timedelta(days=1)
     last_retention_at: datetime | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> Housekeeping:
+        return cls(settings.PATIENT_IMPORT_BACKUP_DIR, settings.PATIENT_IMPORT_BACKUP_RETENTION_DAYS,
+                   settings.ACCESS_LOG_RETENTION_DAYS)
 
     def __call__(self, now: datetime | None = None) -> None:
         now = now or now_utc()

@@ -110,7 +110,7 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     check_route_scopes(app)  # every /api/ route declares its scope, or the app is not built
 
     # The importer and the event relay run where the importer may: a maintenance command or a test
-    # app publishes nothing. Their whole life cycle: shared/background.py.
+    # app publishes nothing. Their whole life cycle: shared/background/__init__.py.
     start, reason = should_start_importer(settings.IMPORTS_ENABLED)
     if start:
         start_background(app)

@@ -14,9 +14,21 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, Text, UniqueConstraint, delete, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    CursorResult,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    delete,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -145,6 +157,17 @@ class IdempotencyStore:
     def replay(stored: Any) -> Outcome:
         return Outcome(stored.response_status, json.loads(stored.response_body), stored.response_headers or {},
                        replayed=True)
+
+
+def replace_answers(model: type[IdempotencyKeyMixin], where: ColumnElement[bool], outcome: Outcome) -> int:
+    """Store `outcome` as the answer of every key of `model` that `where` selects, in the caller's
+    transaction. The keys stay claimed, so a repeat of one of those requests replays `outcome`.
+    How many were replaced."""
+    return cast("CursorResult[Any]", db.session.execute(
+        update(model).where(where)
+        .values(response_status=outcome.status, response_body=json.dumps(outcome.body),
+                response_headers=outcome.headers)
+        .execution_options(synchronize_session=False))).rowcount
 
 
 def stored_outcome(model: type[IdempotencyKeyMixin], actor: str, key: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any, TypedDict
 from uuid import UUID
 
 from marshmallow import Schema, ValidationError
+from sqlalchemy import ColumnElement, and_, text
 
 from shared.batch.idempotency import IdempotencyStore, Outcome
 from shared.batch.schemas import ACTIONS, DeleteItemSchema
@@ -165,3 +166,13 @@ def _write_item(adapter: BatchAdapter, item: _Item, *, actor: str, context: Any,
 
 def _item_error(error: DomainError) -> dict[str, Any]:
     return {"pointer": "/", "detail": error.detail, "type": error.type, **error.extra}
+
+
+def answers_naming(key_model: Any, record_id: int) -> ColumnElement[bool]:
+    """The stored answers (rows of a service's idempotency keys) of batches whose results name
+    `record_id`: as an item's `id`, or as a duplicate's `existing_id` — the body `_apply` answers with."""
+    names_record = text(
+        "jsonb_path_exists(CAST(response_body AS jsonb), "
+        "'$.results[*] ? (@.id == $id || @.errors[*].existing_id == $id)', jsonb_build_object('id', :id))"
+    ).bindparams(id=record_id)
+    return and_(key_model.response_body.is_not(None), key_model.response_body.like("{%"), names_record)

@@ -8,8 +8,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from shared.events.cloudevents import topic_for
 from shared.events.outbox import AGGREGATES
-from shared.events.relay import topic_for
 
 events_cli = AppGroup("events", help="Domain events: watch what the relay publishes.")
 

@@ -1,4 +1,4 @@
-"""CloudEvents 1.0 in structured JSON mode (SPEC §9.2): the one shape every event has."""
+"""CloudEvents 1.0 in structured JSON mode (SPEC §9.2): the one shape every event has, and its topic."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -11,6 +11,12 @@ CONTENT_TYPE = "application/cloudevents+json; charset=UTF-8"  # the Kafka header
 
 def event_type(aggregate: str, kind: str) -> str:
     return f"{TYPE_PREFIX}{aggregate}.{kind}"
+
+
+def topic_for(prefix: str, aggregate: str) -> str:
+    """The Kafka topic of an aggregate's events (`EVENTS_TOPIC_PREFIX` + aggregate): the relay
+    publishes there, `events tail` reads there."""
+    return f"{prefix}{aggregate}"
 
 
 def cloud_event(*, event_id: str, service: str, aggregate: str, kind: str, subject: str, sequence: int,

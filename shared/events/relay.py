@@ -1,20 +1,19 @@
 """The event relay (SPEC §9.3): one per service at a time, it publishes the outbox to Kafka.
 
-One thread per process. It stands by until it takes the service's relay lock (the importer's
-advisory-lock machinery, under its own name), then loops: read the oldest unpublished events
-(by outbox id, so one record's events go in the order they were recorded), produce them with an
-idempotent producer (`acks=all`, key = record id), wait for every delivery report, and mark the
-delivered ones published. An id cursor is never kept: ids commit out of order.
+One thread per process. It stands by until it leads (shared/background/leading.py: the service's
+relay lock, the importer's advisory-lock machinery under its own name), then loops: read the oldest
+unpublished events (by outbox id, so one record's events go in the order they were recorded),
+produce them with an idempotent producer (`acks=all`, key = record id), wait for every delivery
+report, and mark the delivered ones published. An id cursor is never kept: ids commit out of order.
 
 While the broker is down nothing is marked, so nothing is lost: the relay backs off, raises one
-alert per outage and one on recovery, and `/ready` shows the outage (never a 503). Published
-events (without a broker: all events) older than `EVENTS_RETENTION_HOURS` are deleted in batches.
+alert per outage and one on recovery (shared/background/outage.py), and `/ready` shows the outage
+(never a 503). Published events (without a broker: all events) older than `EVENTS_RETENTION_HOURS`
+are deleted in batches.
 """
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -26,15 +25,16 @@ from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from shared import metrics
-from shared.background import ComponentReport, Problem, register_component
+from shared.background import ComponentReport, Problem, read_state, register_component
+from shared.background.leading import Lead, Leadership
+from shared.background.outage import Backoff, OutageLatch, stepped
 from shared.config import Settings
 from shared.db import unit_of_work
-from shared.events.cloudevents import CONTENT_TYPE
+from shared.events.cli import events_cli
+from shared.events.cloudevents import CONTENT_TYPE, topic_for
 from shared.events.outbox import EventModels, event_models
 from shared.extensions import db
-from shared.imports import alerts
 from shared.imports.alerts import AlertSender
-from shared.imports.locking import ImporterLock
 from shared.logs import describe_exception
 from shared.schemas import now_utc
 
@@ -70,10 +70,6 @@ class _OncePerMinute(logging.Filter):
 
 KAFKA_LOG = logging.getLogger("shared.events.kafka")
 KAFKA_LOG.addFilter(_OncePerMinute())
-
-
-def topic_for(prefix: str, aggregate: str) -> str:
-    return f"{prefix}{aggregate}"
 
 
 class KafkaPublisher:
@@ -151,7 +147,7 @@ class KafkaPublisher:
 
 
 class EventRelay:
-    """The app's background component "relay" (shared/background.py)."""
+    """The app's background component "relay" (shared/background)."""
 
     name = "relay"
 
@@ -162,19 +158,18 @@ class EventRelay:
         self.models: EventModels = event_models(self.service)
         self.alert_model = app.extensions["imports"].models.alert
         self.alert_sender = AlertSender(self.settings, self.alert_model)
-        self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.publisher = (KafkaPublisher(self.settings.EVENTS_KAFKA_BOOTSTRAP, self.settings.EVENTS_TOPIC_PREFIX,
                                          client_id=f"{self.service}-relay")
                           if self.settings.EVENTS_KAFKA_BOOTSTRAP else None)
         with app.app_context():
             engine = db.engine
-        self.lock = ImporterLock(engine, f"{self.service}:event-relay")
+        self.leadership = Leadership(engine, f"{self.service}:event-relay", role="event relay", service=self.service,
+                                     heartbeat_seconds=HEARTBEAT_SECONDS, note_holder=self._note_holder)
+        self.outage = OutageLatch(self.alert_model, lambda: self._state(for_update=True), "broker_down_since",
+                                  ("relay:broker-down", "relay:broker-up"), self._alert, error_column="last_error")
+        self.backoff = Backoff(stepped(BACKOFF_SECONDS))
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
-        self.broker_down_since: datetime | None = None
-        self.failures = 0
-        self.next_attempt_at = 0.0
-        self.last_heartbeat = 0.0
         self.last_retention = 0.0
 
     @property
@@ -183,7 +178,7 @@ class EventRelay:
 
     @property
     def is_leader(self) -> bool:
-        return self.lock.held
+        return self.leadership.held
 
     # ---- life cycle ----------------------------------------------------------------------------
 
@@ -191,7 +186,6 @@ class EventRelay:
         if not self.configured:
             log.warning("EVENTS_KAFKA_BOOTSTRAP is unset: no relay; %s events stay in the outbox until "
                         "EVENTS_RETENTION_HOURS removes them", self.service)
-        self.identity = f"{socket.gethostname()}:{os.getpid()}"  # a forked worker is not its master
         self.stopping.clear()
         self.thread = threading.Thread(target=self._loop, name=f"event-relay-{self.service}", daemon=True)
         self.thread.start()
@@ -204,7 +198,7 @@ class EventRelay:
             self.thread = None
         if self.publisher is not None:
             self.publisher.close()
-        self.lock.release()
+        self.leadership.release()
         metrics.observe_relay(self.service, leader=False)
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -213,44 +207,39 @@ class EventRelay:
         while not self.stopping.is_set():
             if not self._lead():
                 self.stopping.wait(LOCK_RETRY_SECONDS)
-                continue
-            busy = False
-            with self.app.app_context():
-                try:
-                    busy = self.step()
-                except Exception as error:  # noqa: BLE001 — the loop must go on; the database may be back soon
-                    db.session.rollback()
-                    log.warning("event relay: %s", describe_exception(error))
-                    self.stopping.wait(LOCK_RETRY_SECONDS)
-                finally:
-                    db.session.remove()
-            if not busy:
+            elif not self._round():
                 self.stopping.wait(IDLE_POLL_SECONDS)
 
     def _lead(self) -> bool:
-        was_leader = self.lock.held
-        leader = self.lock.verify() if was_leader else self.lock.try_acquire()
-        if leader and not was_leader:
-            log.info("%s is now the event relay of %s", self.identity, self.service)
+        lead = self.leadership.lead()
+        if lead is Lead.TAKEN:
             self.last_retention = 0.0  # what the previous holder left is looked at now
-            self.last_heartbeat = 0.0
-            with self.app.app_context():
-                self.broker_down_since = self._state().broker_down_since  # an outage already alerted
-                db.session.commit()
-        metrics.observe_relay(self.service, leader=leader)
-        return leader
+            self.outage.forget()  # an outage the previous holder alerted ends with one alert, from here
+        metrics.observe_relay(self.service, leader=lead.leading)
+        return lead.leading
+
+    def _round(self) -> bool:
+        """`step()` in an app context; an error is logged and waited out (the database may be back soon)."""
+        with self.app.app_context():
+            try:
+                return self.step()
+            except Exception as error:  # noqa: BLE001 — the loop must go on
+                db.session.rollback()
+                log.warning("event relay: %s", describe_exception(error))
+                self.stopping.wait(LOCK_RETRY_SECONDS)
+                return False
+            finally:
+                db.session.remove()
 
     def step(self) -> bool:
         """One round, inside an app context: heartbeat, retention when due, one batch published.
         True when there may be more to publish at once."""
         clock = time.monotonic()
-        if clock - self.last_heartbeat >= HEARTBEAT_SECONDS:
-            self._heartbeat()
-            self.last_heartbeat = clock
+        self.leadership.beat()
         if clock - self.last_retention >= RETENTION_EVERY_SECONDS:
             self.remove_expired()
             self.last_retention = clock
-        if self.publisher is None or clock < self.next_attempt_at:
+        if self.publisher is None or not self.backoff.due(clock):
             return False
         return self.publish_batch() == BATCH_SIZE
 
@@ -299,36 +288,18 @@ class EventRelay:
     # ---- outage and recovery ---------------------------------------------------------------------
 
     def _broker_down(self, error_kind: str) -> None:
-        delay = BACKOFF_SECONDS[min(self.failures, len(BACKOFF_SECONDS) - 1)]
-        self.failures += 1
-        self.next_attempt_at = time.monotonic() + delay
+        delay = self.backoff.failed()
         log.warning("event relay: broker unavailable (%s); next attempt in %ss", error_kind, delay)
-        with unit_of_work():
-            state = self._state(for_update=True)
-            state.last_error = error_kind
-            if state.broker_down_since is None:
-                state.broker_down_since = now_utc()
-                alerts.enqueue(self.alert_model, f"relay:broker-down:{state.broker_down_since.isoformat()}",
-                               *self._alert(down=True, since=state.broker_down_since, error_kind=error_kind))
-            self.broker_down_since = state.broker_down_since
+        self.outage.down(error_kind)
         self._send_alerts()
 
     def _broker_up(self) -> None:
-        self.failures = 0
-        self.next_attempt_at = 0.0
-        if self.broker_down_since is None:
-            return
-        with unit_of_work():
-            state = self._state(for_update=True)
-            since, state.broker_down_since, state.last_error = state.broker_down_since, None, None
-            if since is not None:
-                alerts.enqueue(self.alert_model, f"relay:broker-up:{since.isoformat()}",
-                               *self._alert(down=False, since=since))
-        self.broker_down_since = None
-        log.info("event relay: broker reachable again")
-        self._send_alerts()
+        self.backoff.succeeded()
+        if self.outage.up() is not None:
+            log.info("event relay: broker reachable again")
+            self._send_alerts()
 
-    def _alert(self, *, down: bool, since: datetime, error_kind: str | None = None) -> tuple[str, str]:
+    def _alert(self, down: bool, since: datetime, error_kind: str | None) -> tuple[str, str]:
         state = "unreachable" if down else "reachable again"
         lines = [f"Service: {self.service}", f"Kafka bootstrap: {self.settings.EVENTS_KAFKA_BOOTSTRAP}",
                  f"Unreachable since: {since.isoformat(timespec='seconds')}"]
@@ -354,11 +325,10 @@ class EventRelay:
         query: Any = select(State).where(State.id == 1)
         return db.session.scalars(query.with_for_update() if for_update else query).one()
 
-    def _heartbeat(self) -> None:
-        with unit_of_work():
-            state = self._state(for_update=True)
-            state.holder = self.identity
-            state.heartbeat_at = now_utc()
+    def _note_holder(self, identity: str, now: datetime) -> None:
+        state = self._state(for_update=True)
+        state.holder = identity
+        state.heartbeat_at = now
 
     def death(self) -> Problem | None:
         """Started in this process, and its thread is gone: the process should be restarted."""
@@ -372,34 +342,27 @@ class EventRelay:
         warnings: list[Problem] = []
         if (death := self.death()) is not None:
             warnings.append(death)
-        if database_ok:
-            try:
-                Outbox, State = self.models.outbox, self.models.state
-                row = db.session.execute(select(State.holder, State.heartbeat_at, State.broker_down_since,
-                                                State.last_error, State.last_published_at)
-                                         .where(State.id == 1)).first()
-                pending = db.session.execute(select(func.count(), func.min(Outbox.created_at))
-                                             .where(Outbox.published_at.is_(None))).one()
-                db.session.rollback()
-            except Exception as error:  # noqa: BLE001 — reported, not raised: the database check said why
-                db.session.rollback()
-                state["state_error"] = describe_exception(error)
-                return ComponentReport(state, warnings)
-            if row is not None:
-                state.update({key: value.isoformat() if hasattr(value, "isoformat") else value
-                              for key, value in row._asdict().items()})
-            state["pending"] = pending[0]
-            state["oldest_pending_at"] = pending[1].isoformat() if pending[1] else None
-            if self.configured and state.get("broker_down_since"):
-                warnings.append(Problem("broker", f"event broker unreachable since {state['broker_down_since']}; "
-                                                  f"{pending[0]} events wait in the outbox"))
+        if not database_ok:
+            return ComponentReport(state, warnings)
+        Outbox, State = self.models.outbox, self.models.state
+        rows, error = read_state(
+            select(State.holder, State.heartbeat_at, State.broker_down_since, State.last_error,
+                   State.last_published_at).where(State.id == 1),
+            select(func.count().label("pending"), func.min(Outbox.created_at).label("oldest_pending_at"))
+            .where(Outbox.published_at.is_(None)))
+        if error is not None:  # the database check says why
+            state["state_error"] = error
+            return ComponentReport(state, warnings)
+        for row in rows:
+            state.update(row or {})
+        if self.configured and state.get("broker_down_since"):
+            warnings.append(Problem("broker", f"event broker unreachable since {state['broker_down_since']}; "
+                                              f"{state['pending']} events wait in the outbox"))
         return ComponentReport(state, warnings)
 
 
 def install(app: Flask) -> EventRelay:
     """Hang the relay on the app (`app.extensions["relay"]`), for `/health`, `/ready` and the CLI."""
-    from shared.events.cli import events_cli
-
     relay = EventRelay(app)
     app.extensions["relay"] = relay
     register_component(app, relay)

@@ -1,8 +1,9 @@
 """The background importer of one process: a clock (APScheduler) and one worker thread.
 
-- The scheduler's `heartbeat` job (every second) keeps or takes the importer lock, notices run
-  requests from any worker (`POST /api/imports/run` writes them to the database), hands settled
-  folder files to the worker, and restarts a dead folder observer.
+- The scheduler's `heartbeat` job (every second) keeps or takes the lead (the importer lock and
+  the holder's heartbeat, shared/background/leading.py), notices run requests from any worker
+  (`POST /api/imports/run` writes them to the database), hands settled folder files to the
+  worker, and restarts a dead folder observer.
 - The `poll` job (every `poll_seconds`; `coalesce`, `max_instances=1`, no misfire limit, so a
   late run is run, not dropped) asks for a full pass: a bucket poll or a folder rescan.
 - `alerts` (every 30 s) sends alerts the SMTP server refused earlier.
@@ -15,9 +16,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import socket
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,10 +27,11 @@ from flask import Flask
 from sqlalchemy import select
 
 from shared import metrics
+from shared.background.leading import Lead, Leadership
+from shared.background.outage import Backoff, doubling
 from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports import alerts
-from shared.imports.locking import ImporterLock
 from shared.imports.runner import MAX_DOUBLINGS, TRANSIENT_BACKOFF, is_transient
 from shared.imports.types import WatchedSource
 from shared.logs import describe_exception
@@ -50,8 +50,8 @@ class BackgroundImporter:
     def __init__(self, app: Flask, imports: Any):
         self.app = app
         self.imports = imports  # the app's ImportsExtension
-        self.lock = ImporterLock(_engine(app), imports.service)
-        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.leadership = Leadership(_engine(app), imports.service, role="importer", service=imports.service,
+                                     heartbeat_seconds=LEADER_NOTE_SECONDS, note_holder=self._note_holder)
         self.scheduler: BackgroundScheduler | None = None
         self.thread: threading.Thread | None = None
         self.work: queue.Queue = queue.Queue()
@@ -59,9 +59,10 @@ class BackgroundImporter:
         self.full_pass_queued = threading.Event()
         self.last_pass_at: datetime | None = None
         self.last_request_seen: datetime | None = None
-        self.last_leader_note: datetime | None = None
         self.observer_restarts = 0
-        self.broken_passes = 0  # passes in a row that broke off for a transient reason
+        # Passes in a row that broke off for a transient reason: run again after 2, 4, 8 … seconds.
+        self.broken_passes = Backoff(doubling(TRANSIENT_BACKOFF.total_seconds(), imports.poll_seconds,
+                                              doublings=MAX_DOUBLINGS))
 
     # ---- life cycle ----------------------------------------------------------------------------
 
@@ -96,7 +97,7 @@ class BackgroundImporter:
             self.thread.join(timeout=60)
             self.thread = None
         self._step_down()
-        self.lock.release()
+        self.leadership.release()
         self._report()
 
     # ---- what the API and the jobs ask for ------------------------------------------------------
@@ -108,7 +109,15 @@ class BackgroundImporter:
 
     @property
     def is_leader(self) -> bool:
-        return self.lock.held
+        return self.leadership.held
+
+    @property
+    def identity(self) -> str:
+        return self.leadership.identity
+
+    @property
+    def last_leader_note(self) -> datetime | None:
+        return self.leadership.noted_at
 
     def alive(self) -> bool:
         return (self.thread is not None and self.thread.is_alive()
@@ -127,9 +136,9 @@ class BackgroundImporter:
             try:
                 self._keep_or_take_lead()
                 self._report()
-                if not self.lock.held:
+                if not self.is_leader:
                     return
-                self._note_leadership()
+                self.leadership.beat()
                 self._pick_up_run_request()
                 source = self.imports.source
                 if isinstance(source, WatchedSource):
@@ -142,12 +151,10 @@ class BackgroundImporter:
                 log.warning("importer heartbeat: %s", describe_exception(error))
 
     def _keep_or_take_lead(self) -> None:
-        if self.lock.held:
-            if not self.lock.verify():
-                self._step_down()
-            return
-        if self.lock.try_acquire():
-            log.info("%s is now the importer of %s", self.identity, self.imports.service)
+        lead = self.leadership.lead()
+        if lead is Lead.LOST:
+            self._step_down()
+        elif lead is Lead.TAKEN:
             if isinstance(self.imports.source, WatchedSource):
                 self.imports.source.start_watching()
             self.request_full_pass()  # files present at start, or left by the previous holder
@@ -156,22 +163,17 @@ class BackgroundImporter:
         """This process's importer gauges (lock held, files waiting) for /metrics."""
         waiting = None  # nobody watches a bucket
         if isinstance(self.imports.source, WatchedSource):
-            waiting = self.imports.source.waiting() if self.lock.held else 0
-        metrics.observe_importer(self.imports.service, leader=self.lock.held, files_waiting=waiting)
+            waiting = self.imports.source.waiting() if self.is_leader else 0
+        metrics.observe_importer(self.imports.service, leader=self.is_leader, files_waiting=waiting)
 
     def _step_down(self) -> None:
         if isinstance(self.imports.source, WatchedSource):
             self.imports.source.stop_watching()
 
-    def _note_leadership(self) -> None:
-        now = now_utc()
-        if self.last_leader_note and (now - self.last_leader_note).total_seconds() < LEADER_NOTE_SECONDS:
-            return
-        with unit_of_work():
-            state = self.imports.state_row(for_update=True)
-            state.lock_holder = self.identity
-            state.lock_heartbeat_at = now
-        self.last_leader_note = now
+    def _note_holder(self, identity: str, now: datetime) -> None:
+        state = self.imports.state_row(for_update=True)
+        state.lock_holder = identity
+        state.lock_heartbeat_at = now
 
     def _pick_up_run_request(self) -> None:
         requested = db.session.scalar(select(self.imports.models.state.run_requested_at)
@@ -205,7 +207,7 @@ class BackgroundImporter:
             job.modify(next_run_time=datetime.now(UTC))
 
     def _send_alerts(self) -> None:
-        if self.lock.held and not self.stopping.is_set():
+        if self._still_leader():
             with self.app.app_context():
                 self.imports.send_alerts()
 
@@ -218,14 +220,14 @@ class BackgroundImporter:
                 return
             if item == FULL_PASS:
                 self.full_pass_queued.clear()
-            if not self.lock.held:
+            if not self.is_leader:
                 continue
             with self.app.app_context():
                 try:
                     summary = self.imports.run_pass(None if item == FULL_PASS else item,
                                                     still_leader=self._still_leader)
                     self.last_pass_at = now_utc()
-                    self.broken_passes = 0
+                    self.broken_passes.succeeded()
                     for file, when in summary.retries:
                         self._hand_over_at(when, [file], job_id=f"retry:{file.name}")
                     if summary.files or summary.source_error:
@@ -235,9 +237,7 @@ class BackgroundImporter:
                     db.session.rollback()
                     log.error("import pass failed: %s", describe_exception(error))
                     if is_transient(error):
-                        self.broken_passes += 1
-                        delay = min(TRANSIENT_BACKOFF.total_seconds() * 2 ** min(self.broken_passes - 1, MAX_DOUBLINGS),
-                                    self.imports.poll_seconds)
+                        delay = self.broken_passes.failed()
                         self._hand_over_at(now_utc() + timedelta(seconds=delay), item, job_id="retry-pass")
 
     def _hand_over_at(self, when: datetime, item: Any, *, job_id: str) -> None:
@@ -249,11 +249,11 @@ class BackgroundImporter:
     def _hand_over(self, item: Any) -> None:
         if item == FULL_PASS:
             self.request_full_pass()
-        elif self.lock.held and not self.stopping.is_set():
+        elif self._still_leader():
             self.work.put(item)
 
     def _still_leader(self) -> bool:
-        return self.lock.held and not self.stopping.is_set()
+        return self.is_leader and not self.stopping.is_set()
 
 
 def _engine(app: Flask) -> Any:
