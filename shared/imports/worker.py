@@ -32,7 +32,7 @@ from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports import alerts
 from shared.imports.locking import ImporterLock
-from shared.imports.runner import MAX_DOUBLINGS, TRANSIENT_BACKOFF, is_transient
+from shared.imports.records import MAX_DOUBLINGS, TRANSIENT_BACKOFF, is_transient
 from shared.imports.types import WatchedSource
 from shared.logs import describe_exception
 from shared.schemas import now_utc
