@@ -71,6 +71,16 @@ def alert_import(model: type[AlertMixin], service: str, record: ImportRecordMixi
     enqueue(model, f"import:{record.id}:{record.retry_round}:{record.status}", subject, body)
 
 
+def alert_observer_restarted(model: type[AlertMixin], service: str, *, by: str) -> None:
+    """In the current transaction: the folder's watchdog observer had stopped and `by` restarted it."""
+    now = now_utc()
+    subject = f"[{service}] folder watcher restarted"
+    body = (f"Service: {service}\nThe watchdog observer of the import folder had stopped "
+            f"and was restarted at {now.isoformat(timespec='seconds')} by {by}.\n"
+            "A full rescan was started, so no file is missed. If this repeats, see the runbook, docs/operations.md.\n")
+    enqueue(model, f"observer:restarted:{now.isoformat()}", subject, body)
+
+
 def source_alert(service: str, *, down: bool, source_description: str, since: datetime,
                  error_kind: str | None = None) -> tuple[str, str]:
     state = "unreachable" if down else "reachable again"
