@@ -27,6 +27,7 @@ from patient_service.schemas import RegistrationFileSchema
 from shared.config import Settings
 from shared.errors import DomainError, flatten_messages
 from shared.imports.backup import safe_file_name, write_backup
+from shared.imports.handler import FileHandlerBase
 from shared.imports.parsing import decode
 from shared.imports.service import ImporterSpec
 from shared.imports.sources.bucket import make_bucket
@@ -72,7 +73,7 @@ def parse_object_name(name: str) -> ObjectName:
     return ObjectName(token, None)
 
 
-class RegistrationFileHandler:
+class RegistrationFileHandler(FileHandlerBase):
     """The patient service's `FileHandler`."""
 
     def __init__(self, backup_dir: str | None):

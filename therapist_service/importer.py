@@ -26,8 +26,9 @@ from shared.config import Settings
 from shared.db import bulk_first
 from shared.errors import DomainError, StaleUpdate, flatten_messages
 from shared.imports import pool
+from shared.imports.handler import FileHandlerBase
 from shared.imports.parsing import decode
-from shared.imports.runner import READ_AHEAD_BYTES, READ_AHEAD_FILES
+from shared.imports.readahead import READ_AHEAD_BYTES, READ_AHEAD_FILES
 from shared.imports.service import ImporterSpec
 from shared.imports.sources.folder import FolderSource
 from shared.imports.types import InputError, Outcome, SourceFile, item_error
@@ -190,8 +191,11 @@ def _taken_in_chunks(entries: list[tuple[int, msgspec.Raw]], size: int) -> Itera
         yield [entries.pop() for _ in range(min(size, len(entries)))]
 
 
-class TherapistFileHandler:
-    """The therapist service's `FileHandler`."""
+class TherapistFileHandler(FileHandlerBase):
+    """The therapist service's `FileHandler`: it validates files read ahead, and imports small ones together."""
+
+    supports_read_ahead = True
+    supports_groups = True
 
     def label(self, file: SourceFile) -> str:
         return file.name  # a postcode area: nothing personal

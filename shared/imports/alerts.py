@@ -5,6 +5,9 @@ An alert is a row written in the same transaction as the state it reports, under
 unsent rows: over SMTP when `SMTP_HOST` is set, otherwise as `.eml` files in `ALERT_OUTBOX_DIR`.
 When SMTP is down the row stays unsent and is tried again; an import never fails because of
 e-mail. Subjects and bodies carry ids, statuses, counts and error kinds — no personal data.
+
+`Outage` latches an outage of something the service depends on (the import source) on a
+`*_down_since` column of a state row: one alert when it goes down, one when it answers again.
 """
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ import smtplib
 import ssl
 import tempfile
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -24,14 +30,14 @@ from sqlalchemy.dialects.postgresql import insert
 
 from shared.config import Settings
 from shared.extensions import db
-from shared.imports.models import AlertMixin
+from shared.imports.models import AlertMixin, ImportRecordMixin
 from shared.logs import describe_exception
 from shared.schemas import now_utc
 
 log = logging.getLogger(__name__)
 
 
-def import_alert(service: str, record: Any, *, source_description: str) -> tuple[str, str]:
+def import_alert(service: str, record: ImportRecordMixin, *, source_description: str) -> tuple[str, str]:
     """Subject and body for an import that failed, is partial or is quarantined."""
     kinds = Counter(error.get("kind", "error") for error in record.errors)
     lines = [
@@ -59,7 +65,23 @@ def import_alert(service: str, record: Any, *, source_description: str) -> tuple
     return f"[{service}] import {record.status}: #{record.id}", "\n".join(lines) + "\n"
 
 
-def source_alert(service: str, *, down: bool, source_description: str, since: Any,
+def alert_import(model: type[AlertMixin], service: str, record: ImportRecordMixin, *, source_description: str) -> None:
+    """In the record's transaction: the alert for its new status, once per status and retry round."""
+    subject, body = import_alert(service, record, source_description=source_description)
+    enqueue(model, f"import:{record.id}:{record.retry_round}:{record.status}", subject, body)
+
+
+def alert_observer_restarted(model: type[AlertMixin], service: str, *, by: str) -> None:
+    """In the current transaction: the folder's watchdog observer had stopped and `by` restarted it."""
+    now = now_utc()
+    subject = f"[{service}] folder watcher restarted"
+    body = (f"Service: {service}\nThe watchdog observer of the import folder had stopped "
+            f"and was restarted at {now.isoformat(timespec='seconds')} by {by}.\n"
+            "A full rescan was started, so no file is missed. If this repeats, see the runbook, docs/operations.md.\n")
+    enqueue(model, f"observer:restarted:{now.isoformat()}", subject, body)
+
+
+def source_alert(service: str, *, down: bool, source_description: str, since: datetime,
                  error_kind: str | None = None) -> tuple[str, str]:
     state = "unreachable" if down else "reachable again"
     lines = [f"Service: {service}", f"Source: {source_description}",
@@ -74,6 +96,37 @@ def enqueue(model: type[AlertMixin], key: str, subject: str, body: str) -> None:
     """Record an alert in the current transaction, unless one with `key` exists already."""
     db.session.execute(insert(model).values(key=key, subject=subject, body=body, created_at=now_utc(),
                                             send_attempts=0).on_conflict_do_nothing(index_elements=["key"]))
+
+
+Describe = Callable[[bool, datetime, str | None], tuple[str, str]]  # (down, since, error kind) → subject, body
+
+
+@dataclass(frozen=True)
+class Outage:
+    """An outage latched on a state row's `*_down_since` value, in the transaction that changes
+    it (the row locked), so that any number of workers and passes alert it once: `down` when the
+    dependency fails, `up` when it answers. The alerts' keys are `<down_key>:<since>` and
+    `<up_key>:<since>`; `describe` writes their subject and body."""
+
+    model: type[AlertMixin]
+    down_key: str
+    up_key: str
+    describe: Describe
+
+    def down(self, since: datetime | None, error_kind: str) -> datetime:
+        """The outage's start, to store: `since` when it is known already, else now (alerted)."""
+        if since is not None:
+            return since
+        since = now_utc()
+        enqueue(self.model, f"{self.down_key}:{since.isoformat()}", *self.describe(True, since, error_kind))
+        return since
+
+    def up(self, since: datetime | None) -> bool:
+        """Whether there was an outage (since `since`), its recovery alerted; store None then."""
+        if since is None:
+            return False
+        enqueue(self.model, f"{self.up_key}:{since.isoformat()}", *self.describe(False, since, None))
+        return True
 
 
 class AlertSender:

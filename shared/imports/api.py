@@ -1,6 +1,8 @@
 """`/api/imports…` (SPEC §6.3), mounted by both services; each answers for its own imports."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import current_app
 from flask.views import MethodView
 from marshmallow import fields, validate
@@ -10,8 +12,11 @@ from shared.db import page_of
 from shared.errors import NotFound
 from shared.extensions import db
 from shared.http import Blueprint, current_principal
-from shared.imports.models import STATUSES
+from shared.imports.models import STATUSES, ImportRecordMixin
 from shared.schemas import StrictSchema
+
+if TYPE_CHECKING:
+    from shared.imports.service import ImportsExtension
 
 blp = Blueprint("imports", __name__, url_prefix="/api/imports",
                 description="Import records: one per version of each imported file.")
@@ -54,7 +59,7 @@ class ImportRecordSchema(StrictSchema):
     errors = fields.List(fields.Nested(ImportErrorSchema))
     warnings = fields.List(fields.Nested(ImportErrorSchema))
 
-    def _name(self, record) -> str:
+    def _name(self, record: ImportRecordMixin) -> str:
         scope = _imports().spec.name_scope
         return record.name if scope is None or current_principal().holds(scope) else record.label
 
@@ -68,11 +73,12 @@ class RunRequestedSchema(StrictSchema):
     detail = fields.String()
 
 
-def _imports():
-    return current_app.extensions["imports"]
+def _imports() -> ImportsExtension:
+    extension: ImportsExtension = current_app.extensions["imports"]
+    return extension
 
 
-def get_record(import_id: int):
+def get_record(import_id: int) -> ImportRecordMixin:
     record = db.session.get(_imports().models.record, import_id)
     if record is None:
         raise NotFound(f"import {import_id} does not exist")

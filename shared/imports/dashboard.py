@@ -142,7 +142,7 @@ def error_kinds(record_model: type[ImportRecordMixin], ids: list[int]) -> dict[i
     return found
 
 
-def get_import(record_model: type[ImportRecordMixin], import_id: int) -> Any | None:
+def get_import(record_model: type[ImportRecordMixin], import_id: int) -> ImportRecordMixin | None:
     """One import without its errors, which can be thousands: `import_errors` pages them."""
     return db.session.get(record_model, import_id, options=[defer(record_model.errors)])
 

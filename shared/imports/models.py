@@ -109,7 +109,7 @@ class ImportModels:
     state: type[ImporterStateMixin]
 
 
-def importer_state(model: type[ImporterStateMixin], *, for_update: bool = False) -> Any:
+def importer_state(model: type[ImporterStateMixin], *, for_update: bool = False) -> ImporterStateMixin:
     """The service's one importer-state row, created on first use. Workers starting together may
     all try to create it: the insert does nothing when the row exists."""
     from sqlalchemy import select

@@ -4,13 +4,14 @@ A service describes its importer with an `ImporterSpec` (its tables, its source,
 handler, its timings); `install` hangs it on the app; `start` runs it in the background.
 The REST endpoints, the CLI, the dashboard at `/imports` and the background worker all go
 through this object; it is also the app's background component "importer" for `/health` and
-`/ready` (shared/background.py).
+`/ready` (shared/background/__init__.py).
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
@@ -22,9 +23,11 @@ from shared.config import Settings
 from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports.alerts import AlertSender
-from shared.imports.models import ImportModels, importer_state
-from shared.imports.runner import ImportRunner, PassSummary, retry_record
-from shared.imports.types import FileHandler, Source
+from shared.imports.handler import FileHandler
+from shared.imports.models import ImporterStateMixin, ImportModels, ImportRecordMixin, importer_state
+from shared.imports.records import retry_record
+from shared.imports.runner import ImportRunner, PassSummary
+from shared.imports.types import Source
 from shared.logs import describe_exception
 from shared.schemas import now_utc
 
@@ -96,10 +99,10 @@ class ImportsExtension:
         metrics.observe_alerts_sent(self.service, sent)
         return sent
 
-    def state_row(self, *, for_update: bool = False) -> Any:
+    def state_row(self, *, for_update: bool = False) -> ImporterStateMixin:
         return importer_state(self.models.state, for_update=for_update)
 
-    def request_run(self) -> Any:
+    def request_run(self) -> datetime | None:
         """Ask for a pass now. Whichever process holds the lock picks it up within a second."""
         with unit_of_work():
             state = self.state_row(for_update=True)
@@ -108,7 +111,7 @@ class ImportsExtension:
             self.worker.request_full_pass()
         return state.run_requested_at
 
-    def retry(self, import_id: int) -> Any:
+    def retry(self, import_id: int) -> ImportRecordMixin:
         """Clear a failed or quarantined import (its attempt count starts afresh), then ask for a
         pass. What `POST /api/imports/<id>/retry` and the dashboard's Retry button do.
         Raises `NotFound`, or `Conflict` for an import that is not failed or quarantined."""

@@ -1,5 +1,6 @@
 """The vocabulary of the import framework: files and what was read of them, a handler's outcome,
-the errors a pass tells apart, and the protocols a source and a service's handler implement."""
+the errors a pass tells apart, and the protocols a source implements (a service's handler:
+shared/imports/handler.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -117,19 +118,3 @@ class WatchedSource(Source, Protocol):
     def ready_files(self) -> list[SourceFile]: ...
 
     def waiting(self) -> int: ...
-
-
-class FileHandler(Protocol):
-    """A service's mapping from one file to its service functions.
-
-    Optional, for a local source's files: `prefetch(payload)`, handed each file the runner reads
-    ahead (to start validating it); `forget_prefetched()`, called when a pass ends; and
-    `apply_group([(payload, file, import id), …]) -> list[Outcome] | None`, which applies several
-    files read ahead in the current unit of work, or returns None, having written nothing, when
-    they cannot go in together."""
-
-    def label(self, file: SourceFile) -> str: ...
-
-    def check_name(self, file: SourceFile) -> None: ...
-
-    def apply(self, payload: bytes, file: SourceFile, *, import_id: int) -> Outcome: ...

@@ -32,7 +32,7 @@ from shared.background.outage import Backoff, doubling
 from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports import alerts
-from shared.imports.runner import MAX_DOUBLINGS, TRANSIENT_BACKOFF, is_transient
+from shared.imports.records import MAX_DOUBLINGS, TRANSIENT_BACKOFF, is_transient
 from shared.imports.types import WatchedSource
 from shared.logs import describe_exception
 from shared.schemas import now_utc
@@ -191,13 +191,8 @@ class BackgroundImporter:
         source.stop_watching()
         source.start_watching()
         self.request_full_pass()  # events may have been lost while it was down
-        now = now_utc()
         with unit_of_work():
-            subject = f"[{self.imports.service}] folder watcher restarted"
-            body = (f"Service: {self.imports.service}\nThe watchdog observer of the import folder had stopped "
-                    f"and was restarted at {now.isoformat(timespec='seconds')} by {self.identity}.\n"
-                    "A full rescan was started, so no file is missed. If this repeats, see the runbook, docs/operations.md.\n")
-            alerts.enqueue(self.imports.models.alert, f"observer:restarted:{now.isoformat()}", subject, body)
+            alerts.alert_observer_restarted(self.imports.models.alert, self.imports.service, by=self.identity)
 
     def _send_alerts_soon(self) -> None:
         """Mail new alerts now, from the scheduler's thread: a slow SMTP server must not hold up

@@ -222,16 +222,16 @@ def test_a_file_another_runner_finished_meanwhile_is_not_imported_again(
         inbox, run_pass, groups, admin_engine, monkeypatch):
     """Between the group's claim and its import, another runner finishes one of its files: the
     import sees the record as it is now, not as it was claimed, and leaves that file alone."""
-    from shared.imports.runner import ImportRunner
+    from shared.imports.grouped import GroupImport
 
-    real = ImportRunner._apply_group
+    real = GroupImport.apply_together
 
     def finished_elsewhere(self, importing):
         with admin_engine.begin() as conn:
             conn.execute(text("UPDATE therapist_service.imports SET status = 'succeeded' WHERE name = '52073.json'"))
         return real(self, importing)
 
-    monkeypatch.setattr(ImportRunner, "_apply_group", finished_elsewhere)
+    monkeypatch.setattr(GroupImport, "apply_together", finished_elsewhere)
     drop(inbox, "52071.json", scrape(therapist("praxis11")))
     drop(inbox, "52072.json", scrape(therapist("praxis21")))
     drop(inbox, "52073.json", scrape(therapist("praxis31")))
