@@ -17,8 +17,6 @@ import smtplib
 import ssl
 import tempfile
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -96,37 +94,6 @@ def enqueue(model: type[AlertMixin], key: str, subject: str, body: str) -> None:
     """Record an alert in the current transaction, unless one with `key` exists already."""
     db.session.execute(insert(model).values(key=key, subject=subject, body=body, created_at=now_utc(),
                                             send_attempts=0).on_conflict_do_nothing(index_elements=["key"]))
-
-
-Describe = Callable[[bool, datetime, str | None], tuple[str, str]]  # (down, since, error kind) → subject, body
-
-
-@dataclass(frozen=True)
-class Outage:
-    """An outage latched on a state row's `*_down_since` value, in the transaction that changes
-    it (the row locked), so that any number of workers and passes alert it once: `down` when the
-    dependency fails, `up` when it answers. The alerts' keys are `<down_key>:<since>` and
-    `<up_key>:<since>`; `describe` writes their subject and body."""
-
-    model: type[AlertMixin]
-    down_key: str
-    up_key: str
-    describe: Describe
-
-    def down(self, since: datetime | None, error_kind: str) -> datetime:
-        """The outage's start, to store: `since` when it is known already, else now (alerted)."""
-        if since is not None:
-            return since
-        since = now_utc()
-        enqueue(self.model, f"{self.down_key}:{since.isoformat()}", *self.describe(True, since, error_kind))
-        return since
-
-    def up(self, since: datetime | None) -> bool:
-        """Whether there was an outage (since `since`), its recovery alerted; store None then."""
-        if since is None:
-            return False
-        enqueue(self.model, f"{self.up_key}:{since.isoformat()}", *self.describe(False, since, None))
-        return True
 
 
 class AlertSender:

@@ -6,7 +6,8 @@ The pass loop is here; each of its jobs has a module of its own:
 - shared/imports/importing.py — one file: claim, apply in one unit of work, finish at the source;
 - shared/imports/grouped.py — small files read ahead, applied together, each all or nothing;
 - shared/imports/records.py — an attempt's end: outcome, or failure with retry or quarantine;
-- shared/imports/alerts.py — the alerts, and the source outage latched on the importer state.
+- shared/imports/alerts.py — the alerts; the source outage is latched on the importer state by
+  shared/background/outage.py, as the event relay's broker outage.
 The handler a service supplies is described in shared/imports/handler.py.
 
 A pass stops when this process no longer holds the importer lock (`still_leader`); a file that
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared.background.outage import OutageLatch
 from shared.db import unit_of_work
 from shared.imports import alerts
 from shared.imports.claims import Claims
@@ -117,7 +119,8 @@ class ImportRunner:
                                 records=records, max_file_bytes=max_file_bytes, report=self._report)
         self.groups = GroupImport(service=service, handler=handler, claims=self.claims, files=self.files,
                                   still_leader=still_leader)
-        self.outage = alerts.Outage(models.alert, "source:down", "source:up", self._describe_outage)
+        self.outage = OutageLatch(models.alert, lambda: importer_state(models.state, for_update=True),
+                                  "source_down_since", ("source:down", "source:up"), self._describe_outage)
 
     def run_pass(self, files: list[SourceFile] | None = None) -> PassSummary:
         """Import `files`, or everything the source lists. Call inside an app context."""
@@ -187,16 +190,11 @@ class ImportRunner:
             files = self.source.list()
         except SourceUnavailable as error:
             summary.source_error = str(error)
-            with unit_of_work():
-                state = importer_state(self.models.state, for_update=True)
-                state.source_down_since = self.outage.down(state.source_down_since, str(error))
+            self.outage.down(str(error))
             log.warning("%s: import source unavailable: %s", self.service, error)
             return None
-        with unit_of_work():
-            state = importer_state(self.models.state, for_update=True)
-            if self.outage.up(state.source_down_since):
-                state.source_down_since = None
-                log.info("%s: import source reachable again", self.service)
+        if self.outage.up() is not None:
+            log.info("%s: import source reachable again", self.service)
         return files
 
     def _describe_outage(self, down: bool, since: datetime, error_kind: str | None) -> tuple[str, str]:
