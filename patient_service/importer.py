@@ -30,7 +30,7 @@ from shared.imports.backup import safe_file_name, write_backup
 from shared.imports.handler import FileHandlerBase
 from shared.imports.parsing import decode
 from shared.imports.service import ImporterSpec
-from shared.imports.sources.bucket import make_bucket
+from shared.imports.sources.bucket import GcsBucket, LocalBucket, make_bucket
 from shared.imports.types import InputError, Outcome, SourceFile, item_error
 
 NAME = re.compile(r"^(?P<nachname>[^_]+)_(?P<vorname>[^_]+)_(?P<date>\d{8})_(?P<token>[A-Za-z0-9-]+)\.json$")
@@ -139,7 +139,7 @@ class RegistrationFileHandler(FileHandlerBase):
         return outcome
 
 
-def _source(settings: Settings):
+def _source(settings: Settings) -> GcsBucket | LocalBucket | None:
     return make_bucket(settings.PATIENT_IMPORT_SOURCE) if settings.PATIENT_IMPORT_SOURCE else None
 
 

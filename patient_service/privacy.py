@@ -174,7 +174,7 @@ def _delete(model: type, condition: Any) -> int:
 
 def _rows(statement: Any) -> int:
     """Run a DELETE or UPDATE; how many rows it touched."""
-    return cast(CursorResult, db.session.execute(statement)).rowcount
+    return cast("CursorResult[Any]", db.session.execute(statement)).rowcount
 
 
 # ---- the erasure's backup copies: a job, each copy a unit of work of its own ------------------------

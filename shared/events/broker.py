@@ -14,7 +14,7 @@ class EmbeddedBroker:
     def __init__(self, port: int, log_path: Path | None = None):
         self.port = port
         self.log_path = log_path
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:

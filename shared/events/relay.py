@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -97,8 +97,8 @@ class KafkaPublisher:
 
         reports: dict[int, str | None] = {}
 
-        def delivered(position: int):
-            def report(error, _message):
+        def delivered(position: int) -> Callable[[Any, Any], None]:
+            def report(error: Any, _message: Any) -> None:
                 reports[position] = None if error is None else (error.name() or str(error.code()))
             return report
 
@@ -277,7 +277,7 @@ class EventRelay:
             with unit_of_work():
                 batch = select(Outbox.id).where(expired).order_by(Outbox.id).limit(RETENTION_BATCH)
                 result = db.session.execute(delete(Outbox).where(Outbox.id.in_(batch.scalar_subquery())))
-                count = cast(CursorResult, result).rowcount
+                count = cast("CursorResult[Any]", result).rowcount
             removed += count
             if count < RETENTION_BATCH:
                 break

@@ -1,10 +1,11 @@
 """`/api/imports…` (SPEC §6.3), mounted by both services; each answers for its own imports."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flask import current_app
 from flask.views import MethodView
+from flask_smorest.pagination import PaginationParameters
 from marshmallow import fields, validate
 from sqlalchemy import select
 
@@ -91,7 +92,7 @@ class Imports(MethodView):
     @blp.arguments(ImportQuerySchema, location="query")
     @blp.response(200, ImportRecordSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=100)
-    def get(self, filters, pagination_parameters):
+    def get(self, filters: dict[str, Any], pagination_parameters: PaginationParameters) -> list[ImportRecordMixin]:
         """Imports, newest first."""
         Record = _imports().models.record
         query = select(Record)
@@ -107,7 +108,7 @@ class Imports(MethodView):
 class Import(MethodView):
     @blp.scope("imports:read")
     @blp.response(200, ImportRecordSchema)
-    def get(self, import_id):
+    def get(self, import_id: int) -> ImportRecordMixin:
         """One import with its per-item errors and warnings."""
         return get_record(import_id)
 
@@ -116,7 +117,7 @@ class Import(MethodView):
 class RunImports(MethodView):
     @blp.scope("imports:operate")
     @blp.response(202, RunRequestedSchema)
-    def post(self):
+    def post(self) -> dict[str, Any]:
         """Poll the bucket or rescan the folder now (whichever worker holds the importer lock does)."""
         requested = _imports().request_run()
         return {"requested_at": requested, "detail": "a pass starts within a few seconds"}
@@ -127,7 +128,7 @@ class RetryImport(MethodView):
     @blp.scope("imports:operate")
     @blp.response(202, ImportRecordSchema)
     @blp.alt_response(409, description="Only failed or quarantined imports can be retried")
-    def post(self, import_id):
+    def post(self, import_id: int) -> ImportRecordMixin:
         """Clear a failure or quarantine and try the file again, with a fresh attempt count."""
         return _imports().retry(import_id)
 

@@ -72,7 +72,7 @@ def start(preload: tuple[str, ...]) -> None:
     _start_thread.start()
 
 
-def submit(function: Callable[..., Any], *args: Any, preload: tuple[str, ...]) -> Future:
+def submit(function: Callable[..., Any], *args: Any, preload: tuple[str, ...]) -> Future[Any]:
     """`function(*args)` in a worker process; a module-level function (it is pickled by name)."""
     return _executor(preload).submit(function, *args)
 
@@ -83,7 +83,7 @@ def map_chunks(function: Callable[[list[Any]], Any], chunks: Iterable[list[Any]]
     are in flight at a time, so neither the chunks nor their results pile up in memory.
     `function` must be a module-level function (it is pickled by name)."""
     pool = _executor(preload)
-    in_flight: deque[Future] = deque()
+    in_flight: deque[Future[Any]] = deque()
     try:
         for chunk in chunks:
             in_flight.append(pool.submit(function, chunk))

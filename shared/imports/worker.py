@@ -33,7 +33,7 @@ from shared.db import unit_of_work
 from shared.extensions import db
 from shared.imports import alerts
 from shared.imports.records import MAX_DOUBLINGS, TRANSIENT_BACKOFF, is_transient
-from shared.imports.types import WatchedSource
+from shared.imports.types import SourceFile, WatchedSource
 from shared.logs import describe_exception
 from shared.schemas import now_utc
 
@@ -54,7 +54,7 @@ class BackgroundImporter:
                                      heartbeat_seconds=LEADER_NOTE_SECONDS, note_holder=self._note_holder)
         self.scheduler: BackgroundScheduler | None = None
         self.thread: threading.Thread | None = None
-        self.work: queue.Queue = queue.Queue()
+        self.work: queue.Queue[str | list[SourceFile]] = queue.Queue()
         self.stopping = threading.Event()
         self.full_pass_queued = threading.Event()
         self.last_pass_at: datetime | None = None

@@ -60,7 +60,7 @@ class GcsBucket:
         self.retry = retry.with_timeout(RETRY_DEADLINE_SECONDS) if hasattr(retry, "with_timeout") \
             else retry.with_deadline(RETRY_DEADLINE_SECONDS)
 
-    def _errors(self):
+    def _errors(self) -> tuple[type[BaseException], ...]:
         import requests
         from google.api_core import exceptions as google
         from google.auth import exceptions as auth
