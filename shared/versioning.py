@@ -10,13 +10,14 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.bulk import copy_lines, copy_value
+from shared.bulk import PendingRows, copy_lines, copy_value
 from shared.db import page_of
 from shared.errors import Gone, NotFound, PreconditionFailed
 from shared.events import outbox
@@ -49,13 +50,19 @@ class VersionRowMixin:
     deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
+def version_row(record: Any, data: Any, *, source: str, actor: str, changed_at: datetime) -> dict[str, Any]:
+    """`record`'s current state as its version `record.version`: the row `add_version` writes and
+    `add_versions` takes. `data`: its representation (a dict, or `shared.bulk.JsonText`)."""
+    return {"record_id": record.id, "version": record.version, "changed_at": changed_at, "source": source,
+            "actor": actor, "data": data, "deleted": record.deleted_at is not None}
+
+
 def add_version(model: type, record: Any, data: dict[str, Any], *, source: str, actor: str,
                 changed_at: datetime) -> None:
     """Write `record`'s current state as its version `record.version`, and its domain event."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}")
-    row = {"record_id": record.id, "version": record.version, "changed_at": changed_at, "source": source,
-           "actor": actor, "data": data, "deleted": record.deleted_at is not None}
+    row = version_row(record, data, source=source, actor=actor, changed_at=changed_at)
     db.session.add(model(**row))
     outbox.record_versions(model, [row])
 
@@ -80,6 +87,11 @@ def add_versions(model: Any, rows: list[dict[str, Any]]) -> None:
 
     copy_lines(model.__table__, VERSION_COLUMNS, (line(row) for row in rows))
     outbox.record_versions(model, rows)
+
+
+def pending_versions(model: Any) -> PendingRows[dict[str, Any]]:
+    """Version rows (`version_row`) of a bulk write, written by `add_versions` with their events."""
+    return PendingRows(model.__table__.name, partial(add_versions, model))
 
 
 def history(model: type[VersionRowMixin], record_id: RecordId) -> list[Any]:

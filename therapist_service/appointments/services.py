@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.exc import IntegrityError
 
 from shared import versioning
-from shared.bulk import copy_lines, copy_value
+from shared.bulk import PendingRows, PendingWrites, copy_into, copy_value
 from shared.db import page_of
 from shared.errors import Overlap, WrongOrganisation
 from shared.extensions import db
@@ -244,11 +244,17 @@ NEW_APPOINTMENT_COLUMNS = ("id", "org_id", "external_id", "start", "end", "paylo
 @dataclass
 class BatchContext:
     """What a batch knows before it writes: its organisations locked, their stored appointments
-    it names looked up in one query. Writes made with it are flushed by the caller, all together."""
+    it names looked up in one query; and what it writes, together, in `finish_batch`: its changed
+    appointments (the session's flush), its new ones by one COPY, then all their versions."""
 
     by_key: dict[tuple[str, str], Appointment | NewAppointment]
-    created: list[NewAppointment] = field(default_factory=list)  # copied together by `finish_batch`
-    versions: list[dict[str, Any]] = field(default_factory=list)  # written together by `finish_batch`
+    created: PendingRows[NewAppointment] = field(default_factory=lambda: PendingRows(
+        Appointment.__tablename__, copy_into(Appointment.__table__, NEW_APPOINTMENT_COLUMNS, NewAppointment.copy_line)))
+    versions: PendingRows[dict[str, Any]] = field(default_factory=lambda: versioning.pending_versions(AppointmentVersion))
+
+    @property
+    def writes(self) -> PendingWrites:
+        return PendingWrites(self.created, self.versions)
 
 
 def prepare_batch(items: list[dict[str, Any]]) -> BatchContext:
@@ -323,15 +329,9 @@ def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, org: st
 
 
 def finish_batch(context: BatchContext) -> None:
-    """Write the batch's changed appointments (one flush, updates before creates as the ORM's own
-    flush orders them), its new ones in one COPY, then all their versions in one more."""
-    db.session.flush()
-    if context.created:
-        copy_lines(Appointment.__table__, NEW_APPOINTMENT_COLUMNS, (new.copy_line() for new in context.created))
-        context.created = []
-    if context.versions:
-        versioning.add_versions(AppointmentVersion, context.versions)
-        context.versions = []
+    """Write the batch's pending writes (`BatchContext`): updates before creates, as the ORM's own
+    flush orders them."""
+    context.writes.flush()
 
 
 @dataclass(frozen=True)
