@@ -114,9 +114,6 @@ class PendingWrites:
     def __init__(self, *tables: PendingRows[Any]) -> None:
         self.tables = tables
 
-    def __len__(self) -> int:
-        return sum(len(table.rows) for table in self.tables)
-
     def flush(self) -> Written:
         db.session.flush()
         written: Written = {}

@@ -313,12 +313,9 @@ class TherapistFileHandler:
         if any(ahead is None for ahead in aheads):
             return None
         scrapes = [ahead.scrape for ahead in aheads if ahead is not None]
-        ids: set[str] = set()
-        for scrape in scrapes:
-            own = {head.id for head in scrape.heads if isinstance(head.id, str)}
-            if own & ids:
-                return None
-            ids |= own
+        ids = _disjoint_ids(scrapes)
+        if ids is None:
+            return None
         stored = services.import_fingerprints(ids)
         outcomes: list[Outcome] = []
         work: list[list[tuple[int, msgspec.Raw]]] = []
@@ -415,6 +412,17 @@ def _write(loaded: list[tuple[int, str, dict[str, Any], str]], scope: services.E
             continue
         outcome.count(result.action)
         outcome.warnings.extend(item_error(kind, text, **where) for kind, text in result.warnings)
+
+
+def _disjoint_ids(scrapes: list[_Scrape]) -> set[str] | None:
+    """All ids the scrapes name, or None when one is in two of them."""
+    ids: set[str] = set()
+    for scrape in scrapes:
+        own = {head.id for head in scrape.heads if isinstance(head.id, str)}
+        if own & ids:
+            return None
+        ids |= own
+    return ids
 
 
 def _statuses(scrape: _Scrape) -> dict[str, Any]:

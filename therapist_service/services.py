@@ -1,7 +1,8 @@
 """The therapist service layer: the only code that writes therapists.
 
 REST views, batch requests and the folder importer call these functions with data loaded by
-`TherapistSchema`. Nothing here commits: the caller's unit of work does.
+`TherapistSchema`; a batch item and a scrape file's entries go through the same `write_entries`,
+the import's in bulk (`EntryScope.creates`). Nothing here commits: the caller's unit of work does.
 
 Rules (SPEC §6.2, §7.2.3):
 - *Same content* ignores `last_modified` and key order, and compares lists as sets; a write

@@ -306,25 +306,10 @@ def _receive(data: dict[str, Any], known: Known, *, provenance: Provenance, sour
                                      aliases=[AliasRow(data["participant_id"], now)], **sent)
         known.created.append(participant)
         action = "created"
-    else:
-        changes = _changes(participant, data)
-        new_alias = data["participant_id"] not in {alias.alias for alias in participant.aliases}
-        if not changes and not new_alias:
-            return participant, "unchanged"
-        _check_identity(participant, changes, known)
-        known.forget(participant)
-        for name, value in changes.items():
-            setattr(participant, name, value)
-        if new_alias:
-            participant.aliases.append(AliasRow(data["participant_id"], now))
-            if participant.stored:
-                known.new_aliases.append({"alias": data["participant_id"], "participant_id": participant.id,
-                                          "created_at": now})
-        if participant.stored:
-            known.changed.append(participant)
-        participant.version += 1
-        participant.updated_at = now
+    elif _update(participant, data, known, now):
         action = "updated"
+    else:
+        return participant, "unchanged"
     participant.batch_id, participant.source = provenance.batch_id, provenance.source
     # A new participant's identity is the item's: folded once.
     participant.match_email, participant.match_first_name, participant.match_last_name = (
@@ -333,6 +318,28 @@ def _receive(data: dict[str, Any], known: Known, *, provenance: Provenance, sour
     known.versions.append(versioning.version_row(participant, _version_data(participant), source=source, actor=actor,
                                                  changed_at=now))
     return participant, action
+
+
+def _update(participant: ParticipantRow, data: dict[str, Any], known: Known, now: datetime) -> bool:
+    """Apply the item to a participant the batch knows; False (nothing done) when it changes nothing."""
+    changes = _changes(participant, data)
+    new_alias = data["participant_id"] not in {alias.alias for alias in participant.aliases}
+    if not changes and not new_alias:
+        return False
+    _check_identity(participant, changes, known)
+    known.forget(participant)
+    for name, value in changes.items():
+        setattr(participant, name, value)
+    if new_alias:
+        participant.aliases.append(AliasRow(data["participant_id"], now))
+        if participant.stored:
+            known.new_aliases.append({"alias": data["participant_id"], "participant_id": participant.id,
+                                      "created_at": now})
+    if participant.stored:
+        known.changed.append(participant)
+    participant.version += 1
+    participant.updated_at = now
+    return True
 
 
 def _changes(participant: ParticipantRow, data: dict[str, Any]) -> dict[str, Any]:
