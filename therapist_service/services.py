@@ -277,9 +277,9 @@ class PreparedTherapist(dict):
         super().__init__(data)
         values = stored_values(data)
         # msgspec: loaded data is plain JSON (the schema refused what UTF-8 cannot hold), written compactly
-        self.groups = tuple(msgspec.json.encode(values[group]).decode() for group in GROUPS)
+        self.groups = tuple(msgspec.json.encode(values[group]) for group in GROUPS)
         self.row_tail = "\t".join([*(copy_value(values[column]) for column in _COPIED_VALUES),
-                                   *(copy_value(text) for text in self.groups), "{}"])
+                                   *(copy_value(text.decode()) for text in self.groups), "{}"])
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Sent from a worker process as msgpack and the texts: a third of what pickling the dict
@@ -294,8 +294,9 @@ class PreparedTherapist(dict):
     def representation(self, therapist_id: int, now: datetime) -> JsonText:
         """The `representation` of the therapist created from it, as JSON text (its groups as
         serialised already)."""
-        created = {**self, "id": therapist_id, "version": 1, "created_at": now, "updated_at": now,
-                   **{group: msgspec.Raw(text) for group, text in zip(GROUPS, self.groups, strict=True)}}
+        created = {"id": therapist_id, "external_id": self.get("external_id"), "last_modified": self.get("last_modified"),
+                   "version": 1, "created_at": now, "updated_at": now,
+                   **dict(zip(GROUPS, map(msgspec.Raw, self.groups), strict=True))}
         return JsonText(msgspec.json.encode(representation(created)).decode())
 
 
@@ -303,7 +304,7 @@ _MSGPACK_ENCODER = msgspec.msgpack.Encoder()
 _MSGPACK_DECODER = msgspec.msgpack.Decoder()  # datetimes come back as the aware UTC ones sent
 
 
-def _unpickle_prepared(packed: bytes | dict[str, Any], row_tail: str, groups: tuple[str, ...]) -> PreparedTherapist:
+def _unpickle_prepared(packed: bytes | dict[str, Any], row_tail: str, groups: tuple[bytes, ...]) -> PreparedTherapist:
     prepared = PreparedTherapist.__new__(PreparedTherapist)
     dict.update(prepared, packed if isinstance(packed, dict) else _MSGPACK_DECODER.decode(packed))
     prepared.row_tail, prepared.groups = row_tail, groups
