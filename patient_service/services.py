@@ -19,7 +19,7 @@ from sqlalchemy.orm import make_transient_to_detached
 from patient_service.models import Consent, Erasure, Patient, PatientVersion, Registration
 from patient_service.schemas import PatientSchema
 from shared import versioning
-from shared.bulk import copy_rows
+from shared.bulk import PendingRows, PendingWrites, copy_values
 from shared.db import IdReserver, unique_or_duplicate
 from shared.errors import Conflict, Duplicate, Gone, NotFound
 from shared.extensions import db
@@ -75,7 +75,7 @@ class Erased(Gone):
     status, type, title = 410, "erased", "Erased"
 
 
-class PatientStore(versioning.VersionedStore):
+class PatientStore(versioning.VersionedStore[Patient, PatientVersion]):
     """The shared reads, where an id whose patient was erased is `Erased` rather than not found."""
 
     def get(self, record_id: versioning.RecordId, *, for_update: bool = False, include_deleted: bool = False,
@@ -168,20 +168,21 @@ def _write_guarding_identity(patient: Patient, data: dict[str, Any], **bookkeepi
         db.session.flush()
 
 
-def _record(patient: Patient, *, source: str, actor: str, now: datetime, versions: list | None = None) -> None:
+def _record(patient: Patient, *, source: str, actor: str, now: datetime,
+            versions: PendingRows[dict[str, Any]] | None = None) -> None:
     """Write `patient`'s version (and its event); with `versions` (a batch's), leave the row there,
     for the batch to write all of them at once (`finish_batch`)."""
     if versions is None:
         versioning.add_version(PatientVersion, patient, representation(patient),
                                source=source, actor=actor, changed_at=now)
         return
-    versions.append({"record_id": patient.id, "version": patient.version, "changed_at": now, "source": source,
-                     "actor": actor, "data": representation(patient), "deleted": patient.deleted_at is not None})
+    versions.append(versioning.version_row(patient, representation(patient), source=source, actor=actor,
+                                           changed_at=now))
 
 
 def create_patient(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
-                   reserved_id: int | None = None, versions: list | None = None,
-                   created: list | None = None) -> Patient:
+                   reserved_id: int | None = None, versions: PendingRows[dict[str, Any]] | None = None,
+                   created: PendingRows[Patient] | None = None) -> Patient:
     """Create a patient and its first version.
 
     Without `reserved_id` the insert is flushed at once in a savepoint, and a duplicate raises
@@ -206,7 +207,7 @@ def create_patient(data: dict[str, Any], *, source: str, actor: str, now: dateti
 
 
 def update_patient(patient: Patient, data: dict[str, Any], *, source: str, actor: str,
-                   now: datetime | None = None, versions: list | None = None) -> bool:
+                   now: datetime | None = None, versions: PendingRows[dict[str, Any]] | None = None) -> bool:
     """Replace `patient`'s fields with `data`. Returns False (and writes nothing) if nothing changed.
     `versions`: see `_record`."""
     if field_values(patient) == {name: data.get(name) for name in DATA_FIELDS}:
@@ -337,16 +338,45 @@ def patient_registrations(patient_id: int) -> list[Registration]:
         select(Registration).where(Registration.patient_id == patient_id).order_by(Registration.id)))
 
 
+_PATIENT_COLUMNS = tuple(column.name for column in Patient.__table__.columns)
+_JSONB_COLUMNS = frozenset(column.name for column in Patient.__table__.columns if isinstance(column.type, JSONB))
+
+
+def _stored(patient: Patient, column: str) -> Any:
+    """A created patient's column value as the ORM would store it: None in a jsonb column is JSON null."""
+    value = getattr(patient, column)
+    return "null" if value is None and column in _JSONB_COLUMNS else value
+
+
+def _row(patient: Patient) -> list[Any]:
+    return [_stored(patient, column) for column in _PATIENT_COLUMNS]
+
+
+_copy_patients = copy_values(Patient.__table__, _PATIENT_COLUMNS, _row)
+
+
+def _write_created(patients: list[Patient]) -> None:
+    """COPY the batch's new patients — those a later item did not write already (a new identity
+    is flushed at once, to guard it) — and make them persistent, as if loaded: later changes in
+    the batch are UPDATEs."""
+    created = [patient for patient in patients if inspect(patient).transient]
+    _copy_patients(created)
+    for patient in created:
+        make_transient_to_detached(patient)
+        db.session.add(patient)
+
+
 @dataclass
 class BatchContext:
     """What a batch knows before it writes: its matches, looked up and locked in one query each,
-    and ids for its creates. Writes made with it are flushed by the caller, all together."""
+    and ids for its creates; and what it leaves for `finish_batch` to write together: the patients
+    it created, then every version row."""
 
     by_id: dict[int, Patient]
     by_identity: dict[tuple[str, str, str], Patient]
     ids: IdReserver
-    versions: list[dict[str, Any]] = field(default_factory=list)  # written by `finish_batch`
-    created: list[Patient] = field(default_factory=list)  # written by `finish_batch`
+    created: PendingRows[Patient] = field(default_factory=lambda: PendingRows(Patient.__tablename__, _write_created))
+    versions: PendingRows[dict[str, Any]] = field(default_factory=lambda: versioning.pending_versions(PatientVersion))
 
 
 def prepare_batch(items: list[dict[str, Any]]) -> BatchContext:
@@ -371,30 +401,9 @@ def prepare_batch(items: list[dict[str, Any]]) -> BatchContext:
 
 
 def finish_batch(context: BatchContext) -> None:
-    """The batch's pending writes: the patients it created by one COPY, then their version rows and
-    events (one COPY each); called at the end of the batch and before a delete item."""
-    # Those a later item did not write already (a new identity is flushed at once, to guard it).
-    created = [patient for patient in context.created if inspect(patient).transient]
-    context.created.clear()
-    if created:
-        copy_rows(Patient.__table__, _PATIENT_COLUMNS, ([_stored(patient, column) for column in _PATIENT_COLUMNS]
-                                                        for patient in created))
-        for patient in created:  # persistent again, as if loaded: later changes in the batch are UPDATEs
-            make_transient_to_detached(patient)
-            db.session.add(patient)
-    if context.versions:
-        versioning.add_versions(PatientVersion, context.versions)
-        context.versions.clear()
-
-
-_PATIENT_COLUMNS = tuple(column.name for column in Patient.__table__.columns)
-_JSONB_COLUMNS = frozenset(column.name for column in Patient.__table__.columns if isinstance(column.type, JSONB))
-
-
-def _stored(patient: Patient, column: str) -> Any:
-    """A created patient's column value as the ORM would store it: None in a jsonb column is JSON null."""
-    value = getattr(patient, column)
-    return "null" if value is None and column in _JSONB_COLUMNS else value
+    """The batch's pending writes, one COPY per table; called at the end of the batch and before a
+    delete item."""
+    PendingWrites(context.created, context.versions).flush()
 
 
 def upsert_patient(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,

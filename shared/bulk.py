@@ -1,18 +1,22 @@
-"""Rows written with PostgreSQL's `COPY … FROM STDIN` in the current unit of work: several times
-faster than multi-row INSERTs for the bulk paths (an import's therapists, versions, outbox events)."""
+"""Bulk writes in the current unit of work: rows collected as `PendingWrites` and written with
+PostgreSQL's `COPY … FROM STDIN` (several times faster than multi-row INSERTs) or one statement
+for many rows — every bulk path (batches, an import's therapists, versions, outbox events)."""
 from __future__ import annotations
 
 import io
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psycopg2
 from sqlalchemy.exc import DBAPIError
 
 from shared.extensions import db
+
+RowT = TypeVar("RowT")
 
 
 class JsonText(str):
@@ -76,3 +80,65 @@ def copy_lines(table: Any, columns: Sequence[str], lines: Iterable[str]) -> None
         raise DBAPIError.instance(statement, None, error, psycopg2.Error, hide_parameters=True) from None
     finally:
         cursor.close()
+
+
+@dataclass
+class PendingRows(Generic[RowT]):
+    """Rows of one table waiting to be written together, and how: `write` takes them all at once
+    (`copy_into`, `execute_many`, `versioning.pending_versions`). A row may be a record still
+    changed by later items (a batch's new one): it is encoded when written, not when added."""
+
+    table: str
+    write: Callable[[list[RowT]], None]
+    rows: list[RowT] = field(default_factory=list)
+
+    def append(self, row: RowT) -> None:
+        self.rows.append(row)
+
+    def flush(self) -> int:
+        """Write the rows and let go of them; how many there were."""
+        rows, self.rows = self.rows, []
+        if rows:
+            self.write(rows)
+        return len(rows)
+
+
+Written = dict[str, int]  # rows written by table, as `PendingWrites.flush` reports them
+
+
+class PendingWrites:
+    """A unit of bulk writes: several tables' `PendingRows`, written in the order given (parents
+    before children, version rows last) when `flush`ed, after what the session has pending (changes
+    to loaded records first: a key one gives up may be taken by a new row)."""
+
+    def __init__(self, *tables: PendingRows[Any]) -> None:
+        self.tables = tables
+
+    def flush(self) -> Written:
+        db.session.flush()
+        written: Written = {}
+        for table in self.tables:
+            count = table.flush()
+            if count:
+                written[table.table] = written.get(table.table, 0) + count
+        return written
+
+
+def copy_into(table: Any, columns: Sequence[str], line: Callable[[RowT], str]) -> Callable[[list[RowT]], None]:
+    """A `PendingRows.write` that copies the rows into `table`, each made a COPY line by `line`."""
+    return lambda rows: copy_lines(table, columns, map(line, rows))
+
+
+def copy_values(table: Any, columns: Sequence[str],
+                values: Callable[[RowT], Sequence[Any]]) -> Callable[[list[RowT]], None]:
+    """`copy_into` for rows made values (in the order of `columns`) by `values`."""
+    return copy_into(table, columns, lambda row: "\t".join([copy_value(value) for value in values(row)]) + "\n")
+
+
+def execute_many(statement: Any, parameters: Callable[[RowT], dict[str, Any]]) -> Callable[[list[RowT]], None]:
+    """A `PendingRows.write` that runs `statement` (an INSERT or UPDATE) once for all rows, each
+    row's bind parameters made by `parameters` (one executemany: SQLAlchemy sends an INSERT's rows
+    as multi-row VALUES, psycopg2's `execute_values` way)."""
+    def write(rows: list[RowT]) -> None:
+        db.session.execute(statement, [parameters(row) for row in rows])
+    return write

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
+from functools import cache, partial
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, bindparam, insert, select
@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2 as psycop
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql import ColumnElement, Select
 
-from shared.bulk import copy_lines, copy_value
+from shared.bulk import PendingRows, copy_lines, copy_value
 from shared.db import page_of
 from shared.errors import Gone, NotFound, PreconditionFailed
 from shared.events import outbox
@@ -57,13 +57,19 @@ V = TypeVar("V", bound=VersionRowMixin)  # its version rows
 T = TypeVar("T")
 
 
+def version_row(record: Any, data: Any, *, source: str, actor: str, changed_at: datetime) -> dict[str, Any]:
+    """`record`'s current state as its version `record.version`: the row `add_version` writes and
+    `add_versions` takes. `data`: its representation (a dict, or `shared.bulk.JsonText`)."""
+    return {"record_id": record.id, "version": record.version, "changed_at": changed_at, "source": source,
+            "actor": actor, "data": data, "deleted": record.deleted_at is not None}
+
+
 def add_version(model: type, record: VersionedRecordMixin, data: dict[str, Any], *, source: str, actor: str,
                 changed_at: datetime) -> None:
     """Write `record`'s current state as its version `record.version`, and its domain event."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}")
-    row = {"record_id": record.id, "version": record.version, "changed_at": changed_at, "source": source,
-           "actor": actor, "data": data, "deleted": record.deleted_at is not None}
+    row = version_row(record, data, source=source, actor=actor, changed_at=changed_at)
     db.session.add(model(**row))
     outbox.record_versions(model, [row])
 
@@ -106,6 +112,11 @@ def add_versions(model: Any, rows: list[dict[str, Any]]) -> None:
 
     copy_lines(model.__table__, VERSION_COLUMNS, (line(row) for row in rows))
     outbox.record_versions(model, rows)
+
+
+def pending_versions(model: Any) -> PendingRows[dict[str, Any]]:
+    """Version rows (`version_row`) of a bulk write, written by `add_versions` with their events."""
+    return PendingRows(model.__table__.name, partial(add_versions, model))
 
 
 def history(model: type[V], record_id: RecordId) -> list[V]:

@@ -41,3 +41,18 @@ def test_versions_written_by_api_updates_and_deletes_are_what_the_api_showed(the
     assert deleted["data"]["deleted_at"] is not None
     assert {k: v for k, v in deleted["data"].items() if k not in ("deleted_at", "updated_at", "version")} \
         == {k: v for k, v in patched.items() if k not in ("deleted_at", "updated_at", "version")}
+
+
+def test_bulk_creates_report_what_they_wrote_by_table(therapist_app):
+    """`TherapistCreates` is a `shared.bulk.PendingWrites`: a flush writes the rows collected since
+    the last one, the therapists before their versions, and says how many went to each table."""
+    with therapist_app.app_context():
+        creates = services.TherapistCreates()
+        for index in (2, 3):
+            creates.add(TherapistSchema().load(scraped_body(index)), fingerprint=None, source="import",
+                        actor="import:1")
+        assert creates.flush() == {"therapists": 2, "therapist_versions": 2}
+        assert creates.flush() == {}
+        [version] = services.therapist_history(creates.ids[0])
+        assert version.data == services.representation(services.get_therapist(creates.ids[0]))
+        db.session.rollback()

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -24,7 +24,7 @@ from marshmallow import ValidationError
 
 from shared.config import Settings
 from shared.db import bulk_first
-from shared.errors import DomainError, StaleUpdate, flatten_messages
+from shared.errors import flatten_messages
 from shared.imports import pool
 from shared.imports.handler import FileHandlerBase
 from shared.imports.parsing import decode
@@ -37,7 +37,6 @@ from therapist_service.models import IMPORT_MODELS
 from therapist_service.schemas import TherapistImportItemSchema
 
 NAME = re.compile(r"^\d{5}\.json$")
-FLUSH_EVERY = 2000
 CHUNK = 1000  # entries per validation task in a worker process, written together when back
 POOLED_FROM = 2000  # fewer entries to validate are validated here: a worker would only add a hop
 PREFETCH_MAX_BYTES = 4 * 1024 * 1024  # larger files are validated in chunks when their turn comes
@@ -151,7 +150,40 @@ class _Ahead:
 
     payload: bytes
     scrape: _Scrape
-    validated: Future
+    validated: Future[Any]
+
+
+class _ReadAhead:
+    """The files read ahead, oldest first, each found again by the very bytes the runner read (it
+    hands `apply` the object it handed `prefetch`). Kept: the files importing and those read ahead
+    (`READ_AHEAD_FILES`, `AHEAD_MAX_BYTES`); what is older was not imported (unchanged, or waiting
+    for a retry) and is let go of."""
+
+    def __init__(self) -> None:
+        self._files: list[_Ahead] = []
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def add(self, ahead: _Ahead) -> None:
+        self._files.append(ahead)
+
+    def make_room(self) -> None:
+        while self._files and (len(self._files) > READ_AHEAD_FILES
+                               or sum(len(a.payload) for a in self._files) > AHEAD_MAX_BYTES):
+            del self._files[0]
+
+    def find(self, payload: bytes) -> _Ahead | None:
+        return next((ahead for ahead in self._files if ahead.payload is payload), None)
+
+    def take(self, payload: bytes) -> _Ahead | None:
+        ahead = self.find(payload)
+        if ahead is not None:
+            self._files.remove(ahead)
+        return ahead
+
+    def clear(self) -> None:
+        self._files.clear()
 
 
 class _Unreadable(Exception):
@@ -205,35 +237,32 @@ class TherapistFileHandler(FileHandlerBase):
             raise InputError("bad-name", "a scrape file must be named <5-digit postcode>.json, e.g. 52074.json")
 
     def __init__(self) -> None:
-        # Files read ahead, by the identity of their bytes: the runner reads the next files
-        # (up to `READ_AHEAD_FILES`) before it imports this one, so this one's and theirs are here at once.
-        self._ahead: dict[int, _Ahead] = {}
+        # The runner reads the next files (up to `READ_AHEAD_FILES`) before it imports this one,
+        # so this one's and theirs are here at once.
+        self._ahead = _ReadAhead()
 
     def prefetch(self, payload: bytes) -> None:
         """The runner reads the next files of a pass while this one imports: a small file is
         validated whole in a worker process meanwhile, and `apply` takes the results. A large one is
         validated chunk by chunk when its turn comes anyway; a file that cannot be read as a scrape
-        fails when its turn comes. Kept: the files importing and those read ahead; what is older
-        was not imported (unchanged, or waiting for a retry) and is let go of, and so is everything
-        once the pass ends (`forget_prefetched`)."""
-        while self._ahead and (len(self._ahead) > READ_AHEAD_FILES
-                               or sum(len(a.payload) for a in self._ahead.values()) > AHEAD_MAX_BYTES):
-            del self._ahead[next(iter(self._ahead))]
+        fails when its turn comes. What is kept: `_ReadAhead`; everything is let go of once the pass
+        ends (`forget_prefetched`)."""
+        self._ahead.make_room()
         if len(payload) > PREFETCH_MAX_BYTES:
             return
         try:
             scrape = _read_scrape(payload)
         except InputError:
             return
-        self._ahead[id(payload)] = _Ahead(payload, scrape, pool.submit(
-            validate_entries, list(enumerate(scrape.entries)), preload=_PRELOAD))
+        self._ahead.add(_Ahead(payload, scrape, pool.submit(
+            validate_entries, list(enumerate(scrape.entries)), preload=_PRELOAD)))
 
     def forget_prefetched(self) -> None:
         """The pass is over: what was read ahead and not imported is let go of."""
         self._ahead.clear()
 
     def apply(self, payload: bytes, file: SourceFile, *, import_id: int) -> Outcome:
-        ahead = self._ahead.pop(id(payload), None)  # it holds these bytes: no other object has their id
+        ahead = self._ahead.take(payload)
         actor = f"import:{import_id}"
         try:
             return bulk_first(lambda: self._import(payload, actor, bulk=True, ahead=ahead),
@@ -264,11 +293,13 @@ class TherapistFileHandler(FileHandlerBase):
         del scrape
         invalid: list[dict[str, Any]] = []  # validation errors come first in the record, as they always did
         chunks = self._validated(entries, outcome, invalid, ahead)
-        if bulk and not services.identities_in_use(unknown_identities):
+        if bulk and not services.identities_in_use(unknown_identities):  # chunk by chunk, as validated
             for loaded in chunks:
-                self._write(loaded, statuses, outcome, actor, bulk=True, known=stored.keys())
-        else:
-            self._write([entry for loaded in chunks for entry in loaded], statuses, outcome, actor, bulk=bulk)
+                scope = services.EntryScope(known=stored.keys(), creates=services.TherapistCreates())
+                _write(loaded, scope, outcome, actor)
+        else:  # the whole file, for §7.2.6; after a clash, each new therapist in a savepoint of its own
+            scope = services.EntryScope(statuses, creates=services.TherapistCreates() if bulk else None)
+            _write([entry for loaded in chunks for entry in loaded], scope, outcome, actor)
         outcome.errors[:0] = invalid
         return outcome
 
@@ -282,16 +313,13 @@ class TherapistFileHandler(FileHandlerBase):
         depend on their order — no new entry's practice identity stored, or written by another of
         them (by a new entry or by an update of a stored therapist). The runner then imports them
         one at a time."""
-        aheads = [self._ahead.get(id(payload)) for payload, _, _ in files]
+        aheads = [self._ahead.find(payload) for payload, _, _ in files]
         if any(ahead is None for ahead in aheads):
             return None
         scrapes = [ahead.scrape for ahead in aheads if ahead is not None]
-        ids: set[str] = set()
-        for scrape in scrapes:
-            own = {head.id for head in scrape.heads if isinstance(head.id, str)}
-            if own & ids:
-                return None
-            ids |= own
+        ids = _disjoint_ids(scrapes)
+        if ids is None:
+            return None
         stored = services.import_fingerprints(ids)
         outcomes: list[Outcome] = []
         work: list[list[tuple[int, msgspec.Raw]]] = []
@@ -308,16 +336,14 @@ class TherapistFileHandler(FileHandlerBase):
             work.append(entries)
         if services.identities_in_use(unknown):
             return None
-        new: list[tuple[dict[str, Any], str, str]] = []  # created all at once, after every file's other writes
-        for (payload, _, import_id), ahead, scrape, entries, outcome in zip(files, aheads, scrapes, work, outcomes,
-                                                                            strict=True):
-            del self._ahead[id(payload)]
+        creates = services.TherapistCreates(held=True)  # all at once, after every file's other writes
+        for (payload, _, import_id), ahead, entries, outcome in zip(files, aheads, work, outcomes, strict=True):
+            self._ahead.take(payload)
             invalid: list[dict[str, Any]] = []
             loaded = [entry for chunk in self._validated(entries, outcome, invalid, ahead) for entry in chunk]
-            self._write(loaded, _statuses(scrape), outcome, f"import:{import_id}", bulk=True, known=stored.keys(), deferred=new)
+            _write(loaded, services.EntryScope(known=stored.keys(), creates=creates), outcome, f"import:{import_id}")
             outcome.errors[:0] = invalid
-        services.create_therapists([data for data, _, _ in new], fingerprints=[p for _, p, _ in new],
-                                   source="import", actor=[actor for _, _, actor in new])
+        creates.flush()
         return outcomes
 
     @staticmethod
@@ -375,113 +401,32 @@ class TherapistFileHandler(FileHandlerBase):
                     loaded.append((index, status, data, entry_print))
             yield loaded
 
-    def _write(self, loaded: list[tuple[int, str, dict[str, Any], str]], statuses: dict[str, Any],  # noqa: C901 — issue 24
-               outcome: Outcome, actor: str, *, bulk: bool, known: Collection[str] | None = None,
-               deferred: list[tuple[dict[str, Any], str, str]] | None = None) -> Outcome:
-        """Write the valid therapists through the service functions.
 
-        `bulk`: new therapists are created `FLUSH_EVERY` at a time by `create_therapists` (one
-        INSERT per table), and changed ones flushed and let go of as often, so memory stays flat;
-        a clash on `external_id` then fails the whole attempt. Otherwise each therapist is created
-        by `create_therapist` in a savepoint of its own, and a clash is that therapist's error.
+def _write(loaded: list[tuple[int, str, dict[str, Any], str]], scope: services.EntryScope, outcome: Outcome,
+           actor: str) -> None:
+    """Write the valid entries, `(index, status, loaded data, fingerprint)`, through the service
+    layer (`services.write_entries`, in `scope`), and report each in `outcome` with its pointer."""
+    entries = [services.Entry(data, status, entry_print) for _, status, data, entry_print in loaded]
+    results = services.write_entries(entries, source="import", actor=actor, scope=scope)
+    for (index, _, data, _), result in zip(loaded, results, strict=True):
+        where = {"pointer": _pointer(index), "index": index, "ref": data["external_id"]}
+        if result.error is not None:
+            outcome.count("failed")
+            outcome.errors.append(item_error(result.error.type, result.error.detail, **where))
+            continue
+        outcome.count(result.action)
+        outcome.warnings.extend(item_error(kind, text, **where) for kind, text in result.warnings)
 
-        Entries under unknown ids are first looked up by practice identity, all in one query
-        (SPEC §7.2.6); when every id is known, that costs nothing. Which stored therapists the
-        file marks deleted or keeps is read from the `statuses` of all its entries, those skipped by
-        fingerprint too. `known`: a chunk of a file whose unknown ids match no stored practice
-        identity; only these ids (those stored when the file was read) are looked up, and nothing by
-        identity (a therapist created meanwhile under one of the others clashes on `external_id`).
-        `deferred`: new therapists are added to it, as `(data, fingerprint, actor)`, for the caller to
-        create (`apply_group`, with other files' ones).
-        """
-        existing = services.find_by_external_ids(data["external_id"] for _, _, data, _ in loaded
-                                                 if known is None or data["external_id"] in known)
-        unknown = [data for _, status, data, _ in loaded if status != "deleted" and data["external_id"] not in existing]
-        identities = {}
-        if unknown and known is None:
-            identities = services.match_unknown_ids(
-                unknown, marked_deleted={i for i, status in statuses.items() if status == "deleted"},
-                kept={i for i, status in statuses.items() if status in ("new", "modified", "unchanged")})
-        taken_over = {m.therapist.external_id: m.therapist for m in identities.values() if m.therapist is not None}
-        write: dict[str, Any] = {"source": "import", "actor": actor}
-        new: list[tuple[dict[str, Any], str]] = []
 
-        def write_pending() -> None:
-            if deferred is not None:
-                deferred.extend((data, entry_print, actor) for data, entry_print in new)
-            else:
-                services.create_therapists([data for data, _ in new], fingerprints=[p for _, p in new], **write)
-            new.clear()
-            services.flush_and_release(keep=[*existing.values(), *taken_over.values()])
-
-        for position, (index, status, data, entry_print) in enumerate(loaded, start=1):
-            therapist = existing.pop(data["external_id"], None)
-            match = identities.get(data["external_id"]) if therapist is None else None
-            taking_over = match is not None and match.therapist is not None
-            try:
-                if status == "deleted" and data["external_id"] in taken_over:
-                    action, warning = services.UNCHANGED, None  # it lives on under its new id
-                elif match is not None and match.therapist is not None:
-                    action, warning = self._take_over(status, data, match.therapist, write, entry_print)
-                elif therapist is None and status != "deleted":
-                    if bulk:
-                        new.append((data, entry_print))
-                    else:
-                        services.create_therapist(data, fingerprint=entry_print, **write)
-                    action, warning = services.CREATED, None
-                else:
-                    action, warning = self._apply_one(status, data, therapist, write, entry_print)
-            except DomainError as error:
-                outcome.count("failed")
-                outcome.errors.append(item_error(error.type, error.detail, pointer=_pointer(index), index=index,
-                                                 ref=data["external_id"]))
-                continue
-            outcome.count(action)
-            if warning:
-                kind = "id-changed" if taking_over else "content-differs" if action == "updated" else "not-found"
-                outcome.warnings.append(item_error(kind, warning, pointer=_pointer(index), index=index,
-                                                   ref=data["external_id"]))
-            if match is not None and not taking_over:
-                outcome.warnings.append(item_error(
-                    "possible-duplicate", services.describe_possible_duplicate(data["external_id"],
-                                                                               match.possible_duplicates),
-                    pointer=_pointer(index), index=index, ref=data["external_id"]))
-            if bulk and position % FLUSH_EVERY == 0:
-                write_pending()
-        write_pending()
-        return outcome
-
-    @staticmethod
-    def _take_over(status: str, data: dict[str, Any], therapist: Any, write: dict[str, Any],
-                   entry_print: str) -> tuple[str, str | None]:
-        """SPEC §7.2.6: the entry is `therapist` under a new id. The action and the `id-changed`
-        warning, which names both ids and ours, never a name."""
-        previous_external_id = therapist.external_id
-        try:
-            action = services.take_over(therapist, data, stale_if_equal=status != "unchanged",
-                                        fingerprint=entry_print, **write)
-        except StaleUpdate:
-            return services.IGNORED_STALE, None
-        return action, services.describe_id_change(previous_external_id, therapist)
-
-    @staticmethod
-    def _apply_one(status: str, data: dict[str, Any], therapist: Any, write: dict[str, Any],
-                   entry_print: str) -> tuple[str, str | None]:
-        """SPEC §7.2.3 for a therapist we have, or a deletion: the action taken and a warning, if any."""
-        try:
-            if status == "deleted":
-                if therapist is None:
-                    return services.UNCHANGED, "marked deleted but not known here; nothing to delete"
-                return services.soft_delete(therapist, last_modified=data.get("last_modified"),
-                                            fingerprint=entry_print, **write), None
-            if status == "unchanged":
-                action = services.update_therapist(therapist, data, stale_if_equal=False, fingerprint=entry_print,
-                                                   **write)
-                return action, ("marked unchanged, but differed from the stored record; updated"
-                                if action == services.UPDATED else None)
-            return services.update_therapist(therapist, data, restore=True, fingerprint=entry_print, **write), None
-        except StaleUpdate:
-            return services.IGNORED_STALE, None
+def _disjoint_ids(scrapes: list[_Scrape]) -> set[str] | None:
+    """All ids the scrapes name, or None when one is in two of them."""
+    ids: set[str] = set()
+    for scrape in scrapes:
+        own = {head.id for head in scrape.heads if isinstance(head.id, str)}
+        if own & ids:
+            return None
+        ids |= own
+    return ids
 
 
 def _statuses(scrape: _Scrape) -> dict[str, Any]:

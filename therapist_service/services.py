@@ -1,7 +1,8 @@
 """The therapist service layer: the only code that writes therapists.
 
 REST views, batch requests and the folder importer call these functions with data loaded by
-`TherapistSchema`. Nothing here commits: the caller's unit of work does.
+`TherapistSchema`; a batch item and a scrape file's entries go through the same `write_entries`,
+the import's in bulk (`EntryScope.creates`). Nothing here commits: the caller's unit of work does.
 
 Rules (SPEC §6.2, §7.2.3):
 - *Same content* ignores `last_modified` and key order, and compares lists as sets; a write
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -27,9 +28,9 @@ import msgspec
 from sqlalchemy import func, or_, select
 
 from shared import versioning
-from shared.bulk import JsonText, copy_lines, copy_value
+from shared.bulk import JsonText, PendingRows, PendingWrites, copy_lines, copy_value
 from shared.db import any_text, reserve_ids, unique_or_duplicate
-from shared.errors import StaleUpdate
+from shared.errors import DomainError, StaleUpdate
 from shared.extensions import db
 from shared.schemas import now_utc
 from shared.text import fold
@@ -236,14 +237,18 @@ def _external_id_guarded(external_id: str | None) -> Any:
         "a therapist with this external_id already exists")
 
 
-def _apply(therapist: Therapist, data: dict[str, Any], fingerprint: str | None = None) -> None:
-    therapist.import_fingerprint = fingerprint
-    therapist.external_id = data.get("external_id")
-    therapist.practice_identity = practice_identity(data)
-    if data.get("last_modified") is not None:
-        therapist.last_modified = data["last_modified"]
-    for group in GROUPS:
-        setattr(therapist, group, dict(data.get(group) or {}))
+def stored_values(data: dict[str, Any]) -> dict[str, Any]:
+    """What loaded therapist data becomes in its row, by column: the one mapping from data to a
+    therapist that every write uses (`_apply` on a stored one, `PreparedTherapist` for a new one's
+    COPY line; `representation` reads those columns back)."""
+    return {"external_id": data.get("external_id"), "last_modified": data.get("last_modified"),
+            "practice_identity": practice_identity(data), **{group: dict(data.get(group) or {}) for group in GROUPS}}
+
+
+def _apply(therapist: Therapist, data: dict[str, Any]) -> None:
+    for column, value in stored_values(data).items():
+        if column != "last_modified" or value is not None:  # a hand edit keeps the source's timestamp
+            setattr(therapist, column, value)
 
 
 def flush_and_release(keep: Iterable[Therapist] = ()) -> None:
@@ -257,77 +262,105 @@ def flush_and_release(keep: Iterable[Therapist] = ()) -> None:
             db.session.expunge(instance)
 
 
-_CREATED_COLUMNS = ("id", "version", "created_at", "updated_at", "deleted_at", "import_fingerprint", "external_id",
-                    "last_modified", "practice_identity", *GROUPS, "previous_external_ids")
+_COPIED_VALUES = ("external_id", "last_modified", "practice_identity")  # then the groups, as JSON text
+_CREATED_COLUMNS = ("id", "version", "created_at", "updated_at", "deleted_at", "import_fingerprint", *_COPIED_VALUES,
+                    *GROUPS, "previous_external_ids")
 
 
-class PreparedTherapist(dict):
-    """Loaded therapist data that also carries what `create_therapists` makes of it, as text: its
-    row's columns from `external_id` on (COPY format), and its representation's members from
-    `external_id` to `deleted_at` and from `basic_info` on (JSON) — each group serialised once, for
-    the row, its version and its event alike. An import prepares them where it validates (in a
-    worker process), so the process that writes only joins text."""
+class PreparedTherapist(dict[str, Any]):
+    """Loaded therapist data that also carries its `stored_values` as text: its row's columns from
+    `external_id` on (COPY format) and each group as JSON — serialised once, for the row, its
+    version and its event alike. An import prepares them where it validates (in a worker
+    process), so the process that writes only joins text."""
 
     def __init__(self, data: dict[str, Any]):
         super().__init__(data)
+        values = stored_values(data)
         # msgspec: loaded data is plain JSON (the schema refused what UTF-8 cannot hold), written compactly
-        groups = {group: msgspec.json.encode(data.get(group) or {}).decode() for group in GROUPS}
-        last_modified = data["last_modified"].isoformat() if data.get("last_modified") is not None else None
-        self.row_tail = "\t".join(copy_value(value) for value in (
-            data.get("external_id"), last_modified, practice_identity(data), *groups.values(), "{}"))
-        self.json_head = (f'"external_id": {msgspec.json.encode(data.get("external_id")).decode()}, '
-                          f'"previous_external_ids": [], "last_modified": {msgspec.json.encode(last_modified).decode()}, '
-                          f'"deleted_at": null')
-        self.json_tail = "".join(f', "{group}": {text}' for group, text in groups.items()) + "}"
+        self.groups = tuple(msgspec.json.encode(values[group]) for group in GROUPS)
+        self.row_tail = "\t".join([*(copy_value(values[column]) for column in _COPIED_VALUES),
+                                   *(copy_value(text.decode()) for text in self.groups), "{}"])
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Sent from a worker process as msgpack and the three texts: a third of what pickling the
-        dict costs both processes (about 20 µs a therapist). What msgpack cannot hold (an integer
+        """Sent from a worker process as msgpack and the texts: a third of what pickling the dict
+        costs both processes (about 20 µs a therapist). What msgpack cannot hold (an integer
         beyond 64 bits, which the database then refuses) goes as a pickled dict."""
         try:
             packed: bytes | dict[str, Any] = _MSGPACK_ENCODER.encode(dict(self))
         except (TypeError, OverflowError, ValueError):
             packed = dict(self)
-        return (_unpickle_prepared, (packed, self.row_tail, self.json_head, self.json_tail))
+        return (_unpickle_prepared, (packed, self.row_tail, self.groups))
+
+    def representation(self, therapist_id: int, now: datetime) -> JsonText:
+        """The `representation` of the therapist created from it, as JSON text (its groups as
+        serialised already)."""
+        created = {"id": therapist_id, "external_id": self.get("external_id"), "last_modified": self.get("last_modified"),
+                   "version": 1, "created_at": now, "updated_at": now,
+                   **dict(zip(GROUPS, map(msgspec.Raw, self.groups), strict=True))}
+        return JsonText(msgspec.json.encode(representation(created)).decode())
 
 
 _MSGPACK_ENCODER = msgspec.msgpack.Encoder()
 _MSGPACK_DECODER = msgspec.msgpack.Decoder()  # datetimes come back as the aware UTC ones sent
 
 
-def _unpickle_prepared(packed: bytes | dict[str, Any], row_tail: str, json_head: str, json_tail: str) -> PreparedTherapist:
+def _unpickle_prepared(packed: bytes | dict[str, Any], row_tail: str, groups: tuple[bytes, ...]) -> PreparedTherapist:
     prepared = PreparedTherapist.__new__(PreparedTherapist)
     dict.update(prepared, packed if isinstance(packed, dict) else _MSGPACK_DECODER.decode(packed))
-    prepared.row_tail, prepared.json_head, prepared.json_tail = row_tail, json_head, json_tail
+    prepared.row_tail, prepared.groups = row_tail, groups
     return prepared
 
 
-def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str | list[str],
-                      now: datetime | None = None, fingerprints: list[str | None] | None = None) -> list[int]:
-    """Create therapists and their first versions: one COPY per table, no ORM objects. `actor`:
-    one for all, or one per item (an import of several files at once: each file's import).
+@dataclass(slots=True)
+class NewTherapist:
+    """A therapist `TherapistCreates` will create, and who creates it."""
 
-    Nothing is guarded here: a taken `external_id` raises `IntegrityError` for the whole call, and
-    the caller decides (`create_therapist` makes it a `Duplicate`; the importer redoes the file
-    one therapist at a time).
-    """
-    if not items:
-        return []
-    now = now or now_utc()
-    stamp = now.isoformat()
-    prepared = [data if isinstance(data, PreparedTherapist) else PreparedTherapist(data) for data in items]
-    ids = reserve_ids(ID_SEQUENCE, len(items))
-    actors = [actor] * len(items) if isinstance(actor, str) else actor
-    rows = list(zip(ids, prepared, fingerprints or [None] * len(items), actors, strict=True))
-    copy_lines(Therapist.__table__, _CREATED_COLUMNS, (
-        f"{therapist_id}\t1\t{stamp}\t{stamp}\t\\N\t{copy_value(fingerprint)}\t{data.row_tail}\n"
-        for therapist_id, data, fingerprint, _ in rows))
-    versioning.add_versions(TherapistVersion, [
-        {"record_id": therapist_id, "version": 1, "changed_at": now, "source": source, "actor": row_actor,
-         "data": JsonText(f'{{"id": {therapist_id}, {data.json_head}, "version": 1, "created_at": "{stamp}", '
-                          f'"updated_at": "{stamp}"{data.json_tail}'), "deleted": False}
-        for therapist_id, data, _, row_actor in rows])
-    return ids
+    data: PreparedTherapist
+    fingerprint: str | None
+    source: str
+    actor: str
+
+
+class TherapistCreates(PendingWrites):
+    """New therapists written together (`shared.bulk.PendingWrites`): one COPY of their rows, then
+    one of their first versions (with their events); no ORM objects. Nothing is guarded: a taken
+    `external_id` raises `IntegrityError` for the whole flush, and the caller decides
+    (`create_therapist` makes it a `Duplicate`; the importer redoes the file one therapist at a
+    time). `held`: written only when its owner flushes it, not by `write_entries` (several
+    files' new therapists in one COPY). `ids`: those created so far, in order."""
+
+    def __init__(self, *, held: bool = False, now: datetime | None = None) -> None:
+        self.held, self.now, self.ids = held, now, list[int]()
+        self.created: PendingRows[NewTherapist] = PendingRows(Therapist.__tablename__, self._copy)
+        self.versions = versioning.pending_versions(TherapistVersion)
+        super().__init__(self.created, self.versions)
+
+    def add(self, data: dict[str, Any], *, fingerprint: str | None, source: str, actor: str) -> None:
+        prepared = data if isinstance(data, PreparedTherapist) else PreparedTherapist(data)
+        self.created.append(NewTherapist(prepared, fingerprint, source, actor))
+
+    def _copy(self, rows: list[NewTherapist]) -> None:
+        now = self.now or now_utc()
+        stamp = now.isoformat()
+        ids = reserve_ids(ID_SEQUENCE, len(rows))
+        copy_lines(Therapist.__table__, _CREATED_COLUMNS, (
+            f"{therapist_id}\t1\t{stamp}\t{stamp}\t\\N\t{copy_value(row.fingerprint)}\t{row.data.row_tail}\n"
+            for therapist_id, row in zip(ids, rows, strict=True)))
+        for therapist_id, row in zip(ids, rows, strict=True):
+            self.versions.append({"record_id": therapist_id, "version": 1, "changed_at": now, "source": row.source,
+                                  "actor": row.actor, "data": row.data.representation(therapist_id, now),
+                                  "deleted": False})
+        self.ids.extend(ids)
+
+
+def create_therapists(items: list[dict[str, Any]], *, source: str, actor: str, now: datetime | None = None,
+                      fingerprints: list[str | None] | None = None) -> list[int]:
+    """Create therapists and their first versions at once (`TherapistCreates`); their ids."""
+    creates = TherapistCreates(now=now)
+    for data, fingerprint in zip(items, fingerprints or [None] * len(items), strict=True):
+        creates.add(data, fingerprint=fingerprint, source=source, actor=actor)
+    creates.flush()
+    return creates.ids
 
 
 def create_therapist(data: dict[str, Any], *, source: str, actor: str, now: datetime | None = None,
@@ -437,29 +470,164 @@ def delete_therapist(therapist_id: int, *, expected_versions: Collection[int] | 
     return therapist
 
 
+# ---- entries: one therapist at a time or a file's worth, the same rules --------------------------
+
+FLUSH_EVERY = 2000  # a bulk run writes its new therapists and lets go of its written ones this often
+FAILED = "failed"  # an entry's action when a rule refused it (`EntryResult.error`)
+_LOGGED = {"possible-duplicate": (logging.WARNING, "possible duplicate: %s"), "id-changed": (logging.INFO, "id changed: %s")}
+
+
+@dataclass(slots=True)  # not frozen: made once a therapist, frozen ones cost 1 µs more each
+class Entry:
+    """One therapist to write: its loaded data, what its source says happened to it (SPEC §7.2.3:
+    `new`, `modified`, `unchanged` or `deleted`; a batch item is `modified`), and the fingerprint
+    of the scrape entry it came from (an import's, to know it unchanged next time)."""
+
+    data: dict[str, Any]
+    status: str = "modified"
+    fingerprint: str | None = None
+
+    @property
+    def external_id(self) -> str | None:
+        return self.data.get("external_id")
+
+
+@dataclass(slots=True)
+class EntryResult:
+    """What `write_entries` did with an entry: its action (`CREATED` … or `FAILED` with the
+    `error`), the therapist when it is loaded, and warnings as `(kind, text)`, ids only."""
+
+    action: str
+    therapist: Therapist | None = None
+    warnings: tuple[tuple[str, str], ...] = ()
+    error: DomainError | None = None
+
+
+@dataclass(frozen=True)
+class EntryScope:
+    """What a run of entries knows beyond them. `statuses`: what the whole file says of each id it
+    names (§7.2.6: which stored therapists it releases or keeps). `known`: the ids stored when the
+    file was read, when none of its new entries' practice identities is stored — only these are
+    looked up, and nothing by identity (a therapist created meanwhile under another id then clashes
+    on `external_id`). `creates`: new therapists go there, written `FLUSH_EVERY` at a time with the
+    run's other writes, and the written ones let go of (an import); without, each is created in a
+    savepoint of its own and a taken `external_id` is that entry's error."""
+
+    statuses: Mapping[str, Any] = field(default_factory=dict)
+    known: Collection[str] | None = None
+    creates: TherapistCreates | None = None
+
+
+def write_entries(entries: Sequence[Entry], *, source: str, actor: str, scope: EntryScope = EntryScope(),
+                  now: datetime | None = None) -> Iterator[EntryResult]:
+    """SPEC §6.2, §7.2.3 and §7.2.6 for each entry, in order, as REST's batch and the folder
+    import use them: stored therapists looked up by external id, the others by practice identity,
+    in one query each; then created, updated, taken over or deleted. A refused entry is a result
+    (`FAILED`), not an exception: the others are written all the same."""
+    existing = find_by_external_ids(entry.external_id for entry in entries if entry.external_id is not None
+                                    and (scope.known is None or entry.external_id in scope.known))
+    matches = _identity_matches(entries, existing, scope)
+    taken_over = {m.therapist.external_id: m.therapist for m in matches.values() if m.therapist is not None}
+    write = _Write(source, actor, now, scope.creates)
+    for position, entry in enumerate(entries, start=1):
+        therapist = existing.pop(entry.external_id, None) if entry.external_id is not None else None
+        match = matches.get(entry.external_id) if therapist is None and entry.external_id is not None else None
+        yield write.entry(entry, therapist, match, taken_over)
+        if scope.creates is not None and (position % FLUSH_EVERY == 0 or position == len(entries)):
+            if not scope.creates.held:
+                scope.creates.flush()
+            flush_and_release(keep=[*existing.values(), *taken_over.values()])
+
+
+def _identity_matches(entries: Sequence[Entry], existing: dict[str, Therapist],
+                      scope: EntryScope) -> dict[str, IdentityMatch]:
+    unknown = [entry.data for entry in entries if entry.status != "deleted" and entry.external_id not in existing]
+    if not unknown or scope.known is not None:
+        return {}
+    return match_unknown_ids(
+        unknown, marked_deleted={i for i, status in scope.statuses.items() if status == "deleted"},
+        kept={i for i, status in scope.statuses.items() if status in ("new", "modified", "unchanged")})
+
+
+@dataclass(frozen=True)
+class _Write:
+    """Who writes a run of entries, and where its new therapists go (`EntryScope.creates`)."""
+
+    source: str
+    actor: str
+    now: datetime | None
+    creates: TherapistCreates | None
+
+    def entry(self, entry: Entry, therapist: Therapist | None, match: IdentityMatch | None,
+              taken_over: dict[str | None, Therapist]) -> EntryResult:
+        try:
+            result = self._apply(entry, therapist, match, taken_over)
+        except DomainError as error:
+            return EntryResult(FAILED, error=error)
+        if match is not None and match.therapist is None:
+            assert entry.external_id is not None  # only an entry with one is matched
+            duplicate = describe_possible_duplicate(entry.external_id, match.possible_duplicates)
+            result = replace(result, warnings=(*result.warnings, ("possible-duplicate", duplicate)))
+        return result
+
+    def _apply(self, entry: Entry, therapist: Therapist | None, match: IdentityMatch | None,
+               taken_over: dict[str | None, Therapist]) -> EntryResult:
+        if entry.status == "deleted" and entry.external_id in taken_over:
+            return EntryResult(UNCHANGED, taken_over[entry.external_id])  # it lives on under its new id
+        if match is not None and match.therapist is not None:
+            return self._take_over(entry, match.therapist)
+        if therapist is None and entry.status != "deleted":
+            return EntryResult(CREATED, self._create(entry))
+        if therapist is None:
+            return EntryResult(UNCHANGED, warnings=(("not-found", "marked deleted but not known here; nothing to delete"),))
+        return self._update(entry, therapist)
+
+    def _create(self, entry: Entry) -> Therapist | None:
+        if self.creates is None:
+            return create_therapist(entry.data, source=self.source, actor=self.actor, now=self.now,
+                                    fingerprint=entry.fingerprint)
+        self.creates.add(entry.data, fingerprint=entry.fingerprint, source=self.source, actor=self.actor)
+        return None
+
+    def _take_over(self, entry: Entry, therapist: Therapist) -> EntryResult:
+        """SPEC §7.2.6: the entry is `therapist` under a new id; the `id-changed` warning names
+        both ids and ours, never a name."""
+        previous_external_id = therapist.external_id
+        try:
+            action = take_over(therapist, entry.data, stale_if_equal=entry.status != "unchanged", source=self.source,
+                               actor=self.actor, now=self.now, fingerprint=entry.fingerprint)
+        except StaleUpdate:
+            return EntryResult(IGNORED_STALE, therapist)
+        return EntryResult(action, therapist, (("id-changed", describe_id_change(previous_external_id, therapist)),))
+
+    def _update(self, entry: Entry, therapist: Therapist) -> EntryResult:
+        """SPEC §7.2.3 for a therapist we have: deleted, compared (`unchanged`), or updated."""
+        write: dict[str, Any] = {"source": self.source, "actor": self.actor, "now": self.now,
+                                 "fingerprint": entry.fingerprint}
+        try:
+            if entry.status == "deleted":
+                return EntryResult(soft_delete(therapist, last_modified=entry.data.get("last_modified"), **write),
+                                   therapist)
+            if entry.status == "unchanged":
+                action = update_therapist(therapist, entry.data, stale_if_equal=False, **write)
+                differed = ("content-differs", "marked unchanged, but differed from the stored record; updated")
+                return EntryResult(action, therapist, (differed,) if action == UPDATED else ())
+            return EntryResult(update_therapist(therapist, entry.data, restore=True, **write), therapist)
+        except StaleUpdate:
+            return EntryResult(IGNORED_STALE, therapist)
+
+
 def upsert_therapist(data: dict[str, Any], *, source: str, actor: str,
                      now: datetime | None = None) -> tuple[Therapist | None, str]:
-    """A batch item: match on `external_id`, else on practice identity (§7.2.6: a released
-    therapist is taken over), else create; latest `last_modified` wins.
-    Returns the therapist and `created` / `updated` / `unchanged` / `ignored_stale`."""
-    external_id = data.get("external_id")
-    therapist = find_by_external_ids([external_id]).get(external_id) if external_id else None
-    write: dict[str, Any] = {"source": source, "actor": actor, "now": now}
-    if therapist is None:
-        match = match_unknown_ids([data]).get(external_id) if external_id else None
-        if match is None or match.therapist is None:
-            created = create_therapist(data, **write)
-            if match is not None and external_id:  # a batch answer has no warnings: the log keeps it (ids only)
-                log.warning("possible duplicate: %s", describe_possible_duplicate(external_id, match.possible_duplicates))
-            return created, CREATED
-        therapist, previous_external_id = match.therapist, match.therapist.external_id
-        try:
-            action = take_over(therapist, data, **write)
-        except StaleUpdate:
-            return therapist, IGNORED_STALE
-        log.info("id changed: %s", describe_id_change(previous_external_id, therapist))
-        return therapist, action
-    try:
-        return therapist, update_therapist(therapist, data, source=source, actor=actor, now=now, restore=True)
-    except StaleUpdate:
-        return therapist, IGNORED_STALE
+    """A batch item (`write_entries` with one `modified` entry): match on `external_id`, else on
+    practice identity (§7.2.6: a released therapist is taken over), else create; latest
+    `last_modified` wins. Returns the therapist and `created` / `updated` / `unchanged` /
+    `ignored_stale`; a refused item raises its `DomainError`. A batch answer has no warnings: the
+    log keeps them (ids only)."""
+    [result] = write_entries([Entry(data)], source=source, actor=actor, now=now)
+    if result.error is not None:
+        raise result.error
+    for kind, text in result.warnings:
+        level, message = _LOGGED[kind]
+        log.log(level, message, text)
+    return result.therapist, result.action

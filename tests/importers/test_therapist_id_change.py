@@ -181,9 +181,9 @@ def test_two_new_ids_claiming_one_deleted_therapist_are_both_created_with_a_warn
 
 def test_id_change_after_a_flush_of_a_long_file_is_written(inbox, client, monkeypatch):
     """Therapists loaded at the start stay in the session until written, even past a flush."""
-    from therapist_service import importer
+    from therapist_service import services
 
-    monkeypatch.setattr(importer, "FLUSH_EVERY", 2)
+    monkeypatch.setattr(services, "FLUSH_EVERY", 2)
     import_file(inbox, client, practice("praxis67"), practice("praxis68", last_name="Schmitz"))
     old = the_therapist(client, "praxis67")
 

@@ -155,8 +155,7 @@ def test_a_prepared_therapist_crosses_processes_unchanged():
         assert type(received) is services.PreparedTherapist
         assert received == prepared and received["last_modified"] == data["last_modified"]
         assert received["last_modified"].tzinfo is not None
-        assert (received.row_tail, received.json_head, received.json_tail) == (
-            prepared.row_tail, prepared.json_head, prepared.json_tail)
+        assert (received.row_tail, received.groups) == (prepared.row_tail, prepared.groups)
 
 
 def test_a_process_that_exits_while_its_workers_start_exits_at_once_and_cleanly():

@@ -35,7 +35,7 @@ from sqlalchemy import DateTime, cast, select, text
 from sqlalchemy.dialects.postgresql import distinct_on
 
 from shared import versioning
-from shared.bulk import JsonText, copy_lines, copy_value
+from shared.bulk import JsonText, PendingRows, PendingWrites, copy_into, copy_value
 from shared.db import page_of
 from shared.errors import Overlap, WrongOrganisation
 from shared.extensions import db
@@ -221,11 +221,17 @@ NEW_APPOINTMENT_COLUMNS = ("id", "org_id", "external_id", "start", "end", "paylo
 @dataclass
 class BatchContext:
     """What a batch knows before it writes: its organisations locked, their stored appointments
-    it names looked up in one query. Writes made with it are flushed by the caller, all together."""
+    it names looked up in one query; and what it writes, together, in `finish_batch`: its changed
+    appointments (the session's flush), its new ones by one COPY, then all their versions."""
 
     by_key: dict[tuple[str, str], Appointment | NewAppointment]
-    created: list[NewAppointment] = field(default_factory=list)  # copied together by `finish_batch`
-    versions: list[dict[str, Any]] = field(default_factory=list)  # written together by `finish_batch`
+    created: PendingRows[NewAppointment] = field(default_factory=lambda: PendingRows(
+        Appointment.__tablename__, copy_into(Appointment.__table__, NEW_APPOINTMENT_COLUMNS, NewAppointment.copy_line)))
+    versions: PendingRows[dict[str, Any]] = field(default_factory=lambda: versioning.pending_versions(AppointmentVersion))
+
+    @property
+    def writes(self) -> PendingWrites:
+        return PendingWrites(self.created, self.versions)
 
 
 def prepare_batch(items: list[dict[str, Any]]) -> BatchContext:
@@ -279,9 +285,8 @@ def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, org: st
         appointment.deleted_at = None  # the calendar's newer word brings a cancelled one back
         action = UPDATED
     context.by_key[key] = appointment  # later items of the batch see this one
-    context.versions.append({"record_id": appointment.id, "version": appointment.version, "changed_at": now,
-                             "source": source, "actor": actor, "data": representation(appointment),
-                             "deleted": False})
+    context.versions.append(versioning.version_row(appointment, representation(appointment), source=source,
+                                                   actor=actor, changed_at=now))
     return appointment, action
 
 
@@ -331,9 +336,8 @@ def _write_with(cursor: Any, data: dict[str, Any], *, source: str, actor: str,
                               payload_created_at=data["payload_created_at"],
                               payload_updated_at=data["payload_updated_at"], version=stored.version + 1,
                               updated_at=now, deleted_at=None)  # a newer word brings a cancelled one back
-    version_sql, version_parameters = versioning.version_statement(AppointmentVersion, {
-        "record_id": appointment.id, "version": appointment.version, "changed_at": now, "source": source,
-        "actor": actor, "data": JsonText(json.dumps(representation(appointment))), "deleted": False})
+    version_sql, version_parameters = versioning.version_statement(AppointmentVersion, versioning.version_row(
+        appointment, JsonText(json.dumps(representation(appointment))), source=source, actor=actor, changed_at=now))
     parameters = {column: getattr(appointment, column) for column in NEW_APPOINTMENT_COLUMNS}
     parameters["id"] = str(appointment.id)
     try:
@@ -350,15 +354,9 @@ def _write_with(cursor: Any, data: dict[str, Any], *, source: str, actor: str,
 
 
 def finish_batch(context: BatchContext) -> None:
-    """Write the batch's changed appointments (one flush, updates before creates as the ORM's own
-    flush orders them), its new ones in one COPY, then all their versions in one more."""
-    db.session.flush()
-    if context.created:
-        copy_lines(Appointment.__table__, NEW_APPOINTMENT_COLUMNS, (new.copy_line() for new in context.created))
-        context.created = []
-    if context.versions:
-        versioning.add_versions(AppointmentVersion, context.versions)
-        context.versions = []
+    """Write the batch's pending writes (`BatchContext`): updates before creates, as the ORM's own
+    flush orders them."""
+    context.writes.flush()
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from shared import versioning
 from shared.batch import BatchAdapter, IdempotencyStore, Outcome, run_batch
-from shared.bulk import JsonText, copy_rows
+from shared.bulk import JsonText, PendingRows, PendingWrites, copy_values, execute_many
 from shared.errors import UPSTREAM_VALIDATION_STATUS, Conflict, InvalidData, NotFound
 from shared.extensions import db
 from shared.schemas import now_utc
@@ -155,19 +155,63 @@ class ParticipantRow:
         return {column: getattr(self, key) for key, column in COLUMN_OF.items()}
 
 
+def _changed_values(row: ParticipantRow) -> dict[str, Any]:
+    return {**{column: value for column, value in row.values().items() if column not in ("id", "created_at")},
+            "row_id": row.id}
+
+
+def _created_values(row: ParticipantRow) -> list[Any]:
+    return [_JSON_NULL if value is None and column == "metadata" else value for column, value in row.values().items()]
+
+
+def _alias_values(alias: dict[str, Any]) -> dict[str, Any]:
+    return alias
+
+
+def _alias_row(alias: dict[str, Any]) -> list[Any]:
+    return [alias[column] for column in _ALIAS_COLUMNS]
+
+
+_update_changed = execute_many(update(TABLE).where(TABLE.c.id == bindparam("row_id")), _changed_values)
+_copy_participants = copy_values(TABLE, list(COLUMN_OF.values()), _created_values)
+_ALIAS_COLUMNS = ("alias", "participant_id", "created_at")
+_copy_aliases = copy_values(ALIASES, _ALIAS_COLUMNS, _alias_row)
+
+
+def _write_changed(rows: list[ParticipantRow]) -> None:
+    _update_changed(list({row.id: row for row in rows}.values()))  # a row changed twice is written once
+
+
+def _write_created(rows: list[ParticipantRow]) -> None:
+    _copy_participants(rows)
+    _copy_aliases([{"alias": alias.alias, "participant_id": row.id, "created_at": alias.created_at}
+                   for row in rows for alias in row.aliases])
+    for row in rows:
+        row.stored = True  # later changes in the batch are updates
+
+
 @dataclass
 class Known:
     """The participants a batch may match, by every key it matches on, kept up to date as the batch
     creates and changes them (a later item finds what an earlier one wrote); and what waits to be
-    written: created rows, changed stored rows, their new aliases and every version row."""
+    written (`write_pending`), in this order: changed stored rows first (a MID or an identity they
+    give up may be taken by a new one), their new aliases, created rows and their aliases (COPY: an
+    INSERT of many rows cost more in SQLAlchemy's parameter handling than in PostgreSQL), then
+    every version row (with its event, through `versioning`)."""
 
     by_alias: dict[str, ParticipantRow] = field(default_factory=dict)
     by_identity: dict[Identity, ParticipantRow] = field(default_factory=dict)
     by_mid: dict[str, ParticipantRow] = field(default_factory=dict)
-    created: list[ParticipantRow] = field(default_factory=list)
-    changed: dict[str, ParticipantRow] = field(default_factory=dict)
-    new_aliases: list[dict[str, Any]] = field(default_factory=list)
-    versions: list[dict[str, Any]] = field(default_factory=list)
+    changed: PendingRows[ParticipantRow] = field(default_factory=lambda: PendingRows(TABLE.name, _write_changed))
+    new_aliases: PendingRows[dict[str, Any]] = field(default_factory=lambda: PendingRows(
+        ALIASES.name, execute_many(insert(ALIASES), _alias_values)))
+    created: PendingRows[ParticipantRow] = field(default_factory=lambda: PendingRows(TABLE.name, _write_created))
+    versions: PendingRows[dict[str, Any]] = field(
+        default_factory=lambda: versioning.pending_versions(ParticipantVersion))
+
+    @property
+    def writes(self) -> PendingWrites:
+        return PendingWrites(self.changed, self.new_aliases, self.created, self.versions)
 
     def remember(self, participant: ParticipantRow) -> None:
         for alias in participant.aliases:
@@ -262,33 +306,40 @@ def _receive(data: dict[str, Any], known: Known, *, provenance: Provenance, sour
                                      aliases=[AliasRow(data["participant_id"], now)], **sent)
         known.created.append(participant)
         action = "created"
-    else:
-        changes = _changes(participant, data)
-        new_alias = data["participant_id"] not in {alias.alias for alias in participant.aliases}
-        if not changes and not new_alias:
-            return participant, "unchanged"
-        _check_identity(participant, changes, known)
-        known.forget(participant)
-        for name, value in changes.items():
-            setattr(participant, name, value)
-        if new_alias:
-            participant.aliases.append(AliasRow(data["participant_id"], now))
-            if participant.stored:
-                known.new_aliases.append({"alias": data["participant_id"], "participant_id": participant.id,
-                                          "created_at": now})
-        if participant.stored:
-            known.changed[participant.id] = participant
-        participant.version += 1
-        participant.updated_at = now
+    elif _update(participant, data, known, now):
         action = "updated"
+    else:
+        return participant, "unchanged"
     participant.batch_id, participant.source = provenance.batch_id, provenance.source
     # A new participant's identity is the item's: folded once.
     participant.match_email, participant.match_first_name, participant.match_last_name = (
         (identity if action == "created" else identity_of(participant)) or (None, None, None))
     known.remember(participant)
-    known.versions.append({"record_id": participant.id, "version": participant.version, "changed_at": now,
-                           "source": source, "actor": actor, "data": _version_data(participant), "deleted": False})
+    known.versions.append(versioning.version_row(participant, _version_data(participant), source=source, actor=actor,
+                                                 changed_at=now))
     return participant, action
+
+
+def _update(participant: ParticipantRow, data: dict[str, Any], known: Known, now: datetime) -> bool:
+    """Apply the item to a participant the batch knows; False (nothing done) when it changes nothing."""
+    changes = _changes(participant, data)
+    new_alias = data["participant_id"] not in {alias.alias for alias in participant.aliases}
+    if not changes and not new_alias:
+        return False
+    _check_identity(participant, changes, known)
+    known.forget(participant)
+    for name, value in changes.items():
+        setattr(participant, name, value)
+    if new_alias:
+        participant.aliases.append(AliasRow(data["participant_id"], now))
+        if participant.stored:
+            known.new_aliases.append({"alias": data["participant_id"], "participant_id": participant.id,
+                                      "created_at": now})
+    if participant.stored:
+        known.changed.append(participant)
+    participant.version += 1
+    participant.updated_at = now
+    return True
 
 
 def _changes(participant: ParticipantRow, data: dict[str, Any]) -> dict[str, Any]:
@@ -317,28 +368,8 @@ def _check_identity(participant: ParticipantRow, changes: dict[str, Any], known:
 
 
 def write_pending(known: Known) -> None:
-    """What the batch changed, one statement per table: changed participants first (a MID or an
-    identity they give up may be taken by a new one), their new aliases, the new participants and
-    their aliases, then every version row (with its event, through `versioning`)."""
-    if known.changed:
-        unchanging = ("id", "created_at")
-        db.session.execute(update(TABLE).where(TABLE.c.id == bindparam("row_id")), [
-            {**{column: value for column, value in row.values().items() if column not in unchanging}, "row_id": row.id}
-            for row in known.changed.values()])
-    if known.new_aliases:
-        db.session.execute(insert(ALIASES), known.new_aliases)
-    if known.created:
-        # COPY: an INSERT of many rows cost more in SQLAlchemy's parameter handling than in PostgreSQL.
-        columns = list(COLUMN_OF.values())
-        copy_rows(TABLE, columns, ([_JSON_NULL if value is None and column == "metadata" else value
-                                    for column, value in row.values().items()] for row in known.created))
-        copy_rows(ALIASES, ("alias", "participant_id", "created_at"),
-                  ((alias.alias, row.id, alias.created_at) for row in known.created for alias in row.aliases))
-    if known.versions:
-        versioning.add_versions(ParticipantVersion, known.versions)
-    for row in known.created:
-        row.stored = True
-    known.created, known.changed, known.new_aliases, known.versions = [], {}, [], []
+    """What the batch changed, one statement per table, in the order `Known` says."""
+    known.writes.flush()
 
 
 # ---- reads --------------------------------------------------------------------------------------
