@@ -43,9 +43,14 @@ from statistics import median
 import psycopg2
 import requests
 
-from shared.devdb import drop_database, ensure_database, start_embedded
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: the packages live next to bench/
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from api_crud import free_port, stop  # noqa: E402
+
+from shared.devdb import drop_database, ensure_database, start_embedded  # noqa: E402
+
 VAR = ROOT / "var"
 BIN = Path(sys.executable).parent
 PEER_SOURCE = ROOT.parent / "shared" / "peers" / "appointments-fastify"
@@ -91,14 +96,6 @@ def install_peer() -> None:
 
 # ---- the servers ---------------------------------------------------------------------------------
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_ours(database_url: str, token: str, port: int, log_file, settings: dict[str, str]) -> subprocess.Popen:
     """As the Dockerfile's CMD, with a service client that may write appointments (any practice);
     `settings` (from `--set`) on top, e.g. to compare worker models."""
@@ -133,15 +130,6 @@ def wait_until_healthy(base_url: str, process: subprocess.Popen, name: str, toke
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{name} did not answer /health in time")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 # ---- the runs ------------------------------------------------------------------------------------
