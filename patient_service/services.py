@@ -289,7 +289,6 @@ def import_registration(data: dict[str, Any], consent_metadata: dict[str, Any], 
     Every registration's `consent_metadata` is kept in full as a consent record.
     """
     now = now or now_utc()
-    warnings: list[str] = []
     registration = db.session.scalars(
         select(Registration).where(Registration.token == token).with_for_update()).first()
     if registration is not None:
@@ -300,31 +299,35 @@ def import_registration(data: dict[str, Any], consent_metadata: dict[str, Any], 
             Consent.registration_id == registration.id)).all()
         if consent_metadata not in known:
             record_consent(registered, registration, consent_metadata, given_at=consent_given_at, now=now)
-        return registered, ("updated" if changed else "unchanged"), warnings
-
-    action = None
-    patient = find_by_identity(data)
-    if patient is None:
-        near = find_near_matches(data)
-        try:
-            patient = create_patient(data, source=source, actor=actor, now=now)
-            action = "created"
-            warnings += [f"possible duplicate of patient {other}: same e-mail address, or same name and "
-                         f"birth date, but not both" for other in near]
-        except Duplicate as duplicate:  # created by someone else a moment ago
-            if duplicate.existing_id is None:  # and gone again: nothing to update, the clash stands
-                raise
-            patient = get_patient(duplicate.existing_id, for_update=True)
-    else:
-        patient = get_patient(patient.id, for_update=True)
-    if action is None:  # the same person by the duplicate rule: update in place
-        action = "updated" if update_patient(patient, data, source=source, actor=actor, now=now) else "unchanged"
+        return registered, ("updated" if changed else "unchanged"), []
+    patient, action, warnings = _registered_patient(data, source=source, actor=actor, now=now)
     registration = Registration(patient_id=patient.id, token=token, registered_at=registered_at,
                                 import_id=import_id, sha256=sha256, created_at=now)
     db.session.add(registration)
     db.session.flush()
     record_consent(patient, registration, consent_metadata, given_at=consent_given_at, now=now)
     return patient, action, warnings
+
+
+def _registered_patient(data: dict[str, Any], *, source: str, actor: str,
+                        now: datetime) -> tuple[Patient, str, list[str]]:
+    """The patient a new registration belongs to, by the duplicate rule: a match updated in place,
+    else a new patient (a near match named in a warning)."""
+    patient = find_by_identity(data)
+    if patient is None:
+        near = find_near_matches(data)
+        try:
+            created = create_patient(data, source=source, actor=actor, now=now)
+            return created, "created", [f"possible duplicate of patient {other}: same e-mail address, or same "
+                                        f"name and birth date, but not both" for other in near]
+        except Duplicate as duplicate:  # created by someone else a moment ago
+            if duplicate.existing_id is None:  # and gone again: nothing to update, the clash stands
+                raise
+            patient = get_patient(duplicate.existing_id, for_update=True)
+    else:
+        patient = get_patient(patient.id, for_update=True)
+    changed = update_patient(patient, data, source=source, actor=actor, now=now)
+    return patient, "updated" if changed else "unchanged", []
 
 
 def patient_consents(patient_id: int) -> list[Consent]:

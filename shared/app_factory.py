@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, Response, g, request, send_from_directory
 from flask_cors import CORS
@@ -54,27 +55,7 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     app = Flask(service.name)
     app.json = JSONProvider(app)
     app.extensions["settings"] = settings
-    app.config.update(
-        SERVICE_NAME=service.name,
-        DB_SCHEMA=service.name,
-        SQLALCHEMY_DATABASE_URI=settings.DATABASE_URL,
-        SQLALCHEMY_ENGINE_OPTIONS={**ENGINE_OPTIONS,
-                                   "connect_args": {"application_name": service.name,
-                                                    "connect_timeout": CONNECT_TIMEOUT_SECONDS}},
-        MAX_CONTENT_LENGTH=settings.MAX_REQUEST_BYTES,
-        API_TITLE=service.title,
-        API_VERSION="1.0",
-        OPENAPI_VERSION="3.0.3",
-        OPENAPI_URL_PREFIX="/api",
-        OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL=SWAGGER_ASSETS_URL,
-        API_SPEC_OPTIONS={
-            "info": {"description": service.description},
-            "security": [{"bearer": []}],
-            "components": {"securitySchemes": security_schemes(settings)},
-        },
-    )
+    app.config.update(_flask_config(service, settings))
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT, service.name)
 
     db.init_app(app)
@@ -108,15 +89,43 @@ def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
     metrics.declare_series(service.name)
     metrics.declare_event_series(service.name)
     check_route_scopes(app)  # every /api/ route declares its scope, or the app is not built
+    _start_background_where_allowed(app, settings)
+    return app
 
-    # The importer and the event relay run where the importer may: a maintenance command or a test
-    # app publishes nothing. Their whole life cycle: shared/background/__init__.py.
+
+def _start_background_where_allowed(app: Flask, settings: Settings) -> None:
+    """The importer and the event relay run where the importer may: a maintenance command or a test
+    app publishes nothing. Their whole life cycle: shared/background/__init__.py."""
     start, reason = should_start_importer(settings.IMPORTS_ENABLED)
     if start:
         start_background(app)
     else:
         log.info("background importer and event relay not started: %s", reason)
-    return app
+
+
+def _flask_config(service: ServiceDefinition, settings: Settings) -> dict[str, Any]:
+    """Flask's, Flask-SQLAlchemy's and flask-smorest's settings for a service."""
+    return dict(
+        SERVICE_NAME=service.name,
+        DB_SCHEMA=service.name,
+        SQLALCHEMY_DATABASE_URI=settings.DATABASE_URL,
+        SQLALCHEMY_ENGINE_OPTIONS={**ENGINE_OPTIONS,
+                                   "connect_args": {"application_name": service.name,
+                                                    "connect_timeout": CONNECT_TIMEOUT_SECONDS}},
+        MAX_CONTENT_LENGTH=settings.MAX_REQUEST_BYTES,
+        API_TITLE=service.title,
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_ASSETS_URL,
+        API_SPEC_OPTIONS={
+            "info": {"description": service.description},
+            "security": [{"bearer": []}],
+            "components": {"securitySchemes": security_schemes(settings)},
+        },
+    )
 
 
 def security_schemes(settings: Settings) -> dict[str, dict[str, str]]:
