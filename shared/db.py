@@ -8,8 +8,9 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 from flask_sqlalchemy.session import Session
-from sqlalchemy import Engine, Text, any_, bindparam, event, func, select, text
+from sqlalchemy import Engine, Text, any_, bindparam, event, func, insert, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.orm import QueryableAttribute, scoped_session
 from sqlalchemy.sql import ColumnElement, Select
@@ -49,6 +50,13 @@ def ping_idle_connections(engine: Engine) -> None:
             engine.dialect.do_ping(dbapi_connection)
         except engine.dialect.loaded_dbapi.Error:
             raise DisconnectionError("a pooled connection was lost while idle") from None  # the pool retries
+
+
+def compiled_insert(table: Any, columns: Iterable[str], prefix: str) -> str:
+    """`INSERT INTO table (columns) VALUES (%(<prefix><column>)s, …)` as psycopg2 text, for a caller
+    that sends it with other statements in one round trip (no RETURNING)."""
+    return str(insert(table).inline().values({column: bindparam(f"{prefix}{column}") for column in columns})
+               .compile(dialect=PGDialect_psycopg2()))
 
 
 @contextmanager

@@ -13,14 +13,13 @@ from datetime import datetime
 from functools import cache, partial
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, bindparam, insert, select
+from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, select
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2 as psycopg2_dialect
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql import ColumnElement, Select
 
 from shared.bulk import PendingRows, copy_lines, copy_value
-from shared.db import page_of
+from shared.db import compiled_insert, page_of
 from shared.errors import Gone, NotFound, PreconditionFailed
 from shared.events import outbox
 from shared.extensions import db
@@ -91,8 +90,7 @@ def version_statement(model: Any, row: dict[str, Any]) -> tuple[str, dict[str, A
 
 @cache
 def _insert_sql(model: Any) -> str:
-    return str(insert(model.__table__).inline().values({column: bindparam(f"v_{column}") for column in VERSION_COLUMNS})
-               .compile(dialect=psycopg2_dialect()))
+    return compiled_insert(model.__table__, VERSION_COLUMNS, "v_")
 
 
 def add_versions(model: Any, rows: list[dict[str, Any]]) -> None:

@@ -12,11 +12,11 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Table, Text, bindparam, insert, select, text
-from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2 as psycopg2_dialect
+from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Table, Text, select, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.bulk import JsonText, copy_lines, copy_value
+from shared.db import compiled_insert
 from shared.events.cloudevents import cloud_event, event_type
 from shared.extensions import db
 
@@ -147,9 +147,7 @@ def event_statement(version_model: Any, row: dict[str, Any]) -> tuple[str, dict[
 
 @cache
 def _insert_sql(schema: str) -> str:
-    table = event_models(schema).outbox_table
-    return str(insert(table).inline().values({column: bindparam(f"e_{column}") for column in _EVENT_COLUMNS})
-               .compile(dialect=psycopg2_dialect()))
+    return compiled_insert(event_models(schema).outbox_table, _EVENT_COLUMNS, "e_")
 
 
 def _events(version_model: Any, rows: list[dict[str, Any]]) -> list[_Event]:

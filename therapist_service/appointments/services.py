@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2.errors
-from sqlalchemy import DateTime, cast, select, text
+from sqlalchemy import DateTime, cast, select
 from sqlalchemy.dialects.postgresql import distinct_on
 
 from shared import versioning
@@ -87,15 +87,23 @@ def _planned_organisations() -> frozenset[str]:
     return held[1] if held is not None and held[0] is session.get_transaction() else frozenset()
 
 
+# unnest yields the keys in array order: the locks are taken sorted. Parameters in psycopg2's style:
+# the single write sends it in one query with its read (`_LOCK_AND_READ`).
+_LOCK = "SELECT pg_advisory_xact_lock(%(namespace)s, key) FROM unnest(%(keys)s::integer[]) AS key"
+
+
+def _lock_parameters(org_ids: Iterable[str]) -> dict[str, Any]:
+    """`_LOCK`'s parameters: one key per organisation, sorted — one order for everyone, so two
+    writers never hold one each and wait for the other. The key is a CRC of the organisation: two
+    practices that share one merely take turns."""
+    return {"namespace": LOCK_NAMESPACE, "keys": sorted({_int4(zlib.crc32(org_id.encode())) for org_id in org_ids})}
+
+
 def lock_organisations(org_ids: Iterable[str]) -> None:
-    """Wait for, and hold until the transaction ends, the write lock of each organisation, in
-    one order for everyone (so two writers never hold one each and wait for the other). The key is
-    a CRC of the organisation: two practices that share one merely take turns."""
-    keys = sorted({_int4(zlib.crc32(org_id.encode())) for org_id in org_ids})
-    if keys:  # unnest yields the keys in array order: the locks are taken sorted
-        db.session.execute(text("SELECT pg_advisory_xact_lock(:namespace, key) "
-                                "FROM unnest(CAST(:keys AS integer[])) AS key"),
-                           {"namespace": LOCK_NAMESPACE, "keys": keys})
+    """Wait for, and hold until the transaction ends, the write lock of each organisation."""
+    parameters = _lock_parameters(org_ids)
+    if parameters["keys"]:
+        db.session.connection().exec_driver_sql(_LOCK, parameters)
 
 
 # ---- reads ---------------------------------------------------------------------------------------
@@ -298,10 +306,15 @@ def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, org: st
 # one's rows are the result), on the session's own connection and transaction.
 _TABLE = f"{SCHEMA}.{Appointment.__tablename__}"
 _COLUMNS = (*NEW_APPOINTMENT_COLUMNS, "deleted_at")
-_LOCK_AND_READ = ("SELECT pg_advisory_xact_lock(%(namespace)s, key) FROM unnest(%(keys)s::integer[]) AS key;\n"
-                  f"SELECT {', '.join(f'{chr(34)}{column}{chr(34)}' for column in _COLUMNS)} "
+
+
+def _quoted(columns: Iterable[str]) -> str:
+    return ", ".join(f'"{column}"' for column in columns)  # "end" is a keyword
+
+
+_LOCK_AND_READ = (f"{_LOCK};\nSELECT {_quoted(_COLUMNS)} "
                   f"FROM {_TABLE} WHERE org_id = %(org_id)s AND external_id = %(external_id)s")
-_INSERT = (f"INSERT INTO {_TABLE} ({', '.join(f'{chr(34)}{column}{chr(34)}' for column in NEW_APPOINTMENT_COLUMNS)}) "
+_INSERT = (f"INSERT INTO {_TABLE} ({_quoted(NEW_APPOINTMENT_COLUMNS)}) "
            f"VALUES ({', '.join(f'%({column})s' for column in NEW_APPOINTMENT_COLUMNS)})")
 _UPDATE = (f'UPDATE {_TABLE} SET start = %(start)s, "end" = %(end)s, payload_created_at = %(payload_created_at)s, '
            "payload_updated_at = %(payload_updated_at)s, version = %(version)s, updated_at = %(updated_at)s, "
@@ -320,9 +333,8 @@ def _write_one(data: dict[str, Any], *, source: str, actor: str, now: datetime) 
 
 def _write_with(cursor: Any, data: dict[str, Any], *, source: str, actor: str,
                 now: datetime) -> tuple[NewAppointment, str]:
-    keys = sorted({_int4(zlib.crc32(org_id.encode())) for org_id in {data["org_id"], *_planned_organisations()}})
-    cursor.execute(_LOCK_AND_READ, {"namespace": LOCK_NAMESPACE, "keys": keys, "org_id": data["org_id"],
-                                    "external_id": data["external_id"]})
+    cursor.execute(_LOCK_AND_READ, {**_lock_parameters({data["org_id"], *_planned_organisations()}),
+                                    "org_id": data["org_id"], "external_id": data["external_id"]})
     row = cursor.fetchone()
     stored = NewAppointment(*row) if row is not None else None
     if stored is not None and data["payload_updated_at"] <= stored.payload_updated_at:
