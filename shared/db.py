@@ -7,7 +7,9 @@ from contextlib import contextmanager
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
+import psycopg2
 from flask_sqlalchemy.session import Session
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from sqlalchemy import Engine, Text, any_, bindparam, event, func, insert, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
@@ -69,6 +71,31 @@ def unit_of_work() -> Iterator[scoped_session[Session]]:
     except BaseException:
         session.rollback()
         raise
+
+
+@contextmanager
+def own_transaction() -> Iterator[Any]:
+    """A psycopg2 cursor on a pooled connection of its own, outside the session, in autocommit
+    mode: the caller's SQL carries its own `BEGIN` and `COMMIT`, sent with its first and last
+    statements, so a short write is two round trips rather than four (psycopg2 sends `BEGIN` by
+    itself, and `commit()` is another) and no ORM session is made for it. A transaction left open
+    (an error, an early return) is rolled back; a connection lost meanwhile leaves the pool.
+    The single appointment write (`therapist_service.appointments.services.write_appointment`)."""
+    connection = db.engine.raw_connection()
+    dbapi_connection: Any = connection.dbapi_connection
+    dbapi_connection.autocommit = True
+    cursor = dbapi_connection.cursor()
+    try:
+        yield cursor
+    finally:
+        try:
+            if dbapi_connection.info.transaction_status != TRANSACTION_STATUS_IDLE:
+                cursor.execute("ROLLBACK")  # in autocommit mode psycopg2's rollback() sends nothing
+            dbapi_connection.autocommit = False  # as the pool lent it
+        except psycopg2.Error as error:  # lost (its status is unknown): the pool makes a new one
+            connection.invalidate(error)
+        cursor.close()
+        connection.close()
 
 
 @contextmanager

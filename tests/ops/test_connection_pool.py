@@ -1,12 +1,16 @@
 """Pooled database connections (shared.db.ping_idle_connections): one that sat idle is checked
 before a request uses it, so a connection the database dropped meanwhile (a restart, a proxy's
-idle timeout) is replaced instead of failing the request; one in steady use is not pinged."""
+idle timeout) is replaced instead of failing the request; one in steady use is not pinged. And the
+connection a single appointment write borrows outside the session (shared.db.own_transaction)
+goes back as it came, or not at all."""
 from __future__ import annotations
 
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from sqlalchemy import event, text
 
 from shared import db as shared_db
 from shared.extensions import db
+from tests.appointments.support import appointment, post
 from tests.conftest import AUTH
 
 
@@ -69,3 +73,53 @@ def test_an_idle_connection_is_pinged_once_before_use(make_app, monkeypatch):
     assert client.get("/api/patients", headers=AUTH).status_code == 200
 
     assert pings[0] == 1
+
+
+# ---- the single appointment write's own transaction (shared.db.own_transaction) ------------------
+
+def pooled_connections_state(app) -> list[tuple[bool, int]]:
+    """(autocommit, transaction status) of every connection the pool holds, checked out at once."""
+    with app.app_context():
+        held = [db.engine.raw_connection() for _ in range(db.engine.pool.checkedin())]
+        try:
+            return [(c.dbapi_connection.autocommit, c.dbapi_connection.info.transaction_status) for c in held]
+        finally:
+            for connection in held:
+                connection.close()
+
+
+def test_a_single_appointment_write_gives_its_connection_back_idle_whatever_the_outcome(make_app, admin_engine):
+    """Created, stale (nothing written, nothing committed), overlapping (23P01 mid-transaction):
+    each leaves the pool's connection out of any transaction and out of autocommit mode."""
+    app = make_app("therapist")
+    client = app.test_client()
+    assert post(client, appointment("pool-0", start="2025-07-13 09:00", end="2025-07-13 09:50")).status_code == 201
+    connects = [0]
+    with app.app_context():
+        event.listen(db.engine, "connect", lambda *_: connects.__setitem__(0, connects[0] + 1))
+    body = appointment("pool-1")
+    outcomes = [post(client, body).status_code, post(client, appointment("pool-2")).status_code,
+                post(client, body).status_code]
+
+    assert outcomes == [201, 409, 200]  # created, overlap, ignored-stale (last: nothing after it rolls back)
+    assert connects[0] == 0  # the pool's connection served them all: none was thrown away
+    states = pooled_connections_state(app)
+    assert states and all(state == (False, TRANSACTION_STATUS_IDLE) for state in states), states
+    with admin_engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'therapist_service' "
+                                "AND state LIKE 'idle in transaction%'")) == 0
+
+
+def test_a_connection_lost_before_a_single_write_leaves_the_pool(make_app, admin_engine, monkeypatch):
+    """Not pinged (in steady use), the write meets a dropped connection: that request fails, the
+    connection is thrown away, and the next write has a fresh one."""
+    app = make_app("therapist")
+    client = app.test_client()
+    assert post(client, appointment("lost-1")).status_code == 201
+    monkeypatch.setattr(shared_db, "IDLE_PING_SECONDS", 3600.0)
+    assert drop_connections_of(admin_engine, "therapist_service") >= 1
+
+    assert post(client, appointment("lost-2", start="2025-07-15 09:00", end="2025-07-15 09:50")).status_code == 500
+    response = post(client, appointment("lost-3", start="2025-07-16 09:00", end="2025-07-16 09:50"))
+
+    assert response.status_code == 201, response.get_json()

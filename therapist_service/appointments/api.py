@@ -58,12 +58,12 @@ class Appointments(MethodView):
     @blp.response(200, WriteResultSchema, description="Updated, or `ignored-stale` (nothing written)")
     @blp.alt_response(201, schema=WriteResultSchema, description="Created")
     @blp.problems(400, 409, 413, descriptions={**INVALID, **OVERLAP}, examples={400: INVALID_EXAMPLE})
-    @atomic
     def post(self, data: dict[str, Any]) -> dict[str, str] | tuple[dict[str, object], int, dict[str, str]]:
         """Create or update the appointment (`orgId`, `id`); `updatedAt` not newer than the stored one is ignored.
         A credential bound to an organisation writes its own only (403 `wrong-organisation`)."""
-        appointment, action = services.upsert_appointment(data, source="api", actor=current_actor(),
-                                                          org=current_principal().org)
+        # A transaction of its own (not `@atomic`): two round trips, no ORM session (ADR 0017).
+        appointment, action = services.write_appointment(data, source="api", actor=current_actor(),
+                                                         org=current_principal().org)
         if action == services.IGNORED_STALE:
             return {"status": "ignored-stale"}
         headers = {"ETag": etag_for(appointment.id, appointment.version)}

@@ -1,7 +1,8 @@
 """The appointment service layer: the only code that writes appointments (SPEC §6.5).
 
 REST views and batch requests call these functions with data loaded by `AppointmentWriteSchema`.
-Nothing here commits: the caller's unit of work does.
+Nothing here commits but `write_appointment`, REST's single write, which is a transaction of its
+own; everything else runs in the caller's unit of work.
 
 Rules:
 - *Latest wins*: an appointment is keyed on (`org_id`, `external_id`); a write whose `updatedAt`
@@ -36,7 +37,7 @@ from sqlalchemy.dialects.postgresql import distinct_on
 
 from shared import versioning
 from shared.bulk import JsonText, PendingRows, PendingWrites, copy_into, copy_value
-from shared.db import page_of
+from shared.db import own_transaction, page_of
 from shared.errors import Overlap, WrongOrganisation
 from shared.extensions import db
 from shared.schemas import now_utc
@@ -184,19 +185,6 @@ def _record(appointment: Appointment, *, source: str, actor: str, now: datetime)
                            source=source, actor=actor, changed_at=now)
 
 
-def _conflicting_id(own_id: uuid.UUID, org_id: str, start: datetime, end: datetime) -> str | None:
-    """The active appointment of `org_id` other than `own_id` whose time overlaps [start, end).
-    Asked after a 23P01, whose DETAIL would name it too but carries row values: it is never read
-    or logged. None if that appointment is gone again by now."""
-    with db.session.no_autoflush:
-        found = db.session.scalar(
-            select(Appointment.id).where(Appointment.org_id == org_id, Appointment.id != own_id,
-                                         Appointment.deleted_at.is_(None), Appointment.start < end,
-                                         Appointment.end > start)
-            .order_by(Appointment.start).limit(1))
-    return str(found) if found is not None else None
-
-
 @dataclass
 class NewAppointment:
     """An appointment a batch creates, held as plain values until `finish_batch` copies them all in
@@ -268,7 +256,8 @@ def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, org: st
     `updated` or `ignored_stale` (nothing written). An overlap raises `Overlap`; an `org_id` other
     than a bound credential's (`org`) raises `WrongOrganisation`.
 
-    Alone (REST, or a batch redone item by item) it is `_write_one`: two round trips of plain SQL.
+    Without a batch `context` (a batch redone item by item) it is `_write_one`: two round trips of
+    plain SQL in the caller's transaction (`write_appointment` is the same as a transaction of its own).
     With a batch `context` the organisation is locked and the match looked up already, and the
     write is left to the batch's one flush and COPY (whose overlap makes the batch redo its items
     singly); a created one is then a `NewAppointment`."""
@@ -299,11 +288,13 @@ def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, org: st
 
 
 # One appointment's write in two round trips, the rules as above: (1) its organisations' locks
-# (with those a batch planned, `_planned_organisations`) and the stored row; (2) in a savepoint,
-# the row, its version and its event (`versioning.version_statement`). The ORM's unit of work and
-# flush cost more than the database work itself here (bench/api_write.py): plain SQL, sent
-# several statements at a time (psycopg2 sends a string of statements as one query; the last
-# one's rows are the result), on the session's own connection and transaction.
+# (with those a batch planned, `_planned_organisations`) and the stored row; (2) the row, its
+# version and its event (`versioning.version_statement`). The ORM's unit of work and flush cost
+# more than the database work itself here (bench/api_write.py): plain SQL, sent several statements
+# at a time (psycopg2 sends a string of statements as one query; the last one's rows are the
+# result). Alone (`write_appointment`) the first round trip begins the transaction and the second
+# commits it; within a caller's transaction (a batch redone item by item) the second is a
+# savepoint, so an overlap leaves the caller's transaction usable.
 _TABLE = f"{SCHEMA}.{Appointment.__tablename__}"
 _COLUMNS = (*NEW_APPOINTMENT_COLUMNS, "deleted_at")
 
@@ -319,26 +310,58 @@ _INSERT = (f"INSERT INTO {_TABLE} ({_quoted(NEW_APPOINTMENT_COLUMNS)}) "
 _UPDATE = (f'UPDATE {_TABLE} SET start = %(start)s, "end" = %(end)s, payload_created_at = %(payload_created_at)s, '
            "payload_updated_at = %(payload_updated_at)s, version = %(version)s, updated_at = %(updated_at)s, "
            "deleted_at = NULL WHERE id = %(id)s")
+# The active appointment of the organisation, other than the one written, whose time overlaps:
+# asked after a 23P01, whose DETAIL would name it too but carries row values (never read or logged).
+_CONFLICTING = (f'SELECT id FROM {_TABLE} WHERE org_id = %(org_id)s AND id <> %(id)s AND deleted_at IS NULL '
+                f'AND start < %(end)s AND "end" > %(start)s ORDER BY start LIMIT 1')
 _SAVEPOINT = "appointment_write"
 
 
+@dataclass(frozen=True)
+class _Transaction:
+    """What goes around one appointment's statements: a transaction of its own, or a savepoint in
+    the caller's."""
+
+    begin: str  # before the locks
+    write: str  # before the row's INSERT or UPDATE
+    commit: str  # after the event's INSERT
+    undo: str  # after an overlap
+
+
+_ALONE = _Transaction("BEGIN;\n", "", ";\nCOMMIT", "ROLLBACK")
+_WITHIN = _Transaction("", f"SAVEPOINT {_SAVEPOINT};\n", f";\nRELEASE SAVEPOINT {_SAVEPOINT}",
+                       f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+
+
+def write_appointment(data: dict[str, Any], *, source: str, actor: str, org: str | None = None,
+                      now: datetime | None = None) -> tuple[NewAppointment, str]:
+    """`upsert_appointment` as a transaction of its own, committed here: `POST /api/appointments`.
+    On a pooled connection outside the ORM session (`shared.db.own_transaction`): `BEGIN` goes with
+    the locks and the read, `COMMIT` with the writes. Same rules, same errors."""
+    bind_organisation(data, org)
+    with own_transaction() as cursor:
+        return _write_with(cursor, data, source=source, actor=actor, now=now or now_utc(), around=_ALONE)
+
+
 def _write_one(data: dict[str, Any], *, source: str, actor: str, now: datetime) -> tuple[NewAppointment, str]:
+    """One appointment within the caller's unit of work, on the session's connection."""
     db.session.flush()  # nothing is pending on the write path; anything that is goes first, in order
     cursor = db.session.connection().connection.cursor()
     try:
-        return _write_with(cursor, data, source=source, actor=actor, now=now)
+        return _write_with(cursor, data, source=source, actor=actor, now=now, around=_WITHIN)
     finally:
         cursor.close()
 
 
-def _write_with(cursor: Any, data: dict[str, Any], *, source: str, actor: str,
-                now: datetime) -> tuple[NewAppointment, str]:
-    cursor.execute(_LOCK_AND_READ, {**_lock_parameters({data["org_id"], *_planned_organisations()}),
-                                    "org_id": data["org_id"], "external_id": data["external_id"]})
+def _write_with(cursor: Any, data: dict[str, Any], *, source: str, actor: str, now: datetime,
+                around: _Transaction) -> tuple[NewAppointment, str]:
+    cursor.execute(around.begin + _LOCK_AND_READ,
+                   {**_lock_parameters({data["org_id"], *_planned_organisations()}),
+                    "org_id": data["org_id"], "external_id": data["external_id"]})
     row = cursor.fetchone()
     stored = NewAppointment(*row) if row is not None else None
     if stored is not None and data["payload_updated_at"] <= stored.payload_updated_at:
-        return stored, IGNORED_STALE
+        return stored, IGNORED_STALE  # alone: `own_transaction` rolls back
     if stored is None:
         appointment = NewAppointment(uuid.uuid4(), data["org_id"], data["external_id"], data["start"], data["end"],
                                      data["payload_created_at"], data["payload_updated_at"], version=1,
@@ -353,15 +376,17 @@ def _write_with(cursor: Any, data: dict[str, Any], *, source: str, actor: str,
     parameters = {column: getattr(appointment, column) for column in NEW_APPOINTMENT_COLUMNS}
     parameters["id"] = str(appointment.id)
     try:
-        cursor.execute(f"SAVEPOINT {_SAVEPOINT};\n{_UPDATE if stored else _INSERT};\n{version_sql};\n"
-                       f"RELEASE SAVEPOINT {_SAVEPOINT}", {**parameters, **version_parameters})
+        cursor.execute(f"{around.write}{_UPDATE if stored else _INSERT};\n{version_sql}{around.commit}",
+                       {**parameters, **version_parameters})
     except psycopg2.errors.ExclusionViolation as error:
         if error.diag.constraint_name != NO_OVERLAP:
             raise
-        cursor.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")  # the caller's transaction goes on
-        conflicting_id = _conflicting_id(appointment.id, data["org_id"], data["start"], data["end"])
+        cursor.execute(around.undo)  # within: the caller's transaction goes on
+        cursor.execute(_CONFLICTING, parameters)
+        found = cursor.fetchone()
         raise Overlap(f"appointment {data['external_id']!r} overlaps another active appointment of "
-                      f"organisation {data['org_id']!r}", conflicting_id=conflicting_id) from None
+                      f"organisation {data['org_id']!r}",
+                      conflicting_id=str(found[0]) if found is not None else None) from None
     return appointment, CREATED if stored is None else UPDATED
 
 
