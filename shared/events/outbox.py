@@ -9,7 +9,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Table, Text, select, text
@@ -154,7 +154,6 @@ def _events(version_model: Any, rows: list[dict[str, Any]]) -> list[_Event]:
     table = version_model.__table__
     models = _BY_SCHEMA[table.schema]
     aggregate = aggregate_of(table.name)
-    envelopes: dict[tuple[str, str, str, datetime], _Envelope] = {}  # a bulk write's rows share theirs
     events = []
     for row, event_id in zip(rows, event_ids(len(rows)), strict=True):
         kind = "deleted" if row["deleted"] else "created" if row["version"] == 1 else "updated"
@@ -165,12 +164,8 @@ def _events(version_model: Any, rows: list[dict[str, Any]]) -> list[_Event]:
             _remember(version_model, row)
         else:
             data = row["data"]
-        key = (kind, row["source"], row["actor"], row["changed_at"])
-        envelope = envelopes.get(key)
-        if envelope is None:
-            envelope = envelopes[key] = _Envelope(models.service, aggregate, kind, origin=row["source"],
-                                                  actor=row["actor"], time=row["changed_at"])
-        events.append(envelope.event(event_id, row["record_id"], row["version"], data))
+        envelope = _envelope(models.service, aggregate, kind, row["source"], row["actor"])
+        events.append(envelope.event(event_id, row["record_id"], row["version"], row["changed_at"], data))
     return events
 
 
@@ -180,8 +175,8 @@ def record_erasure(service: str, aggregate: str, record_id: Any, *, version: int
     nothing else (the data is gone; the event only says so)."""
     models = _BY_SCHEMA[service]
     data = {"id": record_id, "version": version, "changed": []}
-    envelope = _Envelope(service, aggregate, "erased", origin=origin, actor=actor, time=time)
-    db.session.add(models.outbox(**envelope.event(str(uuid.uuid4()), record_id, version, data).row()))
+    envelope = _envelope(service, aggregate, "erased", origin, actor)
+    db.session.add(models.outbox(**envelope.event(str(uuid.uuid4()), record_id, version, time, data).row()))
 
 
 def event_ids(count: int) -> list[str]:
@@ -198,30 +193,38 @@ def event_ids(count: int) -> list[str]:
 
 class _Envelope:
     """The serialised CloudEvent (`cloud_event`, as `json.dumps` writes it) of events alike but for
-    their id, subject, sequence and data: serialised once, the variable parts put in per event.
-    A bulk import records tens of thousands of events; serialising each envelope anew cost as much
-    as a quarter of the import's Python time (bench/events.py)."""
+    their id, subject, time, sequence and data: serialised once, the variable parts put in per
+    event. A bulk import records tens of thousands of events; serialising each envelope anew cost as
+    much as a quarter of the import's Python time (bench/events.py), and a single appointment
+    write a twentieth of its own (bench/api_write.py). Made by `_envelope`, which keeps them."""
 
-    _HOLES = ("\x00", "\x01", "\x02", "\x03")  # event id, subject, sequence, data
+    _HOLES = ("\x00", "\x01", "\x02", "\x03", "\x04")  # event id, subject, time, sequence, data: in document order
 
-    def __init__(self, service: str, aggregate: str, kind: str, *, origin: str, actor: str, time: datetime) -> None:
+    def __init__(self, service: str, aggregate: str, kind: str, origin: str, actor: str) -> None:
         self.aggregate = aggregate
         self.type = event_type(aggregate, kind)
-        template = json.dumps(cloud_event(event_id=self._HOLES[0], service=service, aggregate=aggregate, kind=kind,
-                                          subject=self._HOLES[1], sequence=self._HOLES[2],  # type: ignore[arg-type]
-                                          origin=origin, actor=actor, time=time, data=self._HOLES[3]),  # type: ignore[arg-type]
-                              ensure_ascii=False)
-        self.parts = re.split(r'"\\u000[0-3]"', template)
-        assert len(self.parts) == 5, "the template has its four holes, in order"
+        document: dict[str, Any] = cloud_event(
+            event_id=self._HOLES[0], service=service, aggregate=aggregate, kind=kind, subject=self._HOLES[1],
+            sequence=self._HOLES[3], origin=origin, actor=actor, time=datetime.min,  # type: ignore[arg-type]
+            data=self._HOLES[4])  # type: ignore[arg-type]
+        document["time"] = self._HOLES[2]
+        self.parts = re.split(r'"\\u000[0-4]"', json.dumps(document, ensure_ascii=False))
+        assert len(self.parts) == 6, "the template has its five holes, in order"
 
-    def event(self, event_id: str, record_id: Any, version: int, data: dict[str, Any] | JsonText) -> _Event:
+    def event(self, event_id: str, record_id: Any, version: int, time: datetime,
+              data: dict[str, Any] | JsonText) -> _Event:
         subject = str(record_id)
         quoted = f'"{subject}"' if type(record_id) is int else json.dumps(subject, ensure_ascii=False)
-        head, after_id, after_subject, after_sequence, tail = self.parts
+        head, after_id, after_subject, after_time, after_sequence, tail = self.parts
         serialised = data if isinstance(data, JsonText) else json.dumps(data, ensure_ascii=False, default=str)
-        document = (f'{head}"{event_id}"{after_id}{quoted}{after_subject}'
+        document = (f'{head}"{event_id}"{after_id}{quoted}{after_subject}"{time.isoformat()}"{after_time}'
                     f'{version}{after_sequence}{serialised}{tail}')
         return _Event(event_id, self.aggregate, subject, version, self.type, document)
+
+
+@lru_cache(maxsize=1024)  # per service, aggregate, kind, origin and credential: few
+def _envelope(service: str, aggregate: str, kind: str, origin: str, actor: str) -> _Envelope:
+    return _Envelope(service, aggregate, kind, origin, actor)
 
 
 @dataclass(frozen=True, slots=True)

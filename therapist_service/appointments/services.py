@@ -340,7 +340,8 @@ def write_appointment(data: dict[str, Any], *, source: str, actor: str, org: str
     the locks and the read, `COMMIT` with the writes. Same rules, same errors."""
     bind_organisation(data, org)
     with own_transaction() as cursor:
-        return _write_with(cursor, data, source=source, actor=actor, now=now or now_utc(), around=_ALONE)
+        return _write_with(cursor, data, {data["org_id"]}, source=source, actor=actor, now=now or now_utc(),
+                           around=_ALONE)
 
 
 def _write_one(data: dict[str, Any], *, source: str, actor: str, now: datetime) -> tuple[NewAppointment, str]:
@@ -348,16 +349,17 @@ def _write_one(data: dict[str, Any], *, source: str, actor: str, now: datetime) 
     db.session.flush()  # nothing is pending on the write path; anything that is goes first, in order
     cursor = db.session.connection().connection.cursor()
     try:
-        return _write_with(cursor, data, source=source, actor=actor, now=now, around=_WITHIN)
+        return _write_with(cursor, data, {data["org_id"], *_planned_organisations()}, source=source, actor=actor,
+                           now=now, around=_WITHIN)
     finally:
         cursor.close()
 
 
-def _write_with(cursor: Any, data: dict[str, Any], *, source: str, actor: str, now: datetime,
-                around: _Transaction) -> tuple[NewAppointment, str]:
-    cursor.execute(around.begin + _LOCK_AND_READ,
-                   {**_lock_parameters({data["org_id"], *_planned_organisations()}),
-                    "org_id": data["org_id"], "external_id": data["external_id"]})
+def _write_with(cursor: Any, data: dict[str, Any], organisations: set[str], *, source: str, actor: str,
+                now: datetime, around: _Transaction) -> tuple[NewAppointment, str]:
+    """The two round trips; `organisations`: those to lock (the appointment's, and a batch's planned)."""
+    cursor.execute(around.begin + _LOCK_AND_READ, {**_lock_parameters(organisations),
+                                                   "org_id": data["org_id"], "external_id": data["external_id"]})
     row = cursor.fetchone()
     stored = NewAppointment(*row) if row is not None else None
     if stored is not None and data["payload_updated_at"] <= stored.payload_updated_at:
