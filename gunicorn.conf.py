@@ -17,6 +17,7 @@ and an `If-Match` list fit with room), at most 100 header fields. Longer: 414 an
 gunicorn before the app sees the request, as problem details like every other error (below).
 
 What the hooks do:
+- `on_starting`: a port another process listens on is refused (see `reuse_port`);
 - metrics: every worker counts into files in `PROMETHEUS_MULTIPROC_DIR` (a private temporary
   folder when unset), emptied when the master starts; a dead worker's gauges are dropped;
 - `when_ready` / `post_fork`: a master that loaded the app (`--preload`) stops its background
@@ -35,6 +36,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -66,6 +68,13 @@ worker_class = "gthread" if threads > 1 else "sync"
 timeout = SERVER.GUNICORN_TIMEOUT
 graceful_timeout = SERVER.GUNICORN_GRACEFUL_TIMEOUT  # in-flight requests and the current import file
 keepalive = 5
+# Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new connections
+# over them. On one shared socket the worker that wakes first takes a connection whether or not its
+# threads are free, and a client's keep-alive connections can all end up in one process, which runs
+# Python on one core (bench/api_write.py at 8 connections: 8 on one worker and the other idle, a
+# quarter of the machine unused). The price: a worker that dies drops the connections still queued
+# for it, and a second master on the same port would share it silently, which `on_starting` refuses.
+reuse_port = True
 # Request lines carry query strings, and those can hold patient data (?email=…): no access log.
 # /metrics counts requests by route and status instead.
 accesslog = None
@@ -145,6 +154,22 @@ if os.environ.get("CURAVANI_METRICS_MASTER") != str(os.getpid()):
         _metrics_dir, _own_metrics_dir = Path(tempfile.mkdtemp(prefix="curavani-metrics-")), True
         os.environ[METRICS_DIR] = str(_metrics_dir)
         os.environ["CURAVANI_METRICS_DIR_OWNED"] = "1"
+
+
+def on_starting(server) -> None:
+    """In the master, before anything is bound: refuse a port another process listens on. With
+    `reuse_port` the workers' own sockets would join that listener and share its traffic instead of
+    failing; a plain bind (as without it) fails as it should: "Address already in use"."""
+    for address in server.cfg.address:
+        if not isinstance(address, tuple):
+            continue  # a unix socket: gunicorn binds it once, in the master
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                raise SystemExit(f"cannot listen on {address[0]}:{address[1]}: {error.strerror}") from None
 
 
 def child_exit(server, worker) -> None:

@@ -1,6 +1,7 @@
 """The therapist service for real under gunicorn, started with the Docker image's command
 (`gunicorn -c gunicorn.conf.py`, the app from SERVICE_APP): two workers, one importer, metrics
-added up across workers, JSON log lines, and a clean stop on SIGTERM that releases the lock."""
+added up across workers, JSON log lines, a clean stop on SIGTERM that releases the lock, and a
+port that is taken refused."""
 from __future__ import annotations
 
 import json
@@ -144,6 +145,23 @@ def test_a_request_gunicorn_refuses_is_answered_with_problem_details(gunicorn):
     log.seek(0)
     logged = log.read()
     assert "Invalid HTTP request line" in logged and "Geheimname" not in logged
+
+
+def test_a_port_another_process_listens_on_is_refused(migrated, database_url, tmp_path):
+    """Each worker binds its own socket with SO_REUSEPORT, which would quietly share a port with
+    any listener that set it too; the master checks first and stops, as a plain bind would."""
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # the kind that could be joined
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "DATABASE_URL": database_url, "API_TOKENS": API_TOKENS, "HOST": "127.0.0.1",
+               "PORT": str(port), "SERVICE_APP": "therapist_service.app:create_app()", "IMPORTS_ENABLED": "false"}
+        command = [str(Path(sys.executable).parent / "gunicorn"), *image_command()[1:]]
+        finished = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    assert finished.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in finished.stdout + finished.stderr
 
 
 def _answers(process, url: str) -> bool:
