@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from inspect import iscoroutinefunction
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,24 @@ class ServiceDefinition:
     description: str = ""
 
 
+class App(Flask):
+    """Flask, remembering which of its hooks and views are coroutine functions: Flask asks
+    `inspect` again for each of them on every request (twenty times an appointment write, a
+    fiftieth of its time, bench/api_write.py). Only functions registered with the app reach this."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._is_sync: dict[Callable[..., Any], bool] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        is_sync = self._is_sync.get(func)
+        if is_sync is None:
+            is_sync = self._is_sync[func] = not iscoroutinefunction(func)
+        return func if is_sync else self.async_to_sync(func)
+
+
 def build_app(service: ServiceDefinition, settings: Settings) -> Flask:
-    app = Flask(service.name)
+    app = App(service.name)
     app.json = JSONProvider(app)
     app.extensions["settings"] = settings
     app.config.update(_flask_config(service, settings))
