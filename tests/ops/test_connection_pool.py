@@ -5,6 +5,7 @@ connection a single appointment write borrows outside the session (shared.db.own
 goes back as it came, or not at all."""
 from __future__ import annotations
 
+import pytest
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from sqlalchemy import event, text
 
@@ -123,3 +124,57 @@ def test_a_connection_lost_before_a_single_write_leaves_the_pool(make_app, admin
     response = post(client, appointment("lost-3", start="2025-07-16 09:00", end="2025-07-16 09:50"))
 
     assert response.status_code == 201, response.get_json()
+
+
+# ---- statements prepared once per connection (shared.db.prepared) --------------------------------
+
+def prepared_statements_of_pooled_connections(app) -> list[list[str]]:
+    with app.app_context():
+        held = [db.engine.raw_connection() for _ in range(db.engine.pool.checkedin())]
+        try:
+            statements = []
+            for connection in held:
+                cursor = connection.dbapi_connection.cursor()
+                cursor.execute("SELECT statement FROM pg_prepared_statements ORDER BY statement")
+                statements.append([row[0] for row in cursor.fetchall()])
+                cursor.close()
+            connection.dbapi_connection.rollback()
+            return statements
+        finally:
+            for connection in held:
+                connection.close()
+
+
+def test_a_connection_prepares_the_write_statements_once_and_keeps_them_through_rollbacks(make_app):
+    """A second PREPARE of a name would fail (42P05): that every write after the first succeeds
+    on the same connection, through an overlap's and a stale write's rollback, shows each
+    statement is prepared once and survives them."""
+    app = make_app("therapist")
+    client = app.test_client()
+    body = appointment("prep-1")
+    outcomes = [post(client, body).status_code, post(client, appointment("prep-2")).status_code,
+                post(client, body).status_code,
+                post(client, {**body, "updatedAt": "2025-12-01 08:00:00"}).status_code,
+                post(client, appointment("prep-3", start="2025-07-20 09:00", end="2025-07-20 09:50")).status_code]
+
+    assert outcomes == [201, 409, 200, 200, 201]
+    (statements,) = prepared_statements_of_pooled_connections(app)
+    tables = ("appointments", "appointment_versions", "event_outbox")
+    assert [table for table in tables for statement in statements
+            if statement.startswith("PREPARE") and f"INSERT INTO therapist_service.{table} " in statement] == list(tables)
+    assert any("UPDATE therapist_service.appointments SET" in statement for statement in statements)
+    assert any("pg_advisory_xact_lock($1, key)" in statement for statement in statements)
+    assert len(statements) == len(set(statements)) == 6  # lock, read, insert, update, version, event
+
+
+def test_a_prepared_statement_takes_each_named_parameter_in_one_place():
+    prepare, execute = shared_db._prepare_and_execute(
+        "SELECT id FROM t WHERE org_id = %(org_id)s AND id <> %(id)s AND other = %(org_id)s")
+
+    assert prepare.endswith("AS SELECT id FROM t WHERE org_id = $1 AND id <> $2 AND other = $1")
+    assert execute == f"EXECUTE {prepare.split()[1]}(%(org_id)s, %(id)s)"
+
+
+def test_a_statement_with_a_literal_percent_sign_is_not_prepared():
+    with pytest.raises(ValueError, match="literal %"):
+        shared_db._prepare_and_execute("SELECT 1 WHERE name LIKE 'a%%' AND id = %(id)s")

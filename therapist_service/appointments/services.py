@@ -37,7 +37,7 @@ from sqlalchemy.dialects.postgresql import distinct_on
 
 from shared import versioning
 from shared.bulk import JsonText, PendingRows, PendingWrites, copy_into, copy_value
-from shared.db import own_transaction, page_of
+from shared.db import own_transaction, page_of, prepared
 from shared.errors import Overlap, WrongOrganisation
 from shared.extensions import db
 from shared.schemas import now_utc
@@ -89,7 +89,7 @@ def _planned_organisations() -> frozenset[str]:
 
 
 # unnest yields the keys in array order: the locks are taken sorted. Parameters in psycopg2's style:
-# the single write sends it in one query with its read (`_LOCK_AND_READ`).
+# the single write sends it in one query with its read (`_READ`).
 _LOCK = "SELECT pg_advisory_xact_lock(%(namespace)s, key) FROM unnest(%(keys)s::integer[]) AS key"
 
 
@@ -289,12 +289,13 @@ def upsert_appointment(data: dict[str, Any], *, source: str, actor: str, org: st
 
 # One appointment's write in two round trips, the rules as above: (1) its organisations' locks
 # (with those a batch planned, `_planned_organisations`) and the stored row; (2) the row, its
-# version and its event (`versioning.version_statement`). The ORM's unit of work and flush cost
-# more than the database work itself here (bench/api_write.py): plain SQL, sent several statements
-# at a time (psycopg2 sends a string of statements as one query; the last one's rows are the
-# result). Alone (`write_appointment`) the first round trip begins the transaction and the second
-# commits it; within a caller's transaction (a batch redone item by item) the second is a
-# savepoint, so an overlap leaves the caller's transaction usable.
+# version and its event (`versioning.version_statements`). The ORM's unit of work and flush cost
+# more than the database work itself here (bench/api_write.py): plain SQL, prepared once per
+# connection (`shared.db.prepared`), several statements sent at a time (psycopg2 sends a string of
+# statements as one query; the last one's rows are the result). Alone (`write_appointment`) the
+# first round trip begins the transaction and the second commits it; within a caller's
+# transaction (a batch redone item by item) the second is a savepoint, so an overlap leaves the
+# caller's transaction usable.
 _TABLE = f"{SCHEMA}.{Appointment.__tablename__}"
 _COLUMNS = (*NEW_APPOINTMENT_COLUMNS, "deleted_at")
 
@@ -303,8 +304,7 @@ def _quoted(columns: Iterable[str]) -> str:
     return ", ".join(f'"{column}"' for column in columns)  # "end" is a keyword
 
 
-_LOCK_AND_READ = (f"{_LOCK};\nSELECT {_quoted(_COLUMNS)} "
-                  f"FROM {_TABLE} WHERE org_id = %(org_id)s AND external_id = %(external_id)s")
+_READ = f"SELECT {_quoted(_COLUMNS)} FROM {_TABLE} WHERE org_id = %(org_id)s AND external_id = %(external_id)s"
 _INSERT = (f"INSERT INTO {_TABLE} ({_quoted(NEW_APPOINTMENT_COLUMNS)}) "
            f"VALUES ({', '.join(f'%({column})s' for column in NEW_APPOINTMENT_COLUMNS)})")
 _UPDATE = (f'UPDATE {_TABLE} SET start = %(start)s, "end" = %(end)s, payload_created_at = %(payload_created_at)s, '
@@ -358,8 +358,8 @@ def _write_one(data: dict[str, Any], *, source: str, actor: str, now: datetime) 
 def _write_with(cursor: Any, data: dict[str, Any], organisations: set[str], *, source: str, actor: str,
                 now: datetime, around: _Transaction) -> tuple[NewAppointment, str]:
     """The two round trips; `organisations`: those to lock (the appointment's, and a batch's planned)."""
-    cursor.execute(around.begin + _LOCK_AND_READ, {**_lock_parameters(organisations),
-                                                   "org_id": data["org_id"], "external_id": data["external_id"]})
+    cursor.execute(around.begin + ";\n".join(prepared(cursor, _LOCK, _READ)),
+                   {**_lock_parameters(organisations), "org_id": data["org_id"], "external_id": data["external_id"]})
     row = cursor.fetchone()
     stored = NewAppointment(*row) if row is not None else None
     if stored is not None and data["payload_updated_at"] <= stored.payload_updated_at:
@@ -373,13 +373,13 @@ def _write_with(cursor: Any, data: dict[str, Any], organisations: set[str], *, s
                               payload_created_at=data["payload_created_at"],
                               payload_updated_at=data["payload_updated_at"], version=stored.version + 1,
                               updated_at=now, deleted_at=None)  # a newer word brings a cancelled one back
-    version_sql, version_parameters = versioning.version_statement(AppointmentVersion, versioning.version_row(
+    version_sql, version_parameters = versioning.version_statements(AppointmentVersion, versioning.version_row(
         appointment, JsonText(json.dumps(representation(appointment))), source=source, actor=actor, changed_at=now))
     parameters = {column: getattr(appointment, column) for column in NEW_APPOINTMENT_COLUMNS}
     parameters["id"] = str(appointment.id)
+    statements = ";\n".join(prepared(cursor, _UPDATE if stored else _INSERT, *version_sql))
     try:
-        cursor.execute(f"{around.write}{_UPDATE if stored else _INSERT};\n{version_sql}{around.commit}",
-                       {**parameters, **version_parameters})
+        cursor.execute(f"{around.write}{statements}{around.commit}", {**parameters, **version_parameters})
     except psycopg2.errors.ExclusionViolation as error:
         if error.diag.constraint_name != NO_OVERLAP:
             raise
