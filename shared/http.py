@@ -187,6 +187,17 @@ class Blueprint(SmorestBlueprint):
         keeps a load's state in the call, and our schemas keep none on themselves."""
         return super().arguments(schema() if isinstance(schema, type) else schema, *args, **kwargs)
 
+    # flask-smorest's documentation-only decorators (`alt_response`, `doc`) wrap the view in a
+    # function that only calls it (through `current_app.ensure_sync`), to hang the documentation on
+    # the wrapper: a POST /api/appointments went through eight such calls, 16 µs. Ours hang the same
+    # documentation on the view itself. Each view function here is decorated in one chain only.
+    def alt_response(self, *args: Any, **kwargs: Any) -> Callable[[View], View]:
+        return _on_the_view(super().alt_response(*args, **kwargs))
+
+    @staticmethod
+    def doc(**kwargs: Any) -> Callable[[View], View]:
+        return _on_the_view(SmorestBlueprint.doc(**kwargs))
+
     def paginate(self, *args: Any, **kwargs: Any) -> Callable[[View], View]:
         """flask-smorest's `paginate`, documenting the bounded `page` the parser enforces."""
         paginate = super().paginate(*args, **kwargs)
@@ -225,6 +236,14 @@ class Blueprint(SmorestBlueprint):
                                          **({"example": example} if example else {}))(view)
             return view
         return decorator
+
+
+def _on_the_view(document: Callable[[View], View]) -> Callable[[View], View]:
+    """A documentation-only decorator of flask-smorest, applied without its call-through wrapper."""
+    def decorator(view: View) -> View:
+        view._apidoc = document(view)._apidoc  # type: ignore[attr-defined]
+        return view
+    return decorator
 
 
 def etag_for(record_id: int | str | uuid.UUID, version: int) -> str:
@@ -273,6 +292,14 @@ def require_json_body() -> None:
         request.get_json()  # not `silent`: its None would also stand for a body of JSON `null` (422)
     except BadRequest:
         abort(400, message="the request body is not valid JSON")
+
+
+def json_answer(body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """A small JSON answer of plain values, made here rather than by flask-smorest (which dumps a
+    view's result through its response schema, then through Flask's JSON provider): for a view
+    that builds exactly what its documented schema says, on a path where that work shows
+    (the single appointment write: a tenth of the request's time in the process)."""
+    return Response(msgspec.json.encode(body), status, headers, mimetype="application/json")
 
 
 def as_stored(representation: Mapping[str, Any]) -> Response:

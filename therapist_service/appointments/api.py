@@ -11,7 +11,15 @@ from flask_smorest.pagination import PaginationParameters
 from shared import batch
 from shared.db import atomic
 from shared.errors import UPSTREAM_VALIDATION_STATUS
-from shared.http import Blueprint, as_stored, current_actor, current_principal, etag_for, expected_versions
+from shared.http import (
+    Blueprint,
+    as_stored,
+    current_actor,
+    current_principal,
+    etag_for,
+    expected_versions,
+    json_answer,
+)
 from shared.schemas import AsOfQuerySchema, VersionSchema
 from therapist_service.appointments import services
 from therapist_service.appointments.models import AppointmentVersion
@@ -58,21 +66,21 @@ class Appointments(MethodView):
     @blp.response(200, WriteResultSchema, description="Updated, or `ignored-stale` (nothing written)")
     @blp.alt_response(201, schema=WriteResultSchema, description="Created")
     @blp.problems(400, 409, 413, descriptions={**INVALID, **OVERLAP}, examples={400: INVALID_EXAMPLE})
-    def post(self, data: dict[str, Any]) -> dict[str, str] | tuple[dict[str, object], int, dict[str, str]]:
+    def post(self, data: dict[str, Any]) -> Response:
         """Create or update the appointment (`orgId`, `id`); `updatedAt` not newer than the stored one is ignored.
         A credential bound to an organisation writes its own only (403 `wrong-organisation`)."""
         # A transaction of its own (not `@atomic`): two round trips, no ORM session (ADR 0017).
         appointment, action = services.write_appointment(data, source="api", actor=current_actor(),
                                                          org=current_principal().org)
         if action == services.IGNORED_STALE:
-            return {"status": "ignored-stale"}
+            return json_answer({"status": "ignored-stale"})
         headers = {"ETag": etag_for(appointment.id, appointment.version)}
         if action == services.CREATED:
             # `url_for("appointments.Appointment", …)`, written out: building a URL adapter per request
             # was a fiftieth of a write's time (bench/api_write.py).
             headers["Location"] = f"{request.script_root}{blp.url_prefix}/{appointment.id}"
         body = {"status": "ok", "id": str(appointment.id), "version": appointment.version}
-        return body, 201 if action == services.CREATED else 200, headers
+        return json_answer(body, 201 if action == services.CREATED else 200, headers)
 
 
 @blp.route("/<uuid:appointment_id>")
