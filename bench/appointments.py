@@ -11,7 +11,7 @@ runs the therapist migrations. Then:
    network), against the same rows through `psycopg2.extras.execute_values` into a scratch table
    with the same columns, unique key and exclusion constraint (btree_gist over a `tstzrange`),
    on an open connection, commit included. Prints each round, the medians and the ratio batch/raw
-   against the issue's target (≤ 5×).
+   against the target (≤ 2.5×, issue 23).
 2. *Under gunicorn*: the therapist service with 2 workers × 4 threads (gunicorn.conf.py), and
    `--clients` client threads, each in a closed loop for `--seconds` s posting to
    POST /api/appointments a mix: 40 % new appointments (201), 25 % newer versions of one of its
@@ -53,7 +53,7 @@ VAR = ROOT / "var"
 BIN = Path(sys.executable).parent
 DATABASE_NAME = "curavani_bench_appointments"
 ITEMS = 1000
-TARGET_RATIO = 5.0
+TARGET_RATIO = 2.5  # issue 23 (issue 13 asked for 5×)
 PRACTICES = 20
 BASE = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 MIX = (("new", 40), ("updated", 25), ("stale", 20), ("overlap", 15))
@@ -134,7 +134,7 @@ def batch_against_raw(database_url: str, token: str, rounds: int) -> float:
         median = {name: statistics.median(values) for name, values in times.items()}
         ratio = median["batch"] / median["raw"]
         print(f"   median: batch {median['batch']:.3f} s   raw insert {median['raw']:.3f} s   "
-              f"batch/raw = {ratio:.1f}x (target <= {TARGET_RATIO:.0f}x) {'PASS' if ratio <= TARGET_RATIO else 'FAIL'}")
+              f"batch/raw = {ratio:.1f}x (target <= {TARGET_RATIO:g}x) {'PASS' if ratio <= TARGET_RATIO else 'FAIL'}")
         return ratio
     finally:
         raw.close()

@@ -12,7 +12,7 @@ e-mail addresses, it times
   `INSERT … ON CONFLICT (email) DO UPDATE` into a scratch table with the patient's columns,
   on an open connection, rows built from the same dicts, commit included.
 It prints each round, the medians, the ratios new/raw and unchanged/raw against the targets
-(new within 5×, issue 14; unchanged within 5×) with PASS/FAIL, then drops the database. Events
+(new within 3×, issue 23; unchanged within 5×, issue 14) with PASS/FAIL, then drops the database. Events
 are recorded in the outbox, as always.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from shared.devdb import drop_database, ensure_database, start_embedded  # noqa:
 
 DATABASE_NAME = "curavani_bench_batch"
 ITEMS, ROUNDS = 1000, 3
-TARGETS = {"new": 5.0, "unchanged": 5.0}  # at most this many times the raw upsert
+TARGETS = {"new": 3.0, "unchanged": 5.0}  # at most this many times the raw upsert (new: issue 23; issue 14 asked 5×)
 COLUMNS = ("anrede", "geschlecht", "vorname", "nachname", "geburtsdatum", "email", "telefon", "strasse", "plz",
            "ort", "krankenkasse", "symptome", "erfahrung_mit_psychotherapie", "offen_fuer_gruppentherapie",
            "bevorzugtes_therapieverfahren", "bevorzugtes_therapeutengeschlecht", "zeitliche_verfuegbarkeit",
