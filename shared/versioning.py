@@ -6,6 +6,7 @@ the outbox, in the same transaction (SPEC §9.1): write versions only through th
 """
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql import ColumnElement, Select
 
-from shared.bulk import PendingRows, copy_lines, copy_value
-from shared.db import compiled_insert, page_of
+from shared.bulk import JsonText, PendingRows, copy_lines, copy_value
+from shared.db import compiled_insert, page_of, prepared
 from shared.errors import Gone, NotFound, PreconditionFailed
 from shared.events import outbox
 from shared.extensions import db
@@ -65,12 +66,18 @@ def version_row(record: Any, data: Any, *, source: str, actor: str, changed_at: 
 
 def add_version(model: type, record: VersionedRecordMixin, data: dict[str, Any], *, source: str, actor: str,
                 changed_at: datetime) -> None:
-    """Write `record`'s current state as its version `record.version`, and its domain event."""
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}")
-    row = version_row(record, data, source=source, actor=actor, changed_at=changed_at)
-    db.session.add(model(**row))
-    outbox.record_versions(model, [row])
+    """Write `record`'s current state as its version `record.version`, and its domain event, at
+    once: both INSERTs in one round trip on the session's connection, in its transaction, as
+    statements prepared once per connection (`shared.db.prepared`). Two ORM objects flushed at
+    commit cost about a fifth of a single patient write's CPU. The record itself must be in the
+    database already (its version row refers to it): a created one is flushed before this."""
+    row = version_row(record, JsonText(json.dumps(data)), source=source, actor=actor, changed_at=changed_at)
+    statements, parameters = version_statements(model, row)
+    cursor = db.session.connection().connection.cursor()
+    try:
+        cursor.execute(";\n".join(prepared(cursor, *statements)), parameters)
+    finally:
+        cursor.close()
 
 
 VERSION_COLUMNS = ("record_id", "version", "changed_at", "source", "actor", "data", "deleted")
