@@ -29,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from patient_service import create_app as create_patient_app
+from shared.http import Blueprint
 from therapist_service import create_app as create_therapist_app
 
 # Unknown query parameters are ignored on purpose (pagination and filters are parsed from the
@@ -342,3 +343,18 @@ def test_a_participant_email_is_an_address_or_blank_as_the_document_says():
     base = {"participantId": "p-1"}
     for email, allowed in (("jana@example.de", True), ("", True), ("   ", True), ("not-an-address", False)):
         assert allows(doc, schema, {**base, "email": email}) is allowed, email
+
+
+def test_documentation_only_decorators_document_the_view_without_wrapping_it():
+    """`Blueprint.doc` and `Blueprint.alt_response` only describe: the view they return is the
+    view they were given (no call-through per request), holding what the document shows."""
+    blueprint = Blueprint("example", __name__)
+
+    def view() -> str:
+        return "ok"
+
+    documented = blueprint.doc(summary="An example")(blueprint.alt_response(404, description="not there")(view))
+
+    assert documented is view
+    assert view._apidoc["manual_doc"] == {"summary": "An example"}
+    assert view._apidoc["response"]["responses"][404][0]["description"] == "not there"
