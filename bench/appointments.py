@@ -7,7 +7,8 @@ It starts an embedded PostgreSQL in ./var/bench-postgres with a fresh database o
 runs the therapist migrations. Then:
 
 1. *Batch against raw*: each round, with a practice of its own, POST /api/appointments/batch with
-   1,000 new appointments (the therapist app in-process, through its test client: our code and no
+   1,000 new appointments (the therapist app in-process, its startup objects frozen as in a gunicorn
+   worker, through its test client: our code and no
    network), against the same rows through `psycopg2.extras.execute_values` into a scratch table
    with the same columns, unique key and exclusion constraint (btree_gist over a `tstzrange`),
    on an open connection, commit included. Prints each round, the medians and the ratio batch/raw
@@ -24,6 +25,7 @@ runs the therapist migrations. Then:
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import secrets
@@ -110,6 +112,7 @@ def batch_against_raw(database_url: str, token: str, rounds: int) -> float:
 
     app = create_app({"DATABASE_URL": database_url, "API_TOKENS": f"bench:{token}", "IMPORTS_ENABLED": False,
                       "LOG_LEVEL": "WARNING"})
+    gc.freeze()  # as each gunicorn worker does once its app is loaded (gunicorn.conf.py, post_worker_init)
     client = app.test_client()
     headers = {"Authorization": f"Bearer {token}"}
     raw = psycopg2.connect(database_url)
