@@ -119,8 +119,8 @@ def prepared(cursor: Any, *statements: str) -> list[str]:
     A prepared statement belongs to the database session, not to a transaction: a rollback keeps
     it, which is why it is remembered as soon as its `PREPARE` succeeds. Needs connections the
     service has to itself (directly, or a pooler in session mode; PgBouncer's transaction mode
-    loses SQL `PREPARE`s between transactions). Migrations change the tables only while no
-    service runs; a statement whose table changed is re-planned by the database itself."""
+    loses SQL `PREPARE`s between transactions), and a restart after a migration of the tables
+    its statements name (ADR 0019)."""
     done = _PREPARED.setdefault(cursor.connection, set())
     for statement in statements:
         if statement not in done:

@@ -86,7 +86,8 @@ VERSION_COLUMNS = ("record_id", "version", "changed_at", "source", "actor", "dat
 def version_statements(model: Any, row: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
     """`row`'s version INSERT and its event's (keys as `add_versions`; `data` serialised already, as
     `JsonText`), as SQL statements and their parameters (`v_<column>`, `e_<column>`) for a caller
-    that sends them with its own statements in one round trip: the write path of one appointment."""
+    that sends them in one round trip, with its own statements or alone: `add_version`, and the
+    write path of one appointment."""
     if row["source"] not in SOURCES:
         raise ValueError(f"unknown source {row['source']!r}")
     event_sql, event_parameters = outbox.event_statement(model, row)
