@@ -17,7 +17,10 @@ tables (`appointments`, `appointment_versions`, `event_outbox`) are emptied, so 
 the same state. It prints requests/s, p50 and p99 of every run, then per connection count the
 ratios ours ÷ peer and ours ÷ pgbench of each round (only ratios taken in one run mean anything on
 a shared machine), and checks every answer: wrk must count no error, and the table must hold
-exactly one version-1 appointment per request answered.
+exactly one version-1 appointment per request answered. Each run of ours and the peer also says
+how its connections sat in the server's processes two seconds in (`by process 5/3`, from `ss`):
+gunicorn's workers each listen on a socket of their own and the kernel picks one by a hash, so the
+split, and with it throughput and p99, changes from run to run.
 
 Needs `wrk` (Debian: `apt-get install wrk`), `pgbench` (PostgreSQL's client tools) and Node.js
 with npm; it says what is missing. The database is an embedded PostgreSQL in ./var/bench-postgres
@@ -36,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -68,11 +72,13 @@ class Run:
     p50_ms: float
     p99_ms: float
     problems: str = ""  # what was wrong with the answers, if anything
+    spread: str = ""  # how the connections sat in the server's processes, e.g. "4/4"
 
     def line(self) -> str:
         verdict = f"   !! {self.problems}" if self.problems else ""
+        spread = f"   by process {self.spread}" if self.spread else ""
         return (f"   {self.system:<8} {self.connections:3d} connections   {self.rate:7.0f}/s   "
-                f"p50 {self.p50_ms:6.1f} ms   p99 {self.p99_ms:6.1f} ms{verdict}")
+                f"p50 {self.p50_ms:6.1f} ms   p99 {self.p99_ms:6.1f} ms{spread}{verdict}")
 
 
 # ---- what is needed ------------------------------------------------------------------------------
@@ -149,25 +155,43 @@ def written(dsn: str) -> tuple[int, int]:
     return total, updated
 
 
+def connection_spread(port: int) -> str:
+    """How many established connections to `port` each process holds, largest first ("5/3"): the
+    kernel spreads gunicorn's `reuse_port` sockets by a hash, so two runs can split differently,
+    and the split moves throughput and p99 (docs/benchmarks.md). Empty where `ss` is missing."""
+    if shutil.which("ss") is None:
+        return ""
+    listing = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+                             capture_output=True, text=True, check=False).stdout
+    counts = sorted(Counter(re.findall(r"pid=(\d+)", listing)).values(), reverse=True)
+    return "/".join(map(str, counts))
+
+
 def run_wrk(system: str, base_url: str, token: str, connections: int, seconds: int, dsn: str) -> Run:
     empty_tables(dsn)
-    result = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
+    load = subprocess.Popen(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
                              "-s", str(PEER / "post_new.lua"), base_url],
-                            env={**os.environ, "TOKEN": token}, capture_output=True, text=True, check=True)
-    found = WRK_LINE.search(result.stdout)
+                            env={**os.environ, "TOKEN": token}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(min(2.0, seconds / 2))  # the connections are open by then
+    spread = connection_spread(int(base_url.rsplit(":", 1)[1]))
+    stdout, stderr = load.communicate()
+    if load.returncode:
+        raise RuntimeError(f"wrk failed ({load.returncode}):\n{stdout}\n{stderr}")
+    found = WRK_LINE.search(stdout)
     if found is None:
-        raise RuntimeError(f"wrk printed no summary:\n{result.stdout}\n{result.stderr}")
+        raise RuntimeError(f"wrk printed no summary:\n{stdout}\n{stderr}")
     rate, p50, p99, errors = float(found[1]), float(found[2]), float(found[3]), int(found[4])
-    requests_done = re.search(r"(\d+) requests in", result.stdout)
+    requests_done = re.search(r"(\d+) requests in", stdout)
     answered = int(requests_done[1]) if requests_done else -1
     total, updated = written(dsn)
     problems = []
     if errors:
-        said = [line.strip() for line in result.stdout.splitlines() if "errors:" in line or "Non-2xx" in line]
+        said = [line.strip() for line in stdout.splitlines() if "errors:" in line or "Non-2xx" in line]
         problems.append(f"{errors} answers were not 2xx or failed ({'; '.join(said)})")
     if updated or total < answered - connections:  # requests cut off at the end may have written
         problems.append(f"{answered} answered, {total} new appointments stored, {updated} not at version 1")
-    return Run(system, connections, rate, p50, p99, "; ".join(problems))
+    return Run(system, connections, rate, p50, p99, "; ".join(problems), spread)
 
 
 def run_pgbench(dsn: str, connections: int, seconds: int) -> Run:
