@@ -138,7 +138,7 @@ def prepared_statements_of_pooled_connections(app) -> list[list[str]]:
                 cursor.execute("SELECT statement FROM pg_prepared_statements ORDER BY statement")
                 statements.append([row[0] for row in cursor.fetchall()])
                 cursor.close()
-            connection.dbapi_connection.rollback()
+                connection.dbapi_connection.rollback()
             return statements
         finally:
             for connection in held:
