@@ -107,8 +107,9 @@ _PREPARED: WeakKeyDictionary[Any, set[str]] = WeakKeyDictionary()
 _PARAMETER = re.compile(r"%\((\w+)\)s")
 
 
-def prepared(cursor: Any, *statements: str) -> list[str]:
-    """`EXECUTE` text for each statement (psycopg2's `%(name)s` style), with the same parameters.
+def prepared(cursor: Any, *statements: str) -> str:
+    """The statements (psycopg2's `%(name)s` style) as one query of `EXECUTE`s, with the same
+    parameters: sent as one round trip, the last one's rows are its result.
 
     The database parses and plans a statement sent as text every time; a prepared one it parses
     once per connection and plans from its cache: about half of the database's work for a short
@@ -126,7 +127,7 @@ def prepared(cursor: Any, *statements: str) -> list[str]:
         if statement not in done:
             cursor.execute(_prepare_and_execute(statement)[0])
             done.add(statement)
-    return [_prepare_and_execute(statement)[1] for statement in statements]
+    return ";\n".join(_prepare_and_execute(statement)[1] for statement in statements)
 
 
 @cache

@@ -75,7 +75,7 @@ def add_version(model: type, record: VersionedRecordMixin, data: dict[str, Any],
     statements, parameters = version_statements(model, row)
     cursor = db.session.connection().connection.cursor()
     try:
-        cursor.execute(";\n".join(prepared(cursor, *statements)), parameters)
+        cursor.execute(prepared(cursor, *statements), parameters)
     finally:
         cursor.close()
 

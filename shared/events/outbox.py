@@ -130,7 +130,7 @@ def record_versions(version_model: Any, rows: list[dict[str, Any]]) -> None:
     models = event_models(version_model.__table__.schema)
     events = _events(version_model, rows)
     if len(events) == 1:
-        db.session.add(models.outbox(**events[0].row()))  # flushed with the version row, in one round trip
+        db.session.add(models.outbox(**events[0].row()))  # flushed with the unit of work: no COPY for one line
     elif events:
         copy_lines(models.outbox_table, _EVENT_COLUMNS, (event.copy_line() for event in events))
 

@@ -358,7 +358,7 @@ def _write_one(data: dict[str, Any], *, source: str, actor: str, now: datetime) 
 def _write_with(cursor: Any, data: dict[str, Any], organisations: set[str], *, source: str, actor: str,
                 now: datetime, around: _Transaction) -> tuple[NewAppointment, str]:
     """The two round trips; `organisations`: those to lock (the appointment's, and a batch's planned)."""
-    cursor.execute(around.begin + ";\n".join(prepared(cursor, _LOCK, _READ)),
+    cursor.execute(around.begin + prepared(cursor, _LOCK, _READ),
                    {**_lock_parameters(organisations), "org_id": data["org_id"], "external_id": data["external_id"]})
     row = cursor.fetchone()
     stored = NewAppointment(*row) if row is not None else None
@@ -373,11 +373,11 @@ def _write_with(cursor: Any, data: dict[str, Any], organisations: set[str], *, s
                               payload_created_at=data["payload_created_at"],
                               payload_updated_at=data["payload_updated_at"], version=stored.version + 1,
                               updated_at=now, deleted_at=None)  # a newer word brings a cancelled one back
-    version_sql, version_parameters = versioning.version_statements(AppointmentVersion, versioning.version_row(
+    version_inserts, version_parameters = versioning.version_statements(AppointmentVersion, versioning.version_row(
         appointment, JsonText(json.dumps(representation(appointment))), source=source, actor=actor, changed_at=now))
     parameters = {column: getattr(appointment, column) for column in NEW_APPOINTMENT_COLUMNS}
     parameters["id"] = str(appointment.id)
-    statements = ";\n".join(prepared(cursor, _UPDATE if stored else _INSERT, *version_sql))
+    statements = prepared(cursor, _UPDATE if stored else _INSERT, *version_inserts)
     try:
         cursor.execute(f"{around.write}{statements}{around.commit}", {**parameters, **version_parameters})
     except psycopg2.errors.ExclusionViolation as error:
