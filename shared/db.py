@@ -122,7 +122,9 @@ def prepared(cursor: Any, *statements: str) -> str:
     service has to itself (directly, or a pooler in session mode; PgBouncer's transaction mode
     loses SQL `PREPARE`s between transactions), and a restart after a migration of the tables
     its statements name (ADR 0019)."""
-    done = _PREPARED.setdefault(cursor.connection, set())
+    done = _PREPARED.get(cursor.connection)
+    if done is None:  # not setdefault: that makes a weak reference and a set on every call
+        done = _PREPARED[cursor.connection] = set()
     for statement in statements:
         if statement not in done:
             cursor.execute(_prepare_and_execute(statement)[0])
